@@ -1,0 +1,187 @@
+"""The Deep Decoder network (Heckel & Hand, ICLR 2019), single and batched.
+
+Architecture, as in the paper and its reference code (reinhardh/supplement_deep_decoder, ``decodernw``):
+a fixed random input ``Z`` of shape ``(k, H0, W0)``, uniform in [0, 0.1), then ``blocks`` identical blocks
+
+    1x1 conv (no bias) -> x2 bilinear upsampling (not in the last block) -> ReLU -> channel normalisation
+
+and a final 1x1 conv to the output channels followed by a sigmoid, so images are in [0, 1] (``output="linear"``
+drops the sigmoid, for signed outputs such as the real and imaginary parts of MR coil images).
+
+Any slice size ``(H, W)``, not only powers of two: the upsampling steps go through a ladder of sizes
+``ceil(H / 2**j), ceil(W / 2**j)`` for ``j = u, ..., 1, 0`` (``u = blocks - 1`` upsamplings), so each step is a
+factor of (about) two and the last lands exactly on ``(H, W)``. For ``H = 512`` this is the paper's
+16 -> 32 -> ... -> 512; for ``H = 260`` it is 9 -> 17 -> 33 -> 65 -> 130 -> 260.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-5
+
+
+def num_parameters(channels: int = 64, blocks: int = 6, out_channels: int = 1) -> int:
+    """Weights of a decoder: ``blocks * (k^2 + 2k) + k * c`` (25,408 for k=64, 6 blocks, c=1)."""
+    return blocks * (channels * channels + 2 * channels) + channels * out_channels
+
+
+def size_ladder(height: int, width: int, blocks: int = 6) -> list[tuple[int, int]]:
+    """Spatial sizes ``[(H0, W0), ..., (H, W)]`` of the ``blocks`` upsampling stages (input size first)."""
+    ups = blocks - 1
+    return [(math.ceil(height / 2**j), math.ceil(width / 2**j)) for j in range(ups, -1, -1)]
+
+
+def _check_output(output: str) -> str:
+    if output not in ("sigmoid", "linear"):
+        raise ValueError(f"output must be 'sigmoid' or 'linear', got {output!r}")
+    return output
+
+
+def _activate(x: torch.Tensor, output: str) -> torch.Tensor:
+    return torch.sigmoid(x) if output == "sigmoid" else x
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> torch.Tensor:
+    return t.uniform_(-bound, bound, generator=generator)
+
+
+class DeepDecoder(nn.Module):
+    """One Deep Decoder for one ``(H, W)`` image with ``out_channels`` channels.
+
+    Args:
+        height, width: output size in pixels (any size; see the module docstring).
+        channels: ``k``, channels of every block (default 64, the paper's).
+        blocks: number of blocks ``d`` (default 6: five x2 upsamplings, input ``H/32 x W/32``).
+        out_channels: image channels ``c`` (1 for CT/MR magnitude).
+        generator: CPU generator for the weights and the fixed input (``None``: torch's global one).
+        output: ``"sigmoid"`` (images in [0, 1]) or ``"linear"`` (no output activation).
+
+    ``forward()`` returns ``(1, c, H, W)`` in [0, 1].
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        channels: int = 64,
+        blocks: int = 6,
+        out_channels: int = 1,
+        generator: torch.Generator | None = None,
+        output: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.output = _check_output(output)
+        self.sizes = size_ladder(height, width, blocks)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(blocks))
+        self.norms = nn.ModuleList(nn.InstanceNorm2d(channels, affine=True, eps=NORM_EPS) for _ in range(blocks))
+        self.out = nn.Conv2d(channels, out_channels, 1, bias=False)
+        for conv in [*self.convs, self.out]:  # PyTorch's default conv init, from our generator
+            _uniform_(conv.weight.data, 1.0 / math.sqrt(channels), generator)
+        h0, w0 = self.sizes[0]
+        self.register_buffer("net_input", torch.rand(1, channels, h0, w0, generator=generator) * 0.1)
+
+    def forward(self) -> torch.Tensor:
+        x = self.net_input
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = conv(x)
+            if i + 1 < len(self.sizes):
+                x = _upsample(x, self.sizes[i + 1])
+            x = norm(F.relu(x))
+        return _activate(self.out(x), self.output)
+
+
+class BatchedDeepDecoder(nn.Module):
+    """``B`` independent Deep Decoders evaluated in one pass (one set of kernels for ``B`` slices).
+
+    Weights are ``[B, out, in]`` (1x1 convolutions as batched matrix products), normalisation is per instance
+    and channel with per-instance scale and shift, and every instance has its own fixed input. Instance ``b``
+    computes exactly what a :class:`DeepDecoder` with the same weights computes.
+
+    Args:
+        batch: ``B``, number of independent decoders.
+        height, width, channels, blocks, out_channels: as for :class:`DeepDecoder`.
+        generators: one CPU generator per instance (so that an instance's initial weights depend on its own
+            seed only, not on ``B`` or its position in the batch); ``None`` uses torch's global generator.
+
+    ``forward()`` returns ``(B, c, H, W)`` in [0, 1].
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        channels: int = 64,
+        blocks: int = 6,
+        out_channels: int = 1,
+        generators: list[torch.Generator] | None = None,
+        output: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.output = _check_output(output)
+        if generators is not None and len(generators) != batch:
+            raise ValueError(f"need one generator per instance: {len(generators)} for a batch of {batch}")
+        self.sizes = size_ladder(height, width, blocks)
+        gens = generators if generators is not None else [None] * batch
+        # Same draw order as DeepDecoder: conv weights (blocks, then output layer), then the fixed input.
+        singles = [DeepDecoder(height, width, channels, blocks, out_channels, generator=g) for g in gens]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([s.convs[i].weight.detach()[:, :, 0, 0] for s in singles]))
+            for i in range(blocks)
+        )
+        self.scales = nn.Parameter(torch.ones(blocks, batch, channels))
+        self.shifts = nn.Parameter(torch.zeros(blocks, batch, channels))
+        self.out_weight = nn.Parameter(torch.stack([s.out.weight.detach()[:, :, 0, 0] for s in singles]))
+        self.register_buffer("net_input", torch.cat([s.net_input for s in singles]))
+
+    @property
+    def batch(self) -> int:
+        return self.out_weight.shape[0]
+
+    @classmethod
+    def from_decoders(cls, decoders: list[DeepDecoder]) -> BatchedDeepDecoder:
+        """Stack ``B`` single decoders (same size and architecture) into one batched module (weights copied)."""
+        first = decoders[0]
+        h, w = first.sizes[-1]
+        k = first.convs[0].weight.shape[0]
+        out = cls(len(decoders), h, w, k, len(first.convs), first.out.weight.shape[0], output=first.output)
+        with torch.no_grad():
+            for i in range(len(first.convs)):
+                out.weights[i].copy_(torch.stack([d.convs[i].weight[:, :, 0, 0] for d in decoders]))
+                out.scales[i].copy_(torch.stack([d.norms[i].weight for d in decoders]))
+                out.shifts[i].copy_(torch.stack([d.norms[i].bias for d in decoders]))
+            out.out_weight.copy_(torch.stack([d.out.weight[:, :, 0, 0] for d in decoders]))
+            out.net_input.copy_(torch.cat([d.net_input for d in decoders]))
+        return out
+
+    def forward(self) -> torch.Tensor:
+        x = self.net_input
+        batch, k = x.shape[:2]
+        for i, weight in enumerate(self.weights):
+            x = _pixelwise(weight, x)
+            if i + 1 < len(self.sizes):
+                x = _upsample(x, self.sizes[i + 1])
+            # Per-instance channel normalisation: instance norm over (1, B*k, h, w) with per-instance affine.
+            shape = x.shape
+            x = F.instance_norm(
+                F.relu(x).reshape(1, batch * k, *shape[2:]),
+                weight=self.scales[i].reshape(-1),
+                bias=self.shifts[i].reshape(-1),
+                eps=NORM_EPS,
+            ).view(shape)
+        return _activate(_pixelwise(self.out_weight, x), self.output)
+
+
+def _pixelwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Batched 1x1 convolution: ``weight (B, out, in)`` applied at every pixel of ``x (B, in, h, w)``."""
+    b, c, h, w = x.shape
+    return torch.bmm(weight, x.reshape(b, c, h * w)).view(b, weight.shape[1], h, w)

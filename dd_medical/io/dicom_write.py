@@ -1,0 +1,478 @@
+"""Derived DICOM series out: new Series/SOP UIDs, same patient, study and slice geometry as the sources.
+
+With source slices every output slice is derived from its own source (highdicom-style: each required attribute
+set explicitly, provenance in DerivationCodeSequence / SourceImageSequence / ContributingEquipmentSequence).
+Without sources a new anonymous study is built from the volume's geometry. Pixels are int16, uncompressed
+Explicit VR Little Endian, with a rescale that fits the values. The folder appears only once every file is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+from pydicom.valuerep import DSfloat
+
+from dd_medical.errors import InputError
+from dd_medical.io.atomic import atomic_output_dir
+from dd_medical.io.dicom import looks_like_dicom, one_line, sop_class_of
+from dd_medical.volume import Volume
+
+# Derivation codes (DICOM part 16, CID 7203 and CID 7202 / DCM).
+_SMOOTHING_CODE = ("113087", "DCM", "Smoothing")
+_SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+_MODIFYING_EQUIPMENT = ("109103", "DCM", "Modifying Equipment")
+
+# Attributes of a source slice that describe its old pixel data or signatures and are stale once it is replaced.
+_STALE_KEYWORDS = (
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "ModalityLUTSequence",
+    "NumberOfFrames",
+    "FrameIncrementPointer",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "PixelData",
+    "PixelDataProviderURL",
+    "IconImageSequence",
+    "DigitalSignaturesSequence",
+    "MACParametersSequence",
+    "EncryptedAttributesSequence",
+    "InstanceCreatorUID",
+    "SourceImageSequence",
+    "DerivationCodeSequence",
+    "DerivationDescription",
+)
+
+# Transfer syntaxes that are always lossy (JPEG 2000 and HTJ2K may be either; their encoders must say so).
+_LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
+_MAX_SERIES_NUMBER = 2**31 - 1  # largest IS value
+_TYPE2_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+_CLASSIC_SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
+
+
+def write_series(
+    volume: Volume,
+    out_dir: str | Path,
+    *,
+    series_description: str,
+    derivation_description: str = "",
+    org_root: str | None = None,
+    series_number: int | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``volume`` as a new DICOM series (one file per slice, ``IM0001.dcm`` ... in slice order).
+
+    With ``volume.source_files`` (one per slice) every slice is derived from its source: same patient, study,
+    frame of reference and slice geometry; new Series/SOP Instance UIDs; ImageType ``DERIVED\\SECONDARY``;
+    DerivationCodeSequence "Smoothing" and SourceImageSequence pointing at the source slice. Without sources a new
+    anonymous study is built from the volume's geometry (CT Image, MR Image or Secondary Capture storage).
+    Pixels are int16, Explicit VR Little Endian, with RescaleSlope/Intercept chosen so the values fit (slope 1 for
+    HU whenever possible). UIDs use ``org_root`` as prefix, or pydicom's ``2.25.`` UUID form when ``None``.
+    Slices from an enhanced multi-frame source (``volume.metadata["SourceFrameNumbers"]``, set by the reader) are
+    written as classic single-frame CT/MR images with that frame's geometry, referencing the source frame.
+    ``out_dir`` must not exist or be empty (``overwrite=True``: a complete old folder is replaced as a whole);
+    files appear only once all are written. Returns the files written.
+    """
+    if not np.all(np.isfinite(volume.array)):
+        raise InputError("volume holds NaN or infinite values; cannot write DICOM")
+    prefix = _uid_prefix(org_root)
+    sources = [Path(p) for p in volume.source_files]
+    if sources and len(sources) != volume.shape[0]:
+        raise InputError(f"volume has {volume.shape[0]} slices but {len(sources)} source files")
+    stored, slope, intercept = encode_int16(volume.array, volume.modality)
+    now = dt.datetime.now()
+    context = _WriteContext(
+        series_uid=generate_uid(prefix=prefix),
+        series_description=series_description[:64],
+        derivation_description=derivation_description[:1024],
+        series_number=series_number,
+        date=now.strftime("%Y%m%d"),
+        time=now.strftime("%H%M%S.%f"),
+        prefix=prefix,
+        slope=slope,
+        intercept=intercept,
+    )
+    frames = _frame_numbers(volume)
+    width = max(4, len(str(volume.shape[0])))
+    names = [f"IM{k + 1:0{width}d}.dcm" for k in range(volume.shape[0])]
+    headers: dict[Path, Dataset] = {}
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp_dir:
+        for k, name in enumerate(names):
+            if sources:
+                ds = _derived_slice(sources[k], stored[k], context, frame=frames[k], instance_number=k + 1,
+                                    headers=headers)
+            else:
+                ds = _new_slice(volume, k, stored[k], context)
+            ds.save_as(tmp_dir / name, enforce_file_format=True)
+    return [Path(out_dir) / name for name in names]
+
+
+@dataclass
+class _WriteContext:
+    """Values shared by all slices of one written series (filled in as the first slice is built)."""
+
+    series_uid: str
+    series_description: str
+    derivation_description: str
+    series_number: int | None
+    date: str
+    time: str
+    prefix: str | None
+    slope: str
+    intercept: str
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
+
+
+def _uid_prefix(org_root: str | None) -> str | None:
+    if org_root is None:
+        return None
+    prefix = org_root if org_root.endswith(".") else org_root + "."
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", prefix) or len(prefix) > 40:
+        raise InputError(f"org_root {org_root!r} is not a valid UID root (digits and dots, at most 40 characters)")
+    return prefix
+
+
+def encode_int16(values: np.ndarray, modality: str) -> tuple[np.ndarray, str, str]:
+    """Stored int16 values and the RescaleSlope / RescaleIntercept (DICOM DS strings) that map them back.
+
+    ``values`` (any shape, float) = ``stored * slope + intercept`` to within ``slope / 2``. CT: slope 1 and
+    intercept -1024 (or 0) whenever the range fits, so HU stay integers as on the scanner. Other modalities:
+    slope 1 when the range fits int16 and spans at least 1024, else a finer or coarser slope spreading the range
+    over the int16 span.
+    """
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if modality == "CT" or hi - lo >= 1024:
+        for intercept in (-1024.0, 0.0) if modality == "CT" else (0.0,):
+            if lo - intercept >= -32768 and hi - intercept <= 32767:
+                stored = np.clip(np.rint(values - intercept), -32768, 32767).astype(np.int16)
+                return stored, "1", str(int(intercept))
+    slope_ds = DSfloat((hi - lo) / 65000.0 or 1.0, auto_format=True)
+    intercept_ds = DSfloat((lo + hi) / 2.0, auto_format=True)
+    slope, intercept = float(slope_ds), float(intercept_ds)
+    stored = np.clip(np.rint((values - intercept) / slope), -32768, 32767).astype(np.int16)
+    return stored, str(slope_ds), str(intercept_ds)
+
+
+def _code_item(code: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _software_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dd-medical")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+def _set_pixels(ds: Dataset, stored: np.ndarray, context: _WriteContext, photometric: str) -> None:
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_pixel_data(np.ascontiguousarray(stored), photometric, 16, generate_instance_uid=False)
+    ds.RescaleSlope = context.slope
+    ds.RescaleIntercept = context.intercept
+    ds.RescaleType = "HU" if str(ds.get("Modality", "")) == "CT" else "US"
+
+
+def _set_text_charset(ds: Dataset, *texts: str) -> None:
+    if any(not t.isascii() for t in texts):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8; pydicom re-encodes every text value on writing
+
+
+def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    return meta
+
+
+def _frame_numbers(volume: Volume) -> list[int]:
+    """1-based source frame per slice (0: a single-frame source file), from the reader's metadata."""
+    text = volume.metadata.get("SourceFrameNumbers", "")
+    if not text:
+        return [0] * volume.shape[0]
+    numbers = [int(v) for v in text.split()]
+    if len(numbers) != volume.shape[0]:
+        raise InputError(f"volume has {volume.shape[0]} slices but {len(numbers)} source frame numbers")
+    return numbers
+
+
+def _read_source(source: Path, headers: dict[Path, Dataset]) -> Dataset:
+    if source not in headers:
+        try:
+            headers[source] = pydicom.dcmread(source, stop_before_pixels=True, force=not looks_like_dicom(source)[1])
+        except (OSError, InvalidDicomError, EOFError, ValueError) as err:
+            raise InputError(f"cannot read source slice: {one_line(err)}", source) from err
+    return headers[source]
+
+
+_MULTIFRAME_KEYWORDS = (
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "DimensionOrganizationSequence",
+    "DimensionIndexSequence",
+    "DimensionOrganizationType",
+    "ConcatenationUID",
+    "ConcatenationFrameOffsetNumber",
+    "InConcatenationNumber",
+    "InConcatenationTotalNumber",
+    "RepresentativeFrameNumber",
+)
+
+
+def _frame_as_slice(header: Dataset, frame: int, source: Path) -> Dataset:
+    """Frame ``frame`` (1-based) of an enhanced multi-frame object as the header of a classic single-frame image:
+    its functional groups' geometry and rescale become top-level attributes, the groups themselves are dropped."""
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame or not 1 <= frame <= len(per_frame):
+        raise InputError(f"source has no functional groups for frame {frame}", source)
+    own = per_frame[frame - 1]
+    shared = (header.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    ds = Dataset()
+    ds.file_meta = getattr(header, "file_meta", FileMetaDataset())
+    for element in header:
+        if element.keyword not in _MULTIFRAME_KEYWORDS:
+            ds.add(copy.deepcopy(element))
+    for sequence, keywords in (
+        ("PlanePositionSequence", ("ImagePositionPatient",)),
+        ("PlaneOrientationSequence", ("ImageOrientationPatient",)),
+        ("PixelMeasuresSequence", ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices")),
+        ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth")),
+    ):
+        for groups in (own, shared):
+            if groups.get(sequence):
+                item = groups[sequence].value[0]
+                for keyword in keywords:
+                    if keyword in item:
+                        setattr(ds, keyword, item[keyword].value)
+                break
+    modality = str(ds.get("Modality", "") or "")
+    if modality == "CT":
+        for keyword in ("KVP", "AcquisitionNumber"):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    elif modality == "MR":
+        defaults = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
+                    "RepetitionTime": "", "EchoTime": "", "EchoTrainLength": ""}
+        for keyword, value in defaults.items():
+            if keyword not in ds:
+                setattr(ds, keyword, value)
+    if "SliceThickness" not in ds:
+        ds.SliceThickness = ""
+    return ds
+
+
+def _derived_slice(
+    source: Path,
+    stored: np.ndarray,
+    context: _WriteContext,
+    *,
+    frame: int = 0,
+    instance_number: int | None = None,
+    headers: dict[Path, Dataset] | None = None,
+) -> Dataset:
+    header = _read_source(source, {} if headers is None else headers)
+    frames_in_source = int(header.get("NumberOfFrames", 1) or 1)
+    if frame:
+        ds = _frame_as_slice(header, frame, source)
+    elif frames_in_source > 1:
+        raise InputError(f"source is a {frames_in_source}-frame object but the volume names no source frame", source)
+    else:
+        ds = copy.deepcopy(header)
+    if (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) != stored.shape:
+        raise InputError(
+            f"source slice is {ds.get('Rows')}x{ds.get('Columns')} but the volume slice is "
+            f"{stored.shape[0]}x{stored.shape[1]} (was the volume resampled?)",
+            source,
+        )
+    source_class = sop_class_of(ds)
+    source_instance = str(ds.get("SOPInstanceUID", "") or "")
+    if not source_instance and getattr(ds, "file_meta", None) is not None:
+        source_instance = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    source_series_number = ds.get("SeriesNumber")
+    source_syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "") or "")) if hasattr(ds, "file_meta") else UID("")
+    source_image_type = [str(v) for v in (ds.get("ImageType") or [])]
+
+    ds.remove_private_tags()
+    for tag in [t for t in ds.keys() if t.element == 0]:  # group lengths would be stale
+        del ds[tag]
+    for keyword in _STALE_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+    sop_instance = generate_uid(prefix=context.prefix)
+    sop_class = source_class or str(CTImageStorage if ds.get("Modality") == "CT" else SecondaryCaptureImageStorage)
+    if frame:  # one frame of an enhanced object: a classic single-frame image of the same modality
+        sop_class = str(_CLASSIC_SOP_CLASSES.get(str(ds.get("Modality", "")), SecondaryCaptureImageStorage))
+        ds.InstanceNumber = instance_number or frame
+        if sop_class == SecondaryCaptureImageStorage and "ConversionType" not in ds:
+            ds.ConversionType = "WSD"
+    ds.file_meta = _file_meta(sop_class, sop_instance)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance
+    ds.SeriesInstanceUID = context.series_uid
+    # Anonymised sources sometimes carry empty Type 1 UIDs: give the derived series valid ones (one per call).
+    if not ds.get("StudyInstanceUID"):
+        context.study_uid = context.study_uid or generate_uid(prefix=context.prefix)
+        ds.StudyInstanceUID = context.study_uid
+    if not ds.get("FrameOfReferenceUID") and ("FrameOfReferenceUID" in ds or "ImagePositionPatient" in ds):
+        context.frame_of_reference_uid = context.frame_of_reference_uid or generate_uid(prefix=context.prefix)
+        ds.FrameOfReferenceUID = context.frame_of_reference_uid
+    if context.series_number is None:
+        base = int(source_series_number) if source_series_number not in (None, "") else 0
+        context.series_number = min(base + 1000, _MAX_SERIES_NUMBER)
+    ds.SeriesNumber = context.series_number
+    ds.SeriesDescription = context.series_description
+    ds.SeriesDate, ds.SeriesTime = context.date, context.time
+    ds.ContentDate, ds.ContentTime = context.date, context.time
+    ds.InstanceCreationDate, ds.InstanceCreationTime = context.date, context.time
+    third = source_image_type[2:3] or (["AXIAL"] if ds.get("Modality") == "CT" else [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *third]
+    if context.derivation_description:
+        ds.DerivationDescription = context.derivation_description
+    ds.DerivationCodeSequence = DicomSequence([_code_item(_SMOOTHING_CODE)])
+    if source_class and source_instance:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source_class
+        reference.ReferencedSOPInstanceUID = source_instance
+        if frame:
+            reference.ReferencedFrameNumber = frame
+        reference.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(_SOURCE_IMAGE_PURPOSE)])
+        ds.SourceImageSequence = DicomSequence([reference])
+    ds.BurnedInAnnotation = "NO"
+    if source_syntax in _LOSSY_SYNTAXES and "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "01"  # the values went through a lossy codec once; say so in the derived copy
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(_MODIFYING_EQUIPMENT)])
+    equipment.Manufacturer = "dd-medical"
+    equipment.SoftwareVersions = _software_version()
+    equipment.ContributionDateTime = context.date + context.time
+    equipment.ContributionDescription = "Deep Decoder denoising"
+    ds.ContributingEquipmentSequence = DicomSequence([*(ds.get("ContributingEquipmentSequence") or []), equipment])
+    for keyword in _TYPE2_KEYWORDS:  # required-but-may-be-empty attributes some sources lack
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    if "InstanceNumber" not in ds or ds.InstanceNumber in (None, ""):
+        ds.InstanceNumber = instance_number or ""
+    _set_text_charset(ds, context.series_description, context.derivation_description)
+    _set_pixels(ds, stored, context, str(ds.get("PhotometricInterpretation") or "MONOCHROME2"))
+    return ds
+
+
+def _new_slice(volume: Volume, k: int, stored: np.ndarray, context: _WriteContext) -> Dataset:
+    """A slice of a new series built only from the volume's geometry (no source DICOM)."""
+    modality = volume.modality if volume.modality in ("CT", "MR") else "OT"
+    sop_class = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
+    if not context.study_uid:
+        context.study_uid = generate_uid(prefix=context.prefix)
+        context.frame_of_reference_uid = generate_uid(prefix=context.prefix)
+    sop_instance = generate_uid(prefix=context.prefix)
+    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    row, col, slice_dir = direction[:, 0], direction[:, 1], direction[:, 2]
+    position = np.asarray(volume.origin, dtype=np.float64) + k * float(volume.spacing[2]) * slice_dir
+    normal = np.cross(row, col)
+
+    ds = Dataset()
+    ds.file_meta = _file_meta(str(sop_class), sop_instance)
+    # SOP common
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance
+    ds.InstanceCreationDate, ds.InstanceCreationTime = context.date, context.time
+    # Patient (anonymous: these series carry no patient)
+    ds.PatientName = ""
+    ds.PatientID = "ANONYMOUS"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    # General study
+    ds.StudyInstanceUID = context.study_uid
+    ds.StudyDate, ds.StudyTime = context.date, context.time
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    # General series
+    ds.Modality = modality
+    ds.SeriesInstanceUID = context.series_uid
+    ds.SeriesNumber = context.series_number if context.series_number is not None else 1
+    ds.SeriesDescription = context.series_description
+    ds.SeriesDate, ds.SeriesTime = context.date, context.time
+    if modality in ("CT", "MR"):
+        ds.PatientPosition = ""
+    # Frame of reference
+    ds.FrameOfReferenceUID = context.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    # General equipment
+    ds.Manufacturer = "dd-medical"
+    ds.SoftwareVersions = _software_version()
+    # General image
+    ds.InstanceNumber = k + 1
+    ds.ContentDate, ds.ContentTime = context.date, context.time
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if modality == "CT" else ["DERIVED", "SECONDARY"]
+    ds.BurnedInAnnotation = "NO"
+    if context.derivation_description:
+        ds.DerivationDescription = context.derivation_description
+    # Image plane
+    ds.PixelSpacing = [_ds(volume.spacing[1]), _ds(volume.spacing[0])]
+    ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.SliceThickness = _ds(volume.spacing[2])
+    ds.SliceLocation = _ds(float(position @ normal))
+    # Modality specific
+    if modality == "CT":
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+    elif modality == "MR":
+        ds.ScanningSequence = "RM"  # research mode: the acquisition is unknown
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = ""
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+        ds.SpacingBetweenSlices = _ds(volume.spacing[2])
+    else:
+        ds.ConversionType = "WSD"
+    _set_text_charset(ds, context.series_description, context.derivation_description)
+    _set_pixels(ds, stored, context, "MONOCHROME2")
+    return ds
+
+
+def _ds(value: float) -> DSfloat:
+    """A decimal string of at most 16 characters: 12 significant digits (sub-nanometre for millimetres) when it
+    fits, else rounded to fit."""
+    text = f"{float(value):.12g}"
+    return DSfloat(text) if len(text) <= 16 else DSfloat(float(value), auto_format=True)

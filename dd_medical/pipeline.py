@@ -1,0 +1,248 @@
+"""Volume-level denoising: slices -> batches sized to the device -> fitting -> slices -> volume."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .decoder import size_ladder
+from .errors import InputError
+from .fitting import FitConfig, fit
+from .intensity import Window, default_window
+from .operators import Identity
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float], None]
+"""Called with the fraction of the work done, in [0, 1]."""
+
+_BYTES_PER_ACTIVATION = 4 * 6  # float32; ~6 saved tensors per element and block (conv, upsample, relu, norm, grads)
+_CPU_MAX_BATCH = 16
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available (use --device auto or cpu)")
+    return dev
+
+
+def bytes_per_slice(height: int, width: int, channels: int, blocks: int) -> int:
+    """Rough memory (bytes) one slice needs while fitting: activations kept for the backward pass."""
+    pixels = sum(h * w for h, w in size_ladder(height, width, blocks)) + height * width  # last block at full size
+    return pixels * channels * _BYTES_PER_ACTIVATION
+
+
+def auto_batch_size(num_slices: int, height: int, width: int, config: FitConfig, device: torch.device) -> int:
+    """Slices per pass: as many as fit in ~70% of the free device memory (at most 16 on a CPU)."""
+    need = bytes_per_slice(height, width, config.channels, config.blocks) * config.ensemble
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cap = num_slices
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 4 << 30
+        cap = _CPU_MAX_BATCH
+    return int(max(1, min(num_slices, cap, (0.7 * free) // need)))
+
+
+def check_slices(array: np.ndarray, name: str = "input") -> np.ndarray:
+    """Validate a ``(D, H, W)`` (or ``(H, W)``) real, finite array; returns it as ``(D, H, W)`` float32."""
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"expected a 2D slice (H, W) or a volume (D, H, W), got shape {arr.shape}", None)
+    if np.iscomplexobj(arr):
+        raise InputError(f"{name} is complex; denoising needs real values (HU or magnitude)")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise InputError(f"{name} has non-numeric dtype {arr.dtype}")
+    if min(arr.shape[1:]) < 8:
+        raise InputError(f"slices of {arr.shape[1]}x{arr.shape[2]} pixels are too small (need at least 8x8)")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains {int(np.size(arr) - np.isfinite(arr).sum())} NaN/Inf values")
+    return arr.astype(np.float32, copy=False)
+
+
+def fit_in_chunks(
+    operator,
+    measurements: torch.Tensor,
+    config: FitConfig,
+    dev: torch.device,
+    batch_size: int,
+    *,
+    progress: bool = True,
+    callback: ProgressCallback | None = None,
+    desc: str = "fitting",
+    first_index: int = 0,
+) -> torch.Tensor:
+    """Fit ``measurements`` ``(D, ...)`` through ``operator`` ``batch_size`` slices at a time -> ``(D, C, H, W)`` CPU.
+
+    Slice ``i`` uses the seeds of ``(config.seed, first_index + i)``; on out-of-memory the batch is halved and the
+    chunk retried. A tqdm bar (``progress``) and ``callback(fraction_done)`` report progress.
+    """
+    depth = measurements.shape[0]
+    out: torch.Tensor | None = None
+    b = batch_size
+    bar = tqdm(total=depth, disable=not progress, desc=desc,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} slices [{elapsed}<{remaining}]")
+    done = 0.0
+    start = 0
+    while start < depth:
+        stop = min(depth, start + b)
+
+        def on_iteration(it: int, total: int, n: int = stop - start) -> None:
+            nonlocal done
+            step = n / total
+            done += step
+            bar.update(step)
+            if callback is not None:
+                callback(min(1.0, done / depth))
+
+        before = done
+        try:
+            result = fit(
+                operator, measurements[start:stop], config,
+                slice_indices=range(first_index + start, first_index + stop), device=dev, callback=on_iteration,
+            )
+        except torch.OutOfMemoryError as err:
+            bar.update(before - done)
+            done = before
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if b == 1:
+                shape = "x".join(str(s) for s in measurements.shape[1:])
+                raise InputError(
+                    f"out of memory fitting one slice ({shape} measurements) with {config.channels} channels on "
+                    f"{dev}; use fewer channels or --device cpu"
+                ) from err
+            b = max(1, b // 2)
+            log.warning("out of memory on %s: retrying with %d slices at a time", dev, b)
+            continue
+        if out is None:
+            out = torch.empty((depth, *result.image.shape[1:]), dtype=torch.float32)
+        out[start:stop] = result.image
+        bar.update(stop - done)  # a stopping rule may have ended the chunk early
+        done = float(stop)
+        if callback is not None:
+            callback(done / depth)
+        start = stop
+    bar.close()
+    assert out is not None
+    return out
+
+
+def denoise_volume(
+    hu: np.ndarray,
+    config: FitConfig | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    *,
+    window: Window | None = None,
+    modality: str = "CT",
+    batch_size: int | None = None,
+    callback: ProgressCallback | None = None,
+    first_index: int = 0,
+) -> np.ndarray:
+    """Denoise a volume slice by slice with one untrained Deep Decoder per slice.
+
+    Args:
+        hu: ``(D, H, W)`` (or ``(H, W)``) in HU for CT, stored values for MR; not modified.
+        config: :class:`FitConfig` (the package defaults if ``None``).
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        progress: show a tqdm bar with slices done and an ETA.
+        window: intensity window mapped to [0, 1]; default :func:`default_window` (CT: full range, no clipping).
+        modality: ``"CT"`` or ``"MR"`` (chooses the default window).
+        batch_size: slices fitted at once; default from free device memory. On out-of-memory it is halved.
+        callback: ``callback(fraction_done)`` after every iteration, for GUIs.
+        first_index: index of the first slice within its whole volume (for the per-slice seeds), so that a chunk
+            of a volume denoised on its own, with the whole volume's ``window``, equals the same slices of the
+            whole-volume result.
+
+    Returns ``(D, H, W)`` float32 in the input's units (``(H, W)`` for a 2D input). Slice ``i`` is fitted with
+    its own seed derived from ``(config.seed, i)``, so results do not depend on the batch size.
+    """
+    config = config or FitConfig()
+    squeeze = np.ndim(hu) == 2
+    slices = check_slices(hu)
+    window = window or default_window(slices, modality)
+    dev = resolve_device(device)
+    depth, height, width = slices.shape
+    unit = torch.from_numpy(window.to_unit(slices))[:, None]  # (D, 1, H, W) in [0, 1]
+    b = batch_size or auto_batch_size(depth, height, width, config, dev)
+    log.info("denoising %d slices of %dx%d on %s, %d at a time, config %s", depth, height, width, dev, b,
+             asdict(config))
+
+    images = fit_in_chunks(Identity(), unit, config, dev, b, progress=progress, callback=callback, desc="denoising",
+                           first_index=first_index)
+    out = window.from_unit(images[:, 0].numpy()).astype(np.float32, copy=False)
+    return out[0] if squeeze else out
+
+
+def reconstruct_volume(
+    measurements,
+    operator,
+    config: FitConfig | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    *,
+    batch_size: int | None = None,
+    callback: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Reconstruct slices from undersampled measurements with one untrained Deep Decoder per slice as the prior.
+
+    Minimises ``||A(G(w)) - y||^2`` over the decoder weights ``w`` (Heckel & Soltanolkotabi 2020).
+
+    Args:
+        measurements: batched over slices, first axis ``D`` (numpy or torch): MRI k-space ``(D, coils, H, W, 2)``
+            or complex ``(D, coils, H, W)``; CT sinogram ``(D, 1, views, detectors)``; masked images
+            ``(D, C, H, W)``; compressive measurements ``(D, m)``. Not modified.
+        operator: a forward model of :mod:`dd_medical.operators`.
+        config: :class:`FitConfig`; default ``RECONSTRUCTION_DEFAULTS`` for the operator (MRI: linear output,
+            the decoder fits ``2*coils`` real/imaginary channels).
+        device, progress, batch_size, callback: as for :func:`denoise_volume`.
+
+    An MRI config with ``output="sigmoid"`` is fitted with ``output="linear"`` (coil images are signed); every
+    fit runs ``config.iterations`` steps (``stopping="fixed"``: the discrepancy rule needs image-shaped data).
+
+    Returns ``(D, H, W)`` float32 in the measurements' own scale: RSS magnitude (MRI), attenuation (CT), image
+    (inpainting, compressive sensing). The measurements are divided by the maximum of the baseline reconstruction
+    (zero-filled / FBP) so the decoder works in about [0, 1], and the result is scaled back. Slice ``i`` uses
+    seeds from ``(config.seed, i)``, so results do not depend on the batch size. Bad input raises
+    :class:`InputError` before any fitting.
+    """
+    from dataclasses import replace
+
+    from .reconstruction import default_config, magnitude_image, operator_kind, prepare_measurements
+
+    y = prepare_measurements(measurements, operator)
+    config = config or default_config(operator)
+    if operator_kind(operator) == "mri" and config.output != "linear":  # signed real/imaginary coil images
+        config = replace(config, output="linear")
+    if config.stopping != "fixed":  # the discrepancy rule estimates the noise from image-shaped measurements
+        log.info("reconstruction runs a fixed number of iterations (stopping=%r ignored)", config.stopping)
+        config = replace(config, stopping="fixed")
+    dev = resolve_device(device)
+    channels, height, width = operator.image_shape(y)
+    with torch.no_grad():
+        scale = max(float(magnitude_image(operator, operator.baseline(y[i:i + 16].to(dev))).max())
+                    for i in range(0, y.shape[0], 16))
+    if not scale > 0:
+        raise InputError("measurements are all zero: nothing to reconstruct")
+    b = batch_size or auto_batch_size(y.shape[0], height, width, config, dev)
+    log.info("reconstructing %d slices of %dx%d (%d channels) with %s on %s, %d at a time, config %s",
+             y.shape[0], height, width, channels, type(operator).__name__, dev, b, asdict(config))
+    images = fit_in_chunks(operator, y / scale, config, dev, b, progress=progress, callback=callback,
+                           desc="reconstructing")
+    return (magnitude_image(operator, images).numpy() * scale).astype(np.float32)

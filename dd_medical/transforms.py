@@ -1,0 +1,381 @@
+"""MONAI transforms: untrained Deep Decoder denoising and k-space reconstruction inside ``Compose`` pipelines.
+
+```python
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
+from dd_medical.transforms import DeepDecoderDenoised
+
+pipeline = Compose([
+    LoadImaged("image", reader="PydicomReader"), EnsureChannelFirstd("image"),
+    DeepDecoderDenoised("image", preset="fast"),
+    SaveImaged("image", output_postfix="dd", output_ext=".nii.gz"),
+    SaveImaged("image", output_postfix="dd", output_ext=".dcm", output_dtype=None),  # a derived DICOM series
+])
+```
+
+This module only adapts MONAI's channel-first layout to :mod:`dd_medical.pipeline` (axes, types, metadata); all
+numerical work happens there. Importing it also registers :class:`dd_medical.monai_writer.DicomSeriesWriter` as
+MONAI's writer for the ``"dcm"`` extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from . import monai_writer  # noqa: F401  (registers the "dcm" writer for SaveImage)
+from .errors import InputError
+from .fitting import FitConfig
+from .fitting import preset as named_preset
+from .intensity import Window
+
+__all__ = [
+    "META_KEY",
+    "DeepDecoderDenoise",
+    "DeepDecoderDenoiseD",
+    "DeepDecoderDenoiseDict",
+    "DeepDecoderDenoised",
+    "DeepDecoderReconstruct",
+    "DeepDecoderReconstructD",
+    "DeepDecoderReconstructDict",
+    "DeepDecoderReconstructd",
+]
+
+META_KEY = "dd_medical"
+"""Key of the record a transform leaves in a ``MetaTensor``'s metadata (method, version, parameters)."""
+
+# Where readers put the DICOM modality: PydicomReader/ITKReader tags, or a plain key.
+_MODALITY_KEYS = ("Modality", "modality", "0008|0060", "00080060")
+
+
+def _fit_config(
+    config: FitConfig | None, preset: str, iterations: int | None, channels: int | None, seed: int | None
+) -> FitConfig:
+    base = config if config is not None else named_preset(preset)
+    overrides = {k: v for k, v in (("iterations", iterations), ("channels", channels), ("seed", seed)) if v is not None}
+    return replace(base, **overrides)
+
+
+def _record(method: str, config: FitConfig, **extra: Any) -> dict[str, Any]:
+    """What was applied, as plain strings/numbers (it must survive DataLoader collation and pickling)."""
+    from . import __version__
+    from .api import derivation_description
+
+    parameters = {k: v for k, v in asdict(config).items() if isinstance(v, (bool, int, float, str))}
+    return {
+        "method": method,
+        "version": __version__,
+        "description": derivation_description(config),
+        **parameters,
+        **extra,
+    }
+
+
+def _with_record(out: NdarrayOrTensor, record: dict[str, Any]) -> NdarrayOrTensor:
+    if isinstance(out, MetaTensor):
+        out.meta = dict(out.meta)  # never share (and so alter) the input's metadata dictionary
+        out.meta[META_KEY] = record
+    return out
+
+
+def _meta_modality(img: Any) -> str | None:
+    if not isinstance(img, MetaTensor):
+        return None
+    for key in _MODALITY_KEYS:
+        value = img.meta.get(key)
+        if isinstance(value, Mapping):  # PydicomReader's JSON form {"vr": "CS", "Value": ["CT"]}
+            value = (value.get("Value") or [None])[0]
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, str) and value.strip():
+            return value.strip().upper()
+    return None
+
+
+def _check_layout(img: NdarrayOrTensor, max_channels: int) -> None:
+    """Channel-first ``(C, H, W)`` or ``(C, H, W, D)``; a clear error for anything else."""
+    shape = tuple(img.shape)
+    if len(shape) not in (3, 4):
+        raise InputError(
+            f"expected a channel-first image (C, H, W) or (C, H, W, D), got shape {shape}"
+            + (" (add a channel axis, e.g. EnsureChannelFirst)" if len(shape) == 2 else "")
+        )
+    if isinstance(img, MetaTensor) and "spatial_shape" in img.meta:
+        spatial = tuple(int(s) for s in np.ravel(np.asarray(img.meta["spatial_shape"])))
+        if len(spatial) >= len(shape):
+            raise InputError(
+                f"image of shape {shape} has no channel axis (its metadata says spatial shape {spatial}); "
+                "load it with ensure_channel_first=True or add EnsureChannelFirst"
+            )
+    if shape[0] > max_channels:
+        raise InputError(
+            f"image of shape {shape} has {shape[0]} channels (max_channels={max_channels}): expected channel-first "
+            "(C, H, W[, D]); channel-last data or a missing channel axis? Use EnsureChannelFirst, or raise max_channels"
+        )
+
+
+class DeepDecoderDenoise(Transform):
+    """
+    Denoise a channel-first CT/MR image with untrained Deep Decoders, one per 2D slice
+    (Heckel & Hand, "Deep Decoder", ICLR 2019), through :func:`dd_medical.pipeline.denoise_volume`.
+
+    The input is ``(C, H, W)`` (each channel one slice) or ``(C, H, W, D)`` (each channel a stack of slices taken
+    along ``slice_axis``), as ``LoadImage(ensure_channel_first=True)`` returns it; numpy or torch, in HU for CT or
+    stored values for MR. Each channel is denoised on its own. The output has the input's type, shape, device
+    and dtype (integer inputs are rounded); a ``MetaTensor`` keeps its affine and metadata and gains
+    ``meta["dd_medical"]``: method, package version, a DICOM-style derivation description and the fit parameters.
+    Nothing is appended to ``applied_operations``: denoising has no inverse.
+
+    Args:
+        iterations: Adam steps per slice; default: the preset's (``"default"``: 500).
+        channels: decoder channels ``k``; default: the preset's (``"default"``: 64).
+        slice_axis: spatial axis of a ``(C, H, W, D)`` input that indexes the slices (1, 2, 3 or -1, -2, -3;
+            default -1, the last: axial slices for images loaded from an axial DICOM series). Ignored for 2D input.
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: base seed; default: the config's (0). The same seed, input and device give the same output.
+        preset: named :class:`~dd_medical.fitting.FitConfig` (``default``, ``fast``, ``low``, ``medium``,
+            ``high``); used when ``config`` is ``None``.
+        window: ``(low, high)`` in HU (or a :class:`~dd_medical.intensity.Window`) mapped to [0, 1]; default:
+            the channel's full range for CT, robust percentiles for MR (see :func:`dd_medical.default_window`).
+        modality: ``"CT"`` or ``"MR"``; default: from the metadata (``Modality`` / DICOM tag 0008,0060), else CT.
+        config: a full :class:`~dd_medical.fitting.FitConfig`; ``iterations``, ``channels`` and ``seed`` override
+            its fields.
+        batch_size: slices fitted at once; default: from free device memory.
+        max_channels: more channels than this is taken for a wrong layout (channel-last or no channel axis)
+            and rejected; default 16.
+        progress: show a progress bar per channel (default ``False``).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        iterations: int | None = None,
+        channels: int | None = None,
+        slice_axis: int = -1,
+        device: str = "auto",
+        seed: int | None = None,
+        preset: str = "default",
+        window: tuple[float, float] | Window | None = None,
+        modality: str | None = None,
+        config: FitConfig | None = None,
+        batch_size: int | None = None,
+        max_channels: int = 16,
+        progress: bool = False,
+    ) -> None:
+        self.config = _fit_config(config, preset, iterations, channels, seed)
+        if slice_axis not in (1, 2, 3, -1, -2, -3):
+            raise InputError(f"slice_axis must be a spatial axis of (C, H, W, D) (1, 2, 3 or -1, -2, -3): {slice_axis}")
+        self.slice_axis = slice_axis
+        self.device = device
+        self.window = Window(*window) if isinstance(window, (tuple, list)) else window
+        self.modality = modality
+        self.batch_size = batch_size
+        self.max_channels = max_channels
+        self.progress = progress
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """``img``: ``(C, H, W)`` or ``(C, H, W, D)`` channel-first, HU (CT) or stored values (MR)."""
+        from .pipeline import denoise_volume
+
+        _check_layout(img, self.max_channels)
+        img_t = convert_to_tensor(img, track_meta=get_track_meta())
+        values = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
+        values = values.detach().cpu().numpy()
+        modality = (self.modality or _meta_modality(img) or "CT").upper()
+        axis = self.slice_axis % 4  # axis of (C, H, W, D); unused for (C, H, W): each channel is one slice
+        out = np.empty(values.shape, dtype=np.float32)
+        for c in range(values.shape[0]):
+            # (H, W) or the volume with its slice axis moved first: (D, H', W'); back again afterwards.
+            stack = values[c] if values.ndim == 3 else np.moveaxis(values[c], axis - 1, 0)
+            try:
+                denoised = denoise_volume(
+                    stack, self.config, self.device, self.progress, window=self.window, modality=modality,
+                    batch_size=self.batch_size,
+                )
+            except InputError as err:
+                raise InputError(f"channel {c} of image {tuple(values.shape)}: {err.problem}", err.path) from err
+            out[c] = denoised if values.ndim == 3 else np.moveaxis(denoised, 0, axis - 1)
+        out_t = torch.from_numpy(out)
+        if not np.issubdtype(values.dtype, np.floating):
+            out_t = torch.round(out_t)  # integer input: nearest stored value (clipped to the dtype's range below)
+        result, *_ = convert_to_dst_type(out_t, dst=img, safe=True)
+        window = "auto" if self.window is None else f"{self.window.low},{self.window.high}"
+        record = _record("DeepDecoderDenoise", self.config, modality=modality,
+                         slice_axis=axis if values.ndim == 4 else 0, window=window)
+        return _with_record(result, record)
+
+
+class DeepDecoderReconstruct(Transform):
+    """
+    Reconstruct an MR image from undersampled Cartesian k-space by fitting an untrained Deep Decoder through
+    the forward model :class:`dd_medical.operators.CartesianFourier` (:func:`dd_medical.pipeline.reconstruct_volume`).
+
+    The input is k-space in MONAI's layout ``(C, H, W, 2)`` (``C`` coils, last axis real/imaginary, centred
+    orthonormal FFT as ``monai.data.fft_utils``), numpy or torch, with a sampling ``mask`` of shape ``(W,)``
+    (columns) or ``(H, W)``; masks as MONAI's k-space mask transforms return them (singleton axes around ``W``)
+    are accepted. The output is the root-sum-of-squares magnitude image ``(1, H, W)``, float32 (of the input's
+    type; a ``MetaTensor`` keeps the input's metadata and gains ``meta["dd_medical"]``).
+
+    Args:
+        mask: default sampling mask (1 = measured); a mask given to ``__call__`` takes precedence.
+        iterations: Adam steps; default: the preset's.
+        channels: decoder channels ``k``; default: the preset's.
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: base seed; default: the config's (0).
+        config: a full :class:`~dd_medical.fitting.FitConfig`; default: the MRI reconstruction defaults
+            (``dd_medical.reconstruction.RECONSTRUCTION_DEFAULTS["mri"]``: linear output, 1000 iterations).
+            ``iterations``, ``channels`` and ``seed`` override its fields.
+        max_channels: more coils than this is taken for a wrong layout and rejected; default 64.
+        progress: show a progress bar (default ``False``).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        mask: NdarrayOrTensor | None = None,
+        iterations: int | None = None,
+        channels: int | None = None,
+        device: str = "auto",
+        seed: int | None = None,
+        config: FitConfig | None = None,
+        max_channels: int = 64,
+        progress: bool = False,
+    ) -> None:
+        from .reconstruction import RECONSTRUCTION_DEFAULTS
+
+        self.mask = mask
+        self.config = _fit_config(config or RECONSTRUCTION_DEFAULTS["mri"], "default", iterations, channels, seed)
+        self.device = device
+        self.max_channels = max_channels
+        self.progress = progress
+
+    def __call__(self, kspace: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
+        """``kspace``: ``(C, H, W, 2)``; ``mask``: ``(W,)`` or ``(H, W)`` (default: the one given at construction)."""
+        from .operators import CartesianFourier
+        from .pipeline import reconstruct_volume
+
+        mask = self.mask if mask is None else mask
+        shape = tuple(kspace.shape)
+        if len(shape) != 4 or shape[-1] != 2:
+            raise InputError(f"expected k-space of shape (C, H, W, 2) (coils, rows, columns, real/imag), got {shape}")
+        if shape[0] > self.max_channels:
+            raise InputError(f"k-space of shape {shape} has {shape[0]} coils (max_channels={self.max_channels}): "
+                             "expected (C, H, W, 2) with coils first")
+        if mask is None:
+            raise InputError("k-space without a sampling mask: pass mask=... (shape (W,) or (H, W))")
+        mask_np = np.asarray(convert_to_tensor(mask, track_meta=False).detach().cpu().numpy(), dtype=np.float32)
+        mask_np = mask_np.squeeze()
+        if mask_np.shape not in ((shape[2],), (shape[1], shape[2])):
+            raise InputError(
+                f"mask of shape {tuple(np.shape(mask))} does not fit k-space {shape}: expected ({shape[2]},) or "
+                f"({shape[1]}, {shape[2]})"
+            )
+        kspace_t = convert_to_tensor(kspace, track_meta=get_track_meta())
+        values = kspace_t.as_tensor() if isinstance(kspace_t, MetaTensor) else kspace_t
+        measurements = values.detach().cpu().float().numpy()[None]  # (D=1, coils, H, W, 2)
+        operator = CartesianFourier(mask_np, coils=shape[0])
+        image = reconstruct_volume(measurements, operator, self.config, self.device, self.progress)
+        out_t = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, shape[1], shape[2])
+        result, *_ = convert_to_dst_type(out_t, dst=kspace, dtype=out_t.dtype)
+        return _with_record(result, _record("DeepDecoderReconstruct", self.config, coils=shape[0],
+                                            sampled_fraction=float(mask_np.mean())))
+
+
+class DeepDecoderDenoised(MapTransform):
+    """
+    Dictionary-based wrapper of :py:class:`dd_medical.transforms.DeepDecoderDenoise`.
+
+    Args:
+        keys: keys of the images to denoise. See also: :py:class:`monai.transforms.compose.MapTransform`
+        allow_missing_keys: don't raise an exception if a key is missing.
+        The other arguments are those of :class:`DeepDecoderDenoise` (same defaults).
+    """
+
+    backend = DeepDecoderDenoise.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        iterations: int | None = None,
+        channels: int | None = None,
+        slice_axis: int = -1,
+        device: str = "auto",
+        seed: int | None = None,
+        preset: str = "default",
+        window: tuple[float, float] | Window | None = None,
+        modality: str | None = None,
+        config: FitConfig | None = None,
+        batch_size: int | None = None,
+        max_channels: int = 16,
+        progress: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = DeepDecoderDenoise(
+            iterations=iterations, channels=channels, slice_axis=slice_axis, device=device, seed=seed, preset=preset,
+            window=window, modality=modality, config=config, batch_size=batch_size, max_channels=max_channels,
+            progress=progress,
+        )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class DeepDecoderReconstructd(MapTransform):
+    """
+    Dictionary-based wrapper of :py:class:`dd_medical.transforms.DeepDecoderReconstruct`.
+
+    Args:
+        keys: keys of the k-space arrays ``(C, H, W, 2)``; each is replaced by its ``(1, H, W)`` magnitude image.
+        mask_key: key of the sampling mask (``(W,)`` or ``(H, W)``) in the same dictionary (default ``"mask"``);
+            where it is missing, the ``mask`` argument is used, and without either an error is raised.
+        allow_missing_keys: don't raise an exception if a key is missing.
+        The other arguments are those of :class:`DeepDecoderReconstruct` (same defaults).
+    """
+
+    backend = DeepDecoderReconstruct.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        mask: NdarrayOrTensor | None = None,
+        iterations: int | None = None,
+        channels: int | None = None,
+        device: str = "auto",
+        seed: int | None = None,
+        config: FitConfig | None = None,
+        max_channels: int = 64,
+        progress: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.converter = DeepDecoderReconstruct(
+            mask=mask, iterations=iterations, channels=channels, device=device, seed=seed, config=config,
+            max_channels=max_channels, progress=progress,
+        )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key], d.get(self.mask_key))
+        return d
+
+
+DeepDecoderDenoiseD = DeepDecoderDenoiseDict = DeepDecoderDenoised
+DeepDecoderReconstructD = DeepDecoderReconstructDict = DeepDecoderReconstructd

@@ -1,0 +1,408 @@
+"""Deep Decoder: 3D Slicer scripted module (Filtering > Denoising) for dd-medical.
+
+The widget binds a parameter node to the GUI; :class:`DeepDecoderLogic` does the work and can be used without the
+widget. The logic is a thin adapter: volume node -> numpy (``slicer.util.arrayFromVolume``, KJI order) ->
+:func:`dd_medical.api.denoise_array` -> output volume node with the input's geometry. Long runs go to the
+``DeepDecoderDenoise`` CLI module of this extension, which Slicer runs as a separate process, so the viewer stays
+responsive (as SlicerMONAIAuto3DSeg does); the CLI calls the same :func:`dd_medical.api.denoise_array`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+STRENGTHS = ["low", "medium", "high"]
+DEVICES = ["auto", "cpu", "cuda"]
+PIP_REQUIREMENT = "dd-medical"
+TORCH_REQUIREMENT = ">=2.2"
+
+
+#
+# DeepDecoder
+#
+
+
+class DeepDecoder(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Deep Decoder")
+        self.parent.categories = ["Filtering.Denoising"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["dd-medical developers"]
+        self.parent.helpText = _(
+            "Reduces noise in CT and MR volumes with an untrained Deep Decoder (Heckel and Hand, ICLR 2019): a small "
+            "network is fitted to each slice alone, from random weights. No training data and no trained model are "
+            "used. Denoising can remove fine, low-contrast detail (small or faint lesions) with the noise: compare "
+            "with the input. Slow on a CPU; a CUDA GPU is used when present. Not a diagnostic device. "
+            '<a href="https://github.com/dd-medical/dd-medical/tree/main/plugin">Documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "Method: R. Heckel and P. Hand, Deep Decoder: Concise Image Representations from Untrained "
+            "Non-convolutional Networks, ICLR 2019. Module structure from Slicer's scripted module template."
+        )
+
+
+#
+# DeepDecoderParameterNode
+#
+
+
+@parameterNodeWrapper
+class DeepDecoderParameterNode:
+    """The module's parameters, saved with the scene.
+
+    inputVolume - noisy scalar volume (CT in HU, or MR).
+    outputVolume - receives the denoised volume (float32, the input's geometry).
+    strength - low / medium / high: the dd_medical.fitting preset of that name.
+    iterations, channels - decoder settings; 0 means the preset's value.
+    device - auto (CUDA when present), cpu or cuda.
+    seed - the same seed, input and device give the same output.
+    runInBackground - run in a separate process (the DeepDecoderDenoise CLI module) so that Slicer stays responsive.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    strength: Annotated[str, Choice(STRENGTHS)] = "medium"
+    iterations: Annotated[int, WithinRange(0, 20000)] = 0
+    channels: Annotated[int, WithinRange(0, 512)] = 0
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    runInBackground: bool = True
+
+
+#
+# DeepDecoderWidget
+#
+
+
+class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The GUI: binds widgets of ``Resources/UI/DeepDecoder.ui`` to the parameter node, starts and follows runs."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cliNode = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepDecoder.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepDecoderLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.enabled = False
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: DeepDecoderParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        running = self._cliNode is not None and self._cliNode.IsBusy()
+        if running:
+            self.ui.applyButton.toolTip = _("A run is in progress")
+            self.ui.applyButton.enabled = False
+        elif self._parameterNode and self._parameterNode.inputVolume:
+            self.ui.applyButton.toolTip = _("Denoise the input volume")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = _("Select an input volume")
+            self.ui.applyButton.enabled = False
+
+    def onApplyButton(self) -> None:
+        """Install missing Python packages if the user agrees, then start a run."""
+        with slicer.util.tryWithErrorDisplay(_("Deep Decoder denoising failed."), waitCursor=True):
+            self.logic.setupPythonRequirements()
+            p = self._parameterNode
+            if not p.outputVolume:
+                p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(p.inputVolume.GetName() + " DD")
+                )
+            settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, device=p.device,
+                            seed=p.seed)
+            self.ui.progressBar.value = 0
+            if p.runInBackground:
+                self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume, **settings)
+                self.addObserver(self._cliNode, slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent,
+                                 self.onCliModified)
+                self.ui.cancelButton.enabled = True
+                self.ui.statusLabel.text = _("Running in the background...")
+            else:
+                self.ui.statusLabel.text = _("Running (Slicer is busy until done)...")
+                self.logic.process(p.inputVolume, p.outputVolume, progress=self.onProgress, **settings)
+                self.onFinished(p.outputVolume)
+            self._checkCanApply()
+
+    def onCancelButton(self) -> None:
+        if self._cliNode is not None:
+            self._cliNode.Cancel()
+
+    def onProgress(self, fraction: float) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        slicer.app.processEvents()
+
+    def onCliModified(self, cliNode, event) -> None:
+        self.ui.progressBar.value = int(round(cliNode.GetProgress()))
+        if cliNode.IsBusy():
+            return
+        self.removeObserver(cliNode, slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, self.onCliModified)
+        self.ui.cancelButton.enabled = False
+        status = cliNode.GetStatusString()
+        if cliNode.GetStatus() & cliNode.ErrorsMask:
+            message = cliNode.GetErrorText().strip() or status
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=message.splitlines()[-1])
+            slicer.util.errorDisplay(_("Deep Decoder denoising failed."), detailedText=message)
+        elif status == "Cancelled":
+            self.ui.statusLabel.text = _("Cancelled")
+        else:
+            self.onFinished(self._parameterNode.outputVolume if self._parameterNode else None)
+        self._cliNode = None
+        self._checkCanApply()
+
+    def onFinished(self, outputVolume) -> None:
+        self.ui.progressBar.value = 100
+        self.ui.statusLabel.text = _("Done")
+        if outputVolume is not None:
+            slicer.util.setSliceViewerLayers(background=outputVolume, fit=True)
+
+
+#
+# DeepDecoderLogic
+#
+
+
+class DeepDecoderLogic(ScriptedLoadableModuleLogic):
+    """Denoising of volume nodes; usable without the widget. Every numerical step is in ``dd_medical``.
+
+    Only the public dd_medical API is used (``dd_medical.api.denoise_array``), and it is imported inside the
+    methods so the module loads before dd-medical is installed.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self) -> DeepDecoderParameterNode:
+        return DeepDecoderParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def setupPythonRequirements(askConfirmation: bool = True) -> None:
+        """Install PyTorch (through the PyTorch extension's PyTorchUtils) and dd-medical (pip) when missing."""
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as err:
+            raise RuntimeError(
+                _("This module needs the PyTorch extension: install it in the Extensions Manager, then restart.")
+            ) from err
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            logging.info("PyTorch is missing: installing it through PyTorchUtils")
+            torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch must be installed to use this module (PyTorch extension)."))
+        try:
+            import dd_medical  # noqa: F401
+        except ModuleNotFoundError:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("This module needs the Python package dd-medical (and its dependencies). Install it now?")
+            ):
+                raise RuntimeError(_("dd-medical is not installed.")) from None
+            slicer.util.pip_install(PIP_REQUIREMENT)
+
+    def process(
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        outputVolume: vtkMRMLScalarVolumeNode,
+        strength: str = "medium",
+        iterations: int = 0,
+        channels: int = 0,
+        device: str = "auto",
+        seed: int = 0,
+        blocks: int = 0,
+        ensemble: int = 0,
+        progress=None,
+    ) -> None:
+        """Denoise in this process (blocks Slicer until done): node -> numpy -> dd_medical -> node.
+
+        ``iterations``, ``channels``, ``blocks``, ``ensemble`` of 0 mean the strength preset's value.
+        ``progress(fraction)`` is called with values rising in [0, 1].
+        """
+        from dd_medical.api import denoise_array
+
+        self._checkNodes(inputVolume, outputVolume)
+        array = slicer.util.arrayFromVolume(inputVolume)  # (slices, rows, columns) = KJI
+        denoised = denoise_array(
+            array, inputVolume.GetSpacing(), strength=strength, iterations=iterations or None,
+            channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, device=device, seed=seed,
+            callback=progress,
+        )
+        ijkToRas = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(ijkToRas)
+        outputVolume.SetIJKToRASMatrix(ijkToRas)
+        slicer.util.updateVolumeFromArray(outputVolume, denoised)
+        outputVolume.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        outputVolume.CreateDefaultDisplayNodes()
+
+    def processInBackground(
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        outputVolume: vtkMRMLScalarVolumeNode,
+        strength: str = "medium",
+        iterations: int = 0,
+        channels: int = 0,
+        device: str = "auto",
+        seed: int = 0,
+        blocks: int = 0,
+        ensemble: int = 0,
+        wait: bool = False,
+    ):
+        """Start the DeepDecoderDenoise CLI module (a separate process) and return its CLI node at once.
+
+        Follow it with the node's ``StatusModifiedEvent`` and ``GetProgress()`` (0-100); ``Cancel()`` stops it.
+        ``wait=True`` blocks until it ends (for tests).
+        """
+        self._checkNodes(inputVolume, outputVolume)
+        parameters = {
+            "inputVolume": inputVolume.GetID(),
+            "outputVolume": outputVolume.GetID(),
+            "strength": strength,
+            "iterations": int(iterations),
+            "channels": int(channels),
+            "blocks": int(blocks),
+            "ensemble": int(ensemble),
+            "device": device,
+            "seed": int(seed),
+        }
+        return slicer.cli.run(slicer.modules.deepdecoderdenoise, None, parameters, wait_for_completion=wait,
+                              update_display=False)
+
+    @staticmethod
+    def _checkNodes(inputVolume, outputVolume) -> None:
+        if not inputVolume or inputVolume.GetImageData() is None:
+            raise ValueError(_("Input volume is missing or empty"))
+        if not outputVolume:
+            raise ValueError(_("Output volume is missing"))
+        if inputVolume.GetID() == outputVolume.GetID():
+            raise ValueError(_("Choose an output volume other than the input (inputs are never modified)"))
+        if inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(_("Input is a label map; choose a CT or MR volume"))
+
+
+#
+# DeepDecoderTest
+#
+
+
+class DeepDecoderTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Reload and Test, or ctest): both paths on a small synthetic noisy volume."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DeepDecoder_inProcess()
+        self.setUp()
+        self.test_DeepDecoder_background()
+
+    def _noisyVolume(self):
+        import numpy as np
+
+        size = 48
+        yy, xx = np.mgrid[0:size, 0:size] - size / 2
+        body = (xx / (0.45 * size)) ** 2 + (yy / (0.35 * size)) ** 2 < 1
+        clean = np.repeat(np.where(body, 40.0, -1000.0)[None], 2, axis=0)
+        noisy = clean + np.random.default_rng(0).normal(0, 100, clean.shape)
+        volume = slicer.util.addVolumeFromArray(noisy.astype(np.float32), name="DeepDecoderTestInput")
+        volume.SetSpacing(0.7, 0.8, 2.5)
+        volume.SetOrigin(10.0, -20.0, 30.0)
+        return volume, clean
+
+    def _check(self, inputVolume, outputVolume, clean):
+        import numpy as np
+
+        out = slicer.util.arrayFromVolume(outputVolume)
+        noisy = slicer.util.arrayFromVolume(inputVolume)
+        self.assertEqual(out.shape, noisy.shape)
+        self.assertEqual(outputVolume.GetSpacing(), inputVolume.GetSpacing())
+        self.assertEqual(outputVolume.GetOrigin(), inputVolume.GetOrigin())
+        self.assertLess(np.abs(out - clean).mean(), np.abs(noisy - clean).mean())
+
+    def test_DeepDecoder_inProcess(self):
+        self.delayDisplay("Denoising in the Slicer process")
+        DeepDecoderLogic.setupPythonRequirements(askConfirmation=False)
+        inputVolume, clean = self._noisyVolume()
+        outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        seen = []
+        DeepDecoderLogic().process(inputVolume, outputVolume, iterations=300, channels=24, blocks=4, ensemble=1,
+                                   device="cpu", progress=seen.append)
+        self.assertEqual(seen, sorted(seen))
+        self.assertAlmostEqual(seen[-1], 1.0)
+        self._check(inputVolume, outputVolume, clean)
+        self.delayDisplay("Test passed")
+
+    def test_DeepDecoder_background(self):
+        self.delayDisplay("Denoising through the DeepDecoderDenoise CLI module")
+        inputVolume, clean = self._noisyVolume()
+        outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        cliNode = DeepDecoderLogic().processInBackground(
+            inputVolume, outputVolume, iterations=300, channels=24, blocks=4, ensemble=1, device="cpu", wait=True
+        )
+        self.assertEqual(cliNode.GetStatusString(), "Completed", cliNode.GetErrorText())
+        self._check(inputVolume, outputVolume, clean)
+        self.delayDisplay("Test passed")

@@ -1,0 +1,184 @@
+#!/usr/bin/env python-real
+"""Deep Decoder Denoise: the 3D Slicer CLI module (Filtering > Denoising) over :func:`dd_medical.api.denoise_array`.
+
+Slicer runs it as ``python-real DeepDecoderDenoise.py [--flag value ...] input.nrrd output.nrrd`` (the flags and
+positional arguments of ``DeepDecoderDenoise.xml``) and reads progress from stdout. It also runs from a shell::
+
+    python DeepDecoderDenoise.py --strength medium noisy.nrrd denoised.nrrd
+    python DeepDecoderDenoise.py --xml          # the module description, exactly DeepDecoderDenoise.xml
+
+Advanced integers given as 0 (their default) mean "the strength preset's value". Inputs that are refused, with a
+one-line message on stderr and exit status 1: a missing or unreadable file; an image that is not 3D (2D, 4D) or
+not single-component; and a label map, i.e. an integer-typed image with no negative values and at most
+``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
+negative values (CT) or many more distinct values. Bad flags exit with status 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+XML_PATH = Path(__file__).resolve().with_name("DeepDecoderDenoise.xml")
+MODULE_NAME = "DeepDecoderDenoise"
+LABEL_MAP_MAX_VALUES = 64
+STRENGTHS = ("low", "medium", "high")
+DEVICES = ("auto", "cpu", "cuda")
+MODALITIES = ("CT", "MR")
+
+
+def xml_description() -> str:
+    """The module description (Slicer Execution Model XML), exactly as shipped beside this script."""
+    return XML_PATH.read_text(encoding="utf-8")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Arguments as Slicer passes them: ``--flag value`` pairs, then the input and output paths."""
+    parser = argparse.ArgumentParser(
+        prog=MODULE_NAME, description="Denoise a 3D volume with an untrained Deep Decoder (Slicer CLI module)."
+    )
+    parser.add_argument("inputVolume", help="noisy 3D scalar volume (.nrrd, .nii.gz, .mha)")
+    parser.add_argument("outputVolume", help="denoised volume to write (same geometry, float32)")
+    parser.add_argument("--strength", choices=STRENGTHS, default="medium")
+    parser.add_argument("--iterations", type=_non_negative, default=0, help="0: the preset's value")
+    parser.add_argument("--channels", type=_non_negative, default=0, help="0: the preset's value")
+    parser.add_argument("--blocks", type=_non_negative, default=0, help="0: the preset's value")
+    parser.add_argument("--ensemble", type=_non_negative, default=0, help="0: the preset's value")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--modality", choices=MODALITIES, default="CT")
+    parser.add_argument("--seed", type=_non_negative, default=0)
+    return parser.parse_args(argv)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def emit(line: str) -> None:
+    """One line of Slicer's progress protocol on stdout, flushed at once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class ProgressReporter:
+    """Writes ``<filter-progress>`` lines for fractions in [0, 1], rising, at most one per ``step``."""
+
+    def __init__(self, step: float = 0.01) -> None:
+        self.step = step
+        self.last = -1.0
+
+    def __call__(self, fraction: float) -> None:
+        fraction = min(1.0, max(self.last, float(fraction)))
+        if fraction - self.last >= self.step or (fraction == 1.0 and self.last < 1.0):
+            self.last = fraction
+            emit(f"<filter-progress>{fraction:.4f}</filter-progress>")
+
+
+def check_input(path: Path) -> None:
+    """Refuse a missing file, a non-3D or multi-component image, or a label map, with SimpleITK alone (fast: before
+    torch is imported). Raises ``ValueError("<path>: <problem>")``.
+
+    A label map is an integer-typed image with no negative values and at most :data:`LABEL_MAP_MAX_VALUES` distinct
+    values; integer CT has negative HU, and integer MR has many more values.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise ValueError(f"{path}: " + ("input file does not exist" if not path.exists() else "input is not a file"))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(f"{path}: cannot read the image header (not an image file?)") from err
+    dim, size = reader.GetDimension(), "x".join(str(s) for s in reader.GetSize())
+    if dim != 3:
+        raise ValueError(f"{path}: is a {dim}D image of size {size}; expected a 3D volume (one slice: depth 1)")
+    if reader.GetNumberOfComponents() != 1:
+        raise ValueError(f"{path}: has {reader.GetNumberOfComponents()} components per voxel; expected a scalar volume")
+    if reader.GetPixelID() in _integer_pixel_ids(sitk):
+        image = reader.Execute()
+        values = sitk.GetArrayViewFromImage(image)  # a view: valid while `image` lives
+        if values.min() >= 0:
+            distinct = np.unique(values).size
+            if distinct <= LABEL_MAP_MAX_VALUES:
+                raise ValueError(f"{path}: looks like a label map (integer voxels, {distinct} distinct values); "
+                                 "choose a CT or MR volume")
+
+
+def _integer_pixel_ids(sitk) -> set[int]:
+    names = ("sitkUInt8", "sitkInt8", "sitkUInt16", "sitkInt16", "sitkUInt32", "sitkInt32", "sitkUInt64", "sitkInt64")
+    return {getattr(sitk, name) for name in names if hasattr(sitk, name)}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Read, denoise and write, reporting progress on stdout (Slicer's ``<filter-...>`` protocol)."""
+    from dd_medical.api import denoise_array
+    from dd_medical.errors import InputError
+    from dd_medical.io import read_image, write_image
+
+    start = time.perf_counter()
+    in_path, out_path = Path(args.inputVolume), Path(args.outputVolume)
+    if out_path.resolve() == in_path.resolve():
+        raise InputError("output is the input (inputs are never modified)", out_path)
+    volume = read_image(in_path, modality=args.modality)
+    depth, height, width = volume.shape
+    emit("<filter-start>")
+    emit(f"<filter-name>{MODULE_NAME}</filter-name>")
+    emit(f"<filter-comment>Deep Decoder denoising of {depth} slice(s) of {height}x{width}, strength "
+         f"{args.strength}</filter-comment>")
+    emit("</filter-start>")
+    report = ProgressReporter()
+    report(0.0)
+    fitting = {name: getattr(args, name) or None for name in ("iterations", "channels", "blocks", "ensemble")}
+    denoised = denoise_array(
+        volume.array, volume.spacing, strength=args.strength, device=args.device, seed=args.seed,
+        modality=args.modality, callback=lambda fraction: report(0.95 * fraction), **fitting,
+    )
+    emit("<filter-comment>writing the output volume</filter-comment>")
+    write_image(volume.with_array(denoised), out_path, overwrite=True)
+    report(1.0)
+    emit("<filter-end>")
+    emit(f"<filter-name>{MODULE_NAME}</filter-name>")
+    emit(f"<filter-time>{time.perf_counter() - start:.1f}</filter-time>")
+    emit("</filter-end>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 done, 1 bad input or failure, 2 bad arguments)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--xml" in argv:
+        sys.stdout.write(xml_description())
+        sys.stdout.flush()
+        return 0
+    args = parse_args(argv)
+    try:
+        check_input(Path(args.inputVolume))
+    except ValueError as err:
+        print(f"{MODULE_NAME}: error: {err}", file=sys.stderr)
+        return 1
+    try:
+        import dd_medical  # noqa: F401
+    except ImportError as err:
+        print(f"{MODULE_NAME}: error: the dd-medical package is not installed in this Python ({err}); open the "
+              "Deep Decoder module in Slicer to install it, or run slicer.util.pip_install('dd-medical')",
+              file=sys.stderr)
+        return 1
+    from dd_medical.errors import DDMedicalError
+
+    try:
+        run(args)
+    except (DDMedicalError, ValueError, OSError) as err:
+        print(f"{MODULE_NAME}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""dd_medical.compression: the .ddc codec (fit, quantise, store, decode), its damage checks and its CLI."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from dd_medical.cli import cli
+from dd_medical.compression import (
+    DICOM_METHOD,
+    FORMAT_VERSION,
+    MAGIC,
+    compress,
+    decompress,
+    read_ddc,
+    read_header,
+)
+from dd_medical.errors import InputError
+from dd_medical.io import read_volume, write_series
+from dd_medical.phantom import phantom_volume
+
+SMALL = dict(channels=12, blocks=4, iterations=80, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return phantom_volume(depth=2, size=32)
+
+
+@pytest.fixture(scope="module")
+def encoded8(volume):
+    return compress(volume, bits=8, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def encoded16(volume):
+    return compress(volume, bits=16, **SMALL)
+
+
+def _psnr(a, b, window):
+    mse = np.mean(((a - b) / (window[1] - window[0])) ** 2, axis=(1, 2))
+    return 10 * np.log10(1 / mse)
+
+
+def test_round_trip_gives_exactly_the_measured_image(volume, encoded8, tmp_path):
+    decoded = decompress(encoded8.data)
+    assert decoded.array.dtype == np.float32 and decoded.shape == volume.shape
+    assert np.array_equal(decoded.array, encoded8.volume.array)  # bitwise: decode is the same forward pass
+    assert decoded.spacing == volume.spacing and decoded.origin == volume.origin
+    assert decoded.direction == volume.direction and decoded.modality == volume.modality
+    # the PSNR compress measured (and stored) is the PSNR of what decompress gives
+    window = encoded8.header["window"]
+    measured = _psnr(decoded.array, volume.array, window)
+    np.testing.assert_allclose(measured, encoded8.psnr, atol=1e-3)
+    np.testing.assert_allclose(encoded8.header["measured"]["psnr_db"], encoded8.psnr, atol=1e-3)
+    flat = _psnr(np.broadcast_to(volume.array.mean(axis=(1, 2), keepdims=True), volume.shape), volume.array, window)
+    assert np.all(encoded8.psnr > flat + 3)  # a fitted image, clearly better than each slice's mean value
+    path = tmp_path / "x.ddc"
+    path.write_bytes(encoded8.data)
+    from_file, header = read_ddc(path)
+    assert np.array_equal(from_file.array, decoded.array) and header == encoded8.header
+
+
+def test_8_bits_is_smaller_and_16_bits_is_closer(encoded8, encoded16):
+    p8, p16 = encoded8.header["payload_bytes"], encoded16.header["payload_bytes"]
+    weights = 2 * (4 * (12 * 12 + 2 * 12) + 12)  # two slices of num_parameters(12, 4)
+    tensors = 2 * (3 * 4 + 1)
+    assert p8 == weights + 8 * tensors and p16 == 2 * weights + 8 * tensors
+    assert len(encoded16.data) > len(encoded8.data) and encoded8.ratio > encoded16.ratio
+    # same fit (same seed), only the quantisation differs: 16 bits stays closer to the unquantised decoder
+    fitted = np.array(encoded8.header["measured"]["psnr_unquantised_db"])
+    assert np.array_equal(fitted, encoded16.header["measured"]["psnr_unquantised_db"])
+    assert np.all(np.abs(encoded16.psnr - fitted) < 0.01)
+    assert np.all(np.abs(encoded16.psnr - fitted) < np.abs(encoded8.psnr - fitted))
+    assert np.max(np.abs(encoded16.volume.array - encoded8.volume.array)) > 0
+
+
+def test_header_round_trip(volume, encoded8):
+    header, payload = read_header(encoded8.data)
+    assert header == encoded8.header and len(payload) == header["payload_bytes"]
+    assert header["architecture"] == {"channels": 12, "blocks": 4, "out_channels": 1, "output": "sigmoid",
+                                      "height": 32, "width": 32}
+    assert header["input"] == {"seed": 3, "slice_indices": [0, 1]}
+    assert header["window"] == [float(volume.array.min()), float(volume.array.max())]
+    assert header["geometry"]["shape"] == [2, 32, 32]
+    assert header["geometry"]["spacing"] == list(volume.spacing)
+    assert header["geometry"]["modality"] == "CT"
+    assert header["quantisation"] == {"bits": 8, "scheme": "affine-per-tensor"}
+    assert encoded8.data[:8] == MAGIC and struct.unpack_from("<H", encoded8.data, 8)[0] == FORMAT_VERSION
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_damaged_files_raise_clear_input_errors(encoded8, tmp_path):
+    data = encoded8.data
+    header_end = 14 + struct.unpack_from("<I", data, 10)[0]
+    for position in (20, header_end + 3, len(data) - 40, len(data) - 2):  # header, payload, weights, CRC
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        with pytest.raises(InputError, match="corrupt"):
+            decompress(bytes(damaged))
+    for length in (0, 5, 12, header_end - 1, header_end + 10, len(data) - 1):
+        with pytest.raises(InputError, match="truncated"):
+            decompress(data[:length])
+    with pytest.raises(InputError, match="wrong magic"):
+        decompress(b"GIF89a" + data[6:])
+    future = bytearray(data[:-4])
+    future[8:10] = struct.pack("<H", FORMAT_VERSION + 1)
+    with pytest.raises(InputError, match=f"version {FORMAT_VERSION + 1} is not supported"):
+        decompress(_with_crc(bytes(future)))
+    # a well-formed file whose header lies about the architecture: caught, never a silently wrong image
+    header, payload = read_header(data)
+    header["architecture"]["channels"] = 13
+    import json
+    text = json.dumps(header).encode()
+    with pytest.raises(InputError, match="payload has"):
+        decompress(_with_crc(data[:8] + struct.pack("<HI", FORMAT_VERSION, len(text)) + text + payload))
+    # the file name is in the message
+    path = tmp_path / "broken.ddc"
+    path.write_bytes(data[:-10])
+    with pytest.raises(InputError, match="broken.ddc: truncated"):
+        read_ddc(path)
+
+
+def test_deterministic_given_seed():
+    one = phantom_volume(depth=1, size=32)
+    options = dict(channels=8, blocks=4, iterations=25, device="cpu")
+    first, second = compress(one, seed=7, **options), compress(one, seed=7, **options)
+    assert first.data == second.data
+    assert compress(one, seed=8, **options).data != first.data
+
+
+def _run(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_cli_compress_decompress_dicom_and_nrrd(volume, tmp_path):
+    write_series(volume, tmp_path / "in", series_description="phantom")
+    code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ct.ddc"), "--channels", "8", "--blocks", "4",
+                     "--iterations", "30", "--bits", "16", "--device", "cpu")
+    assert code == 0, out
+    assert "bits/pixel" in out and (tmp_path / "ct.ddc").is_file()
+    expected, header = read_ddc(tmp_path / "ct.ddc")
+    assert header["quantisation"]["bits"] == 16 and header["architecture"]["channels"] == 8
+
+    code, out = _run("decompress", str(tmp_path / "ct.ddc"), str(tmp_path / "out"))
+    assert code == 0, out
+    files = sorted((tmp_path / "out").glob("*.dcm"))
+    assert len(files) == 2
+    src = pydicom.dcmread(sorted((tmp_path / "in").glob("*.dcm"))[1])
+    ds = pydicom.dcmread(files[1])
+    assert ds.LossyImageCompression == "01"
+    assert ds.LossyImageCompressionMethod == DICOM_METHOD
+    ratio = 2 * 32 * 32 * 2 / (tmp_path / "ct.ddc").stat().st_size
+    assert float(ds.LossyImageCompressionRatio) == pytest.approx(ratio, rel=1e-3)
+    assert "DERIVED" in ds.ImageType and ds.Modality == "CT"
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        np.testing.assert_allclose([float(v) for v in ds[keyword].value], [float(v) for v in src[keyword].value])
+    series = read_volume(tmp_path / "out")
+    assert np.max(np.abs(series.array - expected.array)) <= 0.51  # int16 HU of the decoded image
+    np.testing.assert_allclose(series.spacing, volume.spacing, atol=1e-6)
+    np.testing.assert_allclose(series.origin, volume.origin, atol=1e-4)
+
+    code, out = _run("decompress", str(tmp_path / "ct.ddc"), str(tmp_path / "ct.nrrd"))
+    assert code == 0, out
+    image = read_volume(tmp_path / "ct.nrrd")
+    assert np.array_equal(image.array, expected.array)
+    np.testing.assert_allclose(image.spacing, volume.spacing, atol=1e-6)
+    np.testing.assert_allclose(image.origin, volume.origin, atol=1e-4)
+    np.testing.assert_allclose(image.direction, volume.direction, atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary output left
+
+    damaged = bytearray((tmp_path / "ct.ddc").read_bytes())
+    damaged[-30] ^= 1
+    (tmp_path / "bad.ddc").write_bytes(bytes(damaged))
+    code, out = _run("decompress", str(tmp_path / "bad.ddc"), str(tmp_path / "bad.nrrd"))
+    assert code == 2 and "bad.ddc: corrupt .ddc file: CRC-32" in out
+    assert not (tmp_path / "bad.nrrd").exists()
+    code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ct.ddc"), "--iterations", "1")
+    assert code == 2 and "already exists" in out

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from dd_medical.decoder import BatchedDeepDecoder, DeepDecoder, num_parameters, size_ladder
+from dd_medical.fitting import slice_generator
+
+
+def test_num_parameters_matches_reference_count():
+    assert num_parameters(64, 6, 1) == 25_408
+    assert num_parameters(32, 6, 1) == 6 * (32 * 32 + 64) + 32
+    model = DeepDecoder(64, 64, channels=64, blocks=6, out_channels=1)
+    assert sum(p.numel() for p in model.parameters()) == 25_408
+
+
+@pytest.mark.parametrize("size", [(512, 512), (400, 512), (320, 260), (33, 47)])
+def test_output_has_exact_size_for_any_slice(size):
+    h, w = size
+    ladder = size_ladder(h, w, 6)
+    assert ladder[-1] == (h, w) and len(ladder) == 6
+    model = DeepDecoder(h, w, channels=4, blocks=6)
+    with torch.no_grad():
+        out = model()
+    assert out.shape == (1, 1, h, w)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_fixed_input_is_uniform_in_0_to_0_1_at_one_32nd_size():
+    model = DeepDecoder(512, 512, channels=64, generator=torch.Generator().manual_seed(1))
+    z = model.net_input
+    assert z.shape == (1, 64, 16, 16)
+    assert z.min() >= 0 and z.max() < 0.1
+
+
+def test_batched_equals_separate_decoders_with_same_weights():
+    gens = [slice_generator(0, i) for i in range(3)]
+    singles = [DeepDecoder(40, 36, channels=8, blocks=4, generator=g) for g in gens]
+    # Give the normalisation non-trivial learned scale/shift so the test covers them.
+    for i, d in enumerate(singles):
+        with torch.no_grad():
+            for n in d.norms:
+                n.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
+                n.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(i + 10))
+    batched = BatchedDeepDecoder.from_decoders(singles)
+    with torch.no_grad():
+        together = batched()
+        apart = torch.cat([d() for d in singles])
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_init_from_generators_equals_single_init():
+    batched = BatchedDeepDecoder(2, 32, 32, channels=8, blocks=6, generators=[slice_generator(5, i) for i in (7, 9)])
+    single = DeepDecoder(32, 32, channels=8, blocks=6, generator=slice_generator(5, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(batched()[1:], single(), atol=1e-5, rtol=1e-5)

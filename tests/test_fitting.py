@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from dd_medical.fitting import FitConfig, fit
+from dd_medical.operators import Identity
+
+SMALL = dict(channels=8, blocks=4, iterations=60, loss_every=5, ensemble=1)
+
+
+def _images(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    clean = np.stack([0.5 + 0.3 * np.sin((3 + b) * xx) * np.cos(2 * yy) for b in range(batch)])
+    return torch.from_numpy(np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32))[:, None]
+
+
+def test_fit_returns_image_history_iterations_and_time():
+    y = _images(2)
+    result = fit(Identity(), y, FitConfig(**SMALL))
+    assert result.image.shape == y.shape and result.image.dtype == torch.float32
+    assert 0 <= float(result.image.min()) and float(result.image.max()) <= 1
+    assert result.loss_history.shape[1] == 2 and result.loss_history.shape[0] >= 60 // 5
+    assert list(result.iterations) == [60, 60]
+    assert result.seconds > 0
+    assert result.loss_history[-1].mean() < result.loss_history[0].mean()  # it fits
+    assert any(k.startswith("weights") for k in result.weights)
+
+
+def test_same_seed_same_output_other_seed_other_output():
+    y = _images(1)
+    a = fit(Identity(), y, FitConfig(**SMALL, seed=3)).image
+    b = fit(Identity(), y, FitConfig(**SMALL, seed=3)).image
+    c = fit(Identity(), y, FitConfig(**SMALL, seed=4)).image
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("result_mode", ["average", "best", "last"])
+def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
+    y = _images(3)
+    config = FitConfig(**SMALL, result=result_mode)
+    together = fit(Identity(), y, config, slice_indices=[10, 11, 12]).image
+    for j in range(3):
+        alone = fit(Identity(), y[j : j + 1], config, slice_indices=[10 + j]).image
+        torch.testing.assert_close(together[j : j + 1], alone, atol=1e-4, rtol=0)
+
+
+def test_ensemble_members_differ_and_result_is_their_mean():
+    y = _images(1)
+    config = FitConfig(**{**SMALL, "ensemble": 3})
+    result = fit(Identity(), y, config)
+    assert result.weights["out_weight"].shape[0] == 3  # B * ensemble decoders
+    members = [fit(Identity(), y, FitConfig(**SMALL)).image]  # member 0 alone equals a one-member fit
+    assert result.image.shape == members[0].shape
+    assert not torch.allclose(result.image, members[0], atol=1e-4)
+
+
+def test_discrepancy_rule_stops_each_slice_at_its_noise_level():
+    clean = _images(2, seed=1) * 0  # flat images: the decoder reaches the noise level quickly
+    rng = np.random.default_rng(2)
+    y = (0.5 + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
+    config = FitConfig(**{**SMALL, "iterations": 400}, stopping="discrepancy")
+    result = fit(Identity(), y, config)
+    assert all(0 < it < 400 for it in result.iterations)
+    # Stopped near the noise level, not fitted into the noise.
+    assert float(((result.image - y) ** 2).mean()) > 0.5 * 0.1**2
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        FitConfig(iterations=0)
+    with pytest.raises(ValueError):
+        FitConfig(result="median")
+    with pytest.raises(ValueError):
+        FitConfig(learning_rate=-1)

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import torch
+from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask
+from monai.networks.blocks.fft_utils_t import fftn_centered_t, ifftn_centered_t
+
+from dd_medical.errors import InputError
+from dd_medical.operators import (
+    CartesianFourier,
+    GaussianProjection,
+    Identity,
+    ParallelBeamRadon,
+    PixelMask,
+    equispaced_mask,
+    magnitude,
+    random_mask,
+    variable_density_mask,
+)
+
+
+def _dot_test(op, x_shape, y_shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float32)
+    y = torch.randn(y_shape, generator=gen, dtype=torch.float32)
+    ax = op.forward(x)
+    assert tuple(ax.shape) == tuple(y_shape)
+    aty = op.adjoint(y)
+    assert tuple(aty.shape) == tuple(x_shape)
+    lhs = float((ax.double() * y.double()).sum())
+    rhs = float((x.double() * aty.double()).sum())
+    assert abs(lhs - rhs) <= 1e-4 * max(abs(lhs), abs(rhs))
+
+
+@pytest.mark.parametrize("coils", [1, 3])
+@pytest.mark.parametrize("mask_kind", ["lines", "2d"])
+def test_cartesian_fourier_dot_product(coils, mask_kind):
+    mask = equispaced_mask(24, 4, 0.1, seed=1) if mask_kind == "lines" else variable_density_mask((20, 24), 3)
+    op = CartesianFourier(mask, coils=coils)
+    _dot_test(op, (2, 2 * coils, 20, 24), (2, coils, 20, 24, 2))
+
+
+def test_cartesian_fourier_matches_monai_centered_fft_and_its_inverse():
+    op = CartesianFourier(torch.ones(16), coils=2)  # fully sampled
+    x = torch.randn(1, 4, 12, 16)
+    images = x.view(1, 2, 2, 12, 16).permute(0, 1, 3, 4, 2)  # (B, coils, H, W, 2)
+    kspace = op.forward(x)
+    torch.testing.assert_close(kspace, fftn_centered_t(images, spatial_dims=2, is_complex=True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(op.adjoint(kspace), x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(op.baseline(kspace), magnitude(x))
+    roundtrip = ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)
+    torch.testing.assert_close(roundtrip.permute(0, 1, 4, 2, 3).reshape(1, 4, 12, 16), x, atol=1e-5, rtol=1e-5)
+
+
+def test_cartesian_fourier_masks_columns_and_zero_fills():
+    mask = equispaced_mask(32, 4, 0.08, seed=0)
+    op = CartesianFourier(mask)
+    k = op.forward(torch.rand(1, 2, 32, 32))
+    assert k.shape == (1, 1, 32, 32, 2)
+    assert torch.all(k[..., mask == 0, :] == 0) and torch.any(k[..., mask == 1, :] != 0)
+    assert op.image_shape(k) == (2, 32, 32)
+    assert op.baseline(k).shape == (1, 1, 32, 32)
+    with pytest.raises(InputError, match="does not match the mask"):
+        op.image_shape(torch.zeros(1, 1, 32, 30, 2))
+    with pytest.raises(InputError, match="coils=1"):
+        op.image_shape(torch.zeros(1, 2, 32, 32, 2))
+
+
+@pytest.mark.parametrize("maker", [random_mask, equispaced_mask])
+@pytest.mark.parametrize("acceleration", [4, 8])
+def test_line_masks_have_centre_and_rate_and_are_seeded(maker, acceleration):
+    width = 256
+    mask = maker(width, acceleration, 0.08, seed=3)
+    assert mask.shape == (width,) and mask.dtype == np.float32
+    num_low = round(width * 0.08)
+    pad = (width - num_low + 1) // 2
+    assert mask[pad:pad + num_low].all()
+    assert abs(mask.sum() - width / acceleration) <= 0.25 * width / acceleration
+    np.testing.assert_array_equal(mask, maker(width, acceleration, 0.08, seed=3))
+
+
+def test_equispaced_mask_samples_as_many_lines_as_monai():
+    transform = EquispacedKspaceMask(center_fractions=[0.08], accelerations=[4], spatial_dims=2, is_complex=True)
+    transform.set_random_state(0)
+    transform(torch.zeros(1, 64, 128, 2))
+    assert abs(float(transform.mask.sum()) - equispaced_mask(128, 4, 0.08).sum()) <= 1
+
+
+def test_variable_density_mask_rate_centre_and_density():
+    mask2d = variable_density_mask((64, 64), acceleration=4, center_fraction=0.1, seed=0)
+    assert mask2d.shape == (64, 64) and mask2d.sum() == round(64 * 64 / 4)
+    assert mask2d[29:35, 29:35].all()  # centre square
+    assert mask2d[16:48, 16:48].mean() > mask2d.mean()  # denser inside
+    lines = variable_density_mask(100, acceleration=5, seed=1)
+    assert lines.shape == (100,) and lines.sum() == 20
+    assert not np.array_equal(lines, variable_density_mask(100, acceleration=5, seed=2))
+
+
+@pytest.mark.parametrize("maker", [random_mask, equispaced_mask, variable_density_mask])
+def test_acceleration_below_one_is_rejected(maker):
+    with pytest.raises(InputError, match="acceleration must be >= 1"):
+        maker(64, 0.5, 0.08)
+
+
+@pytest.mark.parametrize("angles", [np.linspace(0, 180, 30, endpoint=False), np.linspace(0, 120, 20, endpoint=False)])
+def test_radon_dot_product_and_autograd_adjoint(angles):
+    op = ParallelBeamRadon(angles, (24, 20))
+    _dot_test(op, (2, 1, 24, 20), (2, 1, len(angles), op.detectors))
+    x = torch.rand(1, 1, 24, 20, requires_grad=True)
+    y = torch.rand(1, 1, len(angles), op.detectors)
+    (op.forward(x) * y).sum().backward()
+    torch.testing.assert_close(x.grad, op.adjoint(y))
+
+
+def test_fbp_reconstructs_a_disk_from_many_views():
+    size = 48
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    disk = torch.tensor((xx**2 + yy**2 < 14**2).astype(np.float32))[None, None]
+    op = ParallelBeamRadon(np.linspace(0, 180, 120, endpoint=False), size)
+    for name in ("ramp", "hann"):
+        image = op.fbp(op.forward(disk), name)[0, 0]
+        assert abs(float(image[20:28, 20:28].mean()) - 1) < 0.05
+        assert abs(float(image[:6, :6].mean())) < 0.05
+    with pytest.raises(InputError, match="unknown FBP filter"):
+        op.fbp(op.forward(disk), "shepp")
+
+
+def test_radon_rejects_zero_views_and_wrong_sinograms():
+    with pytest.raises(InputError, match="at least one view"):
+        ParallelBeamRadon([], 32)
+    op = ParallelBeamRadon(np.linspace(0, 180, 10, endpoint=False), 32)
+    with pytest.raises(InputError, match="views=10"):
+        op.image_shape(torch.zeros(1, 1, 12, op.detectors))
+
+
+def test_pixel_mask_and_gaussian_projection_dot_products_and_baselines():
+    mask = np.random.default_rng(0).uniform(size=(16, 12)) > 0.5
+    _dot_test(PixelMask(mask), (2, 3, 16, 12), (2, 3, 16, 12))
+    op = GaussianProjection(150, (16, 12), seed=0)
+    _dot_test(op, (2, 1, 16, 12), (2, 150))
+    x = torch.rand(1, 1, 16, 12)
+    recon = op.baseline(op.forward(x))
+    torch.testing.assert_close(op.forward(recon), op.forward(x), atol=1e-4, rtol=1e-3)  # consistent
+    full = GaussianProjection(16 * 12, (16, 12), seed=0)
+    torch.testing.assert_close(full.baseline(full.forward(x)), x, atol=1e-3, rtol=1e-3)
+    _dot_test(Identity(), (1, 1, 8, 8), (1, 1, 8, 8))
+
+
+def test_operators_reject_complex_or_empty_masks():
+    with pytest.raises(InputError, match="complex"):
+        CartesianFourier(np.ones(16, dtype=np.complex64))
+    with pytest.raises(InputError, match="samples nothing"):
+        CartesianFourier(np.zeros(16))
+    with pytest.raises(InputError, match="observes no pixel"):
+        PixelMask(np.zeros((8, 8)))

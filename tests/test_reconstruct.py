@@ -1,0 +1,201 @@
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dd_medical.cli import cli
+from dd_medical.errors import InputError
+from dd_medical.fitting import FitConfig
+from dd_medical.io import read_volume, write_image
+from dd_medical.metrics import psnr
+from dd_medical.operators import CartesianFourier, GaussianProjection, ParallelBeamRadon, equispaced_mask
+from dd_medical.phantom import write_phantom_series
+from dd_medical.pipeline import reconstruct_volume
+from dd_medical.reconstruction import (
+    RECONSTRUCTION_DEFAULTS,
+    load_kspace,
+    magnitude_image,
+    prepare_measurements,
+    simulate,
+    tv_reconstruct,
+)
+from dd_medical.volume import Volume
+
+SMALL = FitConfig(channels=16, blocks=4, iterations=150, ensemble=1, stopping="fixed")
+
+
+def phantom_hu(depth: int = 2, size: int = 48) -> np.ndarray:
+    """Piecewise-constant HU slices: a body ellipse (40 HU) with a lesion (+160 HU) in air."""
+    yy, xx = np.mgrid[0:size, 0:size] - size / 2
+    body = (xx / (0.45 * size)) ** 2 + (yy / (0.35 * size)) ** 2 < 1
+    lesion = (xx - 5) ** 2 + (yy + 3) ** 2 < 16
+    hu = np.where(body, 40.0, -1000.0) + np.where(lesion, 160.0, 0.0)
+    return np.repeat(hu[None], depth, axis=0).astype(np.float32)
+
+
+def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean(psnr(image, reference, float(reference.max() - reference.min()))))
+
+
+def test_sparse_view_ct_beats_fbp_and_keeps_the_attenuation_scale():
+    sim = simulate(phantom_hu(1, 48), "ct", views=20)
+    before = sim.measurements.clone()
+    config = FitConfig(channels=32, blocks=4, iterations=300, ensemble=1, stopping="fixed")
+    out = reconstruct_volume(sim.measurements, sim.operator, config, device="cpu", progress=False)
+    assert out.shape == (1, 48, 48) and out.dtype == np.float32
+    torch.testing.assert_close(sim.measurements, before)  # not modified
+    fbp = magnitude_image(sim.operator, sim.operator.fbp(sim.measurements)).numpy()
+    assert _psnr(out, sim.reference) > _psnr(fbp, sim.reference) + 3
+    body = sim.reference > 0.5
+    assert abs(out[body].mean() / sim.reference[body].mean() - 1) < 0.05
+    hu = sim.to_input_units(out)
+    assert abs(np.median(hu[body]) - 40) < 60
+
+
+def test_inpainting_half_the_pixels_missing():
+    sim = simulate(phantom_hu(1, 32), "inpaint", missing=0.5, seed=1)
+    out = reconstruct_volume(sim.measurements, sim.operator, SMALL, device="cpu", progress=False)
+    masked = sim.measurements[:, 0].numpy()
+    assert _psnr(out, sim.reference) > _psnr(masked, sim.reference) + 10
+
+
+def test_mri_recovers_a_fully_sampled_multicoil_image_and_keeps_the_scale():
+    hu = phantom_hu(depth=1, size=32)
+    mu = torch.from_numpy((hu + 1000) / 1000)[:, None]  # (1, 1, H, W)
+    ramp = torch.linspace(0.5, 1.0, 32)
+    coils = torch.cat([mu * ramp, torch.zeros_like(mu), mu * ramp.flip(0), 0.3 * mu], dim=1)  # two complex coils
+    full = CartesianFourier(np.ones(32), coils=2)
+    out = reconstruct_volume(full.forward(coils), full, FitConfig(channels=16, blocks=4, iterations=150, ensemble=1,
+                                                                   output="linear"), device="cpu", progress=False)
+    rss = magnitude_image(full, coils).numpy()
+    assert _psnr(out, rss) > 15
+
+    op = CartesianFourier(equispaced_mask(32, 4, 0.1), coils=1)
+    y = op.forward(torch.cat([mu, torch.zeros_like(mu)], dim=1))
+    assert RECONSTRUCTION_DEFAULTS["mri"].output == "linear"
+    out4 = reconstruct_volume(y.numpy(), op, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1),
+                              device="cpu", progress=False)  # sigmoid config: fitted linear
+    assert out4.shape == (1, 32, 32) and np.isfinite(out4).all()
+    assert 0.5 < out4.max() / float(mu.max()) < 2  # in the measurements' scale
+
+
+def test_result_does_not_depend_on_batch_size():
+    sim = simulate(phantom_hu(depth=3, size=24), "ct", views=8)
+    config = FitConfig(channels=8, blocks=3, iterations=20, ensemble=1, stopping="fixed")
+    one = reconstruct_volume(sim.measurements, sim.operator, config, device="cpu", progress=False, batch_size=1)
+    three = reconstruct_volume(sim.measurements, sim.operator, config, device="cpu", progress=False, batch_size=3)
+    np.testing.assert_allclose(one, three, atol=1e-4 * float(one.max()))
+
+
+def test_bad_measurements_are_rejected_before_fitting():
+    calls: list[float] = []
+    run = lambda y, op: reconstruct_volume(y, op, SMALL, device="cpu", progress=False, callback=calls.append)  # noqa: E731
+    mri = CartesianFourier(equispaced_mask(32, 4, 0.08))
+    with pytest.raises(InputError, match="does not match the mask"):
+        run(np.zeros((2, 1, 32, 30, 2), np.float32), mri)
+    ct = ParallelBeamRadon(np.linspace(0, 180, 10, endpoint=False), 32)
+    with pytest.raises(InputError, match="complex"):
+        run(np.ones((1, 10, ct.detectors), np.complex64), ct)
+    with pytest.raises(InputError, match="views=10"):
+        run(np.ones((1, 12, ct.detectors), np.float32), ct)
+    bad = np.ones((1, 1, 10, ct.detectors), np.float32)
+    bad[0, 0, 3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN/Inf"):
+        run(bad, ct)
+    with pytest.raises(InputError, match="all zero"):
+        run(np.zeros((1, 1, 10, ct.detectors), np.float32), ct)
+    assert calls == []
+
+
+def test_complex_kspace_and_compressive_sensing_inputs():
+    op = CartesianFourier(equispaced_mask(16, 2, 0.1), coils=1)
+    kspace = np.fft.fftshift(np.fft.fft2(np.random.default_rng(0).normal(size=(3, 16, 16)))).astype(np.complex64)
+    assert prepare_measurements(kspace, op).shape == (3, 1, 16, 16, 2)
+    cs = GaussianProjection(200, (16, 16), seed=0)
+    image = torch.from_numpy(phantom_hu(1, 16) + 1000)[:, None] / 1000
+    out = reconstruct_volume(cs.forward(image), cs, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1),
+                             device="cpu", progress=False)
+    assert out.shape == (1, 16, 16)
+
+
+def test_simulation_rejects_bad_parameters():
+    hu = phantom_hu(1, 32)
+    with pytest.raises(InputError, match="acceleration must be >= 1"):
+        simulate(hu, "mri", acceleration=0.5)
+    with pytest.raises(InputError, match="at least one view"):
+        simulate(hu, "ct", views=0)
+    with pytest.raises(InputError, match="negative"):
+        simulate(hu, "mri", modality="MR")
+
+
+def test_tv_baseline_improves_on_fbp():
+    sim = simulate(phantom_hu(1, 32), "ct", views=16)
+    scale = float(sim.operator.fbp(sim.measurements).max())
+    tv = tv_reconstruct(sim.operator, sim.measurements / scale, 0.003, iterations=100, nonnegative=True) * scale
+    fbp = sim.operator.fbp(sim.measurements)
+    assert _psnr(tv[:, 0].numpy(), sim.reference) > _psnr(fbp[:, 0].numpy(), sim.reference) + 3
+
+
+CLI_FIT = ["--iterations", "10", "--channels", "8", "--blocks", "3", "--device", "cpu"]
+
+
+def test_cli_reconstructs_fastmri_hdf5_kspace(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    image = (phantom_hu(2, 32) + 1000) / 1000
+    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    mask = equispaced_mask(32, 4, 0.1)
+    kspace = (kspace * mask)[:, None].astype(np.complex64)  # (slices, coils, H, W), zero-filled
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["kspace"] = kspace
+    loaded, file_mask = load_kspace(path)
+    assert loaded.shape == (2, 1, 32, 32) and file_mask is None
+    out = tmp_path / "recon.nii.gz"
+    result = CliRunner().invoke(cli, ["reconstruct", str(path), str(out), *CLI_FIT])
+    assert result.exit_code == 0, result.output
+    volume = read_volume(out)
+    assert volume.shape == (2, 32, 32) and np.isfinite(volume.array).all() and volume.array.max() > 0.3
+
+    np.save(tmp_path / "kspace.npy", kspace)
+    np.save(tmp_path / "mask.npy", mask[:30])
+    bad = CliRunner().invoke(cli, ["reconstruct", str(tmp_path / "kspace.npy"), str(tmp_path / "x.nii.gz"),
+                                   "--mask", str(tmp_path / "mask.npy"), *CLI_FIT])
+    assert bad.exit_code == 2 and "does not match the mask" in bad.output
+
+
+def test_cli_simulates_ct_from_a_dicom_series_and_writes_a_derived_series(tmp_path):
+    series = tmp_path / "series"
+    write_phantom_series(series, depth=2, size=32)
+    out = tmp_path / "recon"
+    result = CliRunner().invoke(cli, ["reconstruct", str(series), str(out), "--simulate", "ct", "--views", "16",
+                                      *CLI_FIT])
+    assert result.exit_code == 0, result.output
+    assert "PSNR" in result.output and "baseline" in result.output
+    recon = read_volume(out)
+    assert recon.shape == (2, 32, 32) and recon.modality == "CT"
+    assert recon.array.min() > -1500 and recon.array.max() < 3000  # HU, not attenuation
+
+
+def test_cli_rejects_bad_simulation_settings_and_raw_sinograms(tmp_path):
+    image = tmp_path / "slice.nii.gz"
+    write_image(Volume(phantom_hu(1, 32), modality="CT"), image)
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "a.nii.gz"), "--simulate", "mri",
+                                      "--acceleration", "0.5", *CLI_FIT])
+    assert result.exit_code == 2 and "acceleration must be >= 1" in result.output
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "b.nii.gz"), "--simulate", "ct",
+                                      "--views", "0", *CLI_FIT])
+    assert result.exit_code == 2 and "at least one view" in result.output
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "c.nii.gz"), *CLI_FIT])
+    assert result.exit_code == 2 and "--simulate" in result.output
+
+    op = ParallelBeamRadon(np.linspace(0, 180, 16, endpoint=False), 32)
+    sino = op.forward(torch.from_numpy((phantom_hu(1, 32) + 1000) / 1000)[:, None])[:, 0].numpy()
+    np.save(tmp_path / "sino.npy", sino)
+    result = CliRunner().invoke(cli, ["reconstruct", str(tmp_path / "sino.npy"), str(tmp_path / "s.nii.gz"),
+                                      "--image-size", "32", *CLI_FIT])
+    assert result.exit_code == 0, result.output
+    assert read_volume(tmp_path / "s.nii.gz").shape == (1, 32, 32)
+    np.save(tmp_path / "complex.npy", sino.astype(np.complex64)[..., :3])  # neither k-space nor sinogram
+    result = CliRunner().invoke(cli, ["reconstruct", str(tmp_path / "complex.npy"), str(tmp_path / "d.nii.gz"),
+                                      *CLI_FIT])
+    assert result.exit_code == 2

@@ -1,0 +1,283 @@
+"""MONAI transforms and the DICOM writer, with real MONAI pipelines on small DICOM series."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
+from monai.data.image_writer import resolve_writer
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    Flip,
+    LoadImage,
+    LoadImaged,
+    Rotate90,
+    SaveImage,
+    SaveImaged,
+)
+
+import dd_medical
+from dd_medical.errors import InputError
+from dd_medical.fitting import FitConfig
+from dd_medical.io import read_volume, write_series
+from dd_medical.metrics import psnr
+from dd_medical.monai_writer import DicomSeriesWriter, series_folder
+from dd_medical.phantom import write_phantom_series
+from dd_medical.transforms import (
+    DeepDecoderDenoise,
+    DeepDecoderDenoiseD,
+    DeepDecoderDenoised,
+    DeepDecoderDenoiseDict,
+    DeepDecoderReconstruct,
+    DeepDecoderReconstructD,
+    DeepDecoderReconstructd,
+    DeepDecoderReconstructDict,
+)
+
+SMALL = FitConfig(channels=32, blocks=4, iterations=150, ensemble=1)
+TINY = FitConfig(channels=8, blocks=3, iterations=2, ensemble=1)
+READERS = [
+    "PydicomReader",
+    pytest.param("ITKReader", marks=pytest.mark.skipif(importlib.util.find_spec("itk") is None,
+                                                       reason="ITKReader needs the itk package (pip install itk)")),
+]
+NOISE_HU = 200.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread slows small fits down several times."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """A 2-slice 64x64 CT phantom series and a noisy copy of it (derived DICOM series, +N(0, 200 HU))."""
+    root = tmp_path_factory.mktemp("series")
+    write_phantom_series(root / "clean", depth=2, size=64)
+    clean = read_volume(root / "clean")
+    noise = np.random.default_rng(0).normal(0, NOISE_HU, clean.shape).astype(np.float32)
+    write_series(clean.with_array(clean.array + noise), root / "noisy", series_description="noisy phantom")
+    return {"clean": clean, "noisy_dir": root / "noisy", "noisy": read_volume(root / "noisy")}
+
+
+def unit(hu: np.ndarray) -> np.ndarray:
+    return np.clip((hu + 1000.0) / 2200.0, 0, 1)
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / (np.ptp(b) or 1.0))
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_compose_loads_denoises_and_saves_nifti_and_dicom(series, tmp_path, reader):
+    nib = pytest.importorskip("nibabel", reason="SaveImaged(.nii.gz) needs nibabel (pip install nibabel)")
+    source = LoadImage(reader=reader, ensure_channel_first=True, image_only=True)(series["noisy_dir"])
+    pipeline = Compose([
+        LoadImaged("image", reader=reader),
+        EnsureChannelFirstd("image"),
+        DeepDecoderDenoised("image", config=SMALL, device="cpu"),
+        SaveImaged("image", output_dir=tmp_path, output_postfix="dd", output_ext=".nii.gz", print_log=False),
+        SaveImaged("image", output_dir=tmp_path, output_postfix="dd", output_ext=".dcm", output_dtype=None,
+                   writer=DicomSeriesWriter, print_log=False),
+    ])
+    out = pipeline({"image": str(series["noisy_dir"])})["image"]
+
+    assert isinstance(out, MetaTensor) and out.shape == (1, 64, 64, 2) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.affine.numpy(), source.affine.numpy())
+    record = out.meta["dd_medical"]
+    assert record["method"] == "DeepDecoderDenoise" and record["version"] == dd_medical.__version__
+    assert record["channels"] == 32 and record["modality"] == "CT" and "Deep Decoder" in record["description"]
+    assert "dd_medical" not in source.meta
+
+    # MONAI arrays are (x, y, z): the source volume's (z, y, x) transposed.
+    denoised_hu = out[0].numpy().transpose(2, 1, 0)
+    clean, noisy = series["clean"].array, series["noisy"].array
+    assert psnr(unit(denoised_hu), unit(clean)).mean() > psnr(unit(noisy), unit(clean)).mean() + 2.0
+
+    nifti = nib.load(str(tmp_path / "noisy" / "noisy_dd.nii.gz"))
+    np.testing.assert_allclose(nifti.affine, source.affine.numpy(), atol=1e-5)
+    np.testing.assert_allclose(nifti.get_fdata(), out[0].numpy(), atol=1e-3)
+
+    folder = tmp_path / "noisy" / "noisy_dd"
+    written = read_volume(folder)
+    assert written.shape == series["noisy"].shape
+    np.testing.assert_allclose(written.origin, series["noisy"].origin, atol=1e-4)
+    np.testing.assert_allclose(written.array, denoised_hu, atol=0.51)  # int16 HU, slope 1
+    first = pydicom.dcmread(written.source_files[0])
+    source_first = pydicom.dcmread(series["noisy"].source_files[0])
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert first.StudyInstanceUID == source_first.StudyInstanceUID
+    assert first.SeriesInstanceUID != source_first.SeriesInstanceUID
+    assert first.SourceImageSequence[0].ReferencedSOPInstanceUID == source_first.SOPInstanceUID
+    assert "k=32" in first.DerivationDescription
+
+
+def test_dicom_writer_undoes_flips_and_rotations(series, tmp_path):
+    """Whatever MONAI did to the array's orientation, the series lands on the source slices (HU at the right voxels)."""
+    image = LoadImage(reader="PydicomReader", ensure_channel_first=True, image_only=True)(series["noisy_dir"])
+    moved = Rotate90(k=1, spatial_axes=(0, 1))(Flip(spatial_axis=2)(image))  # slice order reversed, x/y swapped
+    assert not np.allclose(moved.affine.numpy(), image.affine.numpy())
+    SaveImage(output_dir=tmp_path, output_postfix="moved", output_ext=".dcm", output_dtype=None,
+              print_log=False)(moved)  # the registered "dcm" writer
+    written = read_volume(tmp_path / "noisy" / "noisy_moved")
+    np.testing.assert_allclose(written.array, series["noisy"].array, atol=0.51)
+    assert resolve_writer("dcm")[0] is DicomSeriesWriter
+    assert series_folder(tmp_path / "a_dd.dcm") == tmp_path / "a_dd"
+
+
+def test_dicom_writer_errors_are_clear(series, tmp_path):
+    writer = DicomSeriesWriter()
+    with pytest.raises(InputError, match="one channel"):
+        writer.set_data_array(np.zeros((2, 64, 64, 2), dtype=np.float32))
+    writer.set_data_array(np.zeros((1, 64, 64, 2), dtype=np.float32))
+    writer.set_metadata({"affine": np.eye(4)})
+    with pytest.raises(InputError, match="no DICOM source"):
+        writer.write(tmp_path / "x.dcm")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def loader_outputs(series, tmp_path_factory):
+    config = FitConfig(channels=16, blocks=4, iterations=40, ensemble=1)
+    transform = Compose([
+        LoadImaged("image", reader="PydicomReader"),
+        EnsureChannelFirstd("image"),
+        DeepDecoderDenoised("image", config=config, device="cpu"),
+    ])
+    dataset = Dataset([{"image": str(series["noisy_dir"])}], transform=transform)
+    return {n: list(DataLoader(dataset, batch_size=1, num_workers=n)) for n in (0, 2)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataset_and_dataloader(loader_outputs, series, tmp_path, num_workers):
+    (batch,) = loader_outputs[num_workers]
+    image = batch["image"]
+    assert isinstance(image, MetaTensor) and image.shape == (1, 1, 64, 64, 2)
+    assert image.meta["dd_medical"]["method"] == ["DeepDecoderDenoise"]  # collated
+    assert relative_error(image, loader_outputs[0][0]["image"]) < 1e-3  # worker processes give the same result
+    (item,) = decollate_batch(batch)
+    SaveImaged("image", output_dir=tmp_path, output_postfix="dd", output_ext=".dcm", output_dtype=None,
+               print_log=False)(item)
+    written = read_volume(tmp_path / "noisy" / "noisy_dd")
+    np.testing.assert_allclose(written.array, item["image"][0].numpy().transpose(2, 1, 0), atol=0.51)
+
+
+def test_2d_numpy_and_torch_inputs_keep_type_shape_and_dtype(series):
+    slice_hu = series["noisy"].array[0]  # (64, 64) HU
+    config = FitConfig(channels=16, blocks=4, iterations=30, ensemble=1)
+    transform = DeepDecoderDenoise(config=config, device="cpu")
+    out_np = transform(slice_hu[None])
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (1, 64, 64) and out_np.dtype == np.float32
+    direct = dd_medical.denoise(slice_hu, config=config, device="cpu")
+    assert relative_error(out_np[0], direct) < 1e-4  # adaptation only: the same numbers as the core
+
+    two_channels = torch.from_numpy(np.stack([slice_hu, series["noisy"].array[1]]).astype(np.float64))
+    out_t = transform(two_channels)
+    assert isinstance(out_t, torch.Tensor) and not isinstance(out_t, MetaTensor)
+    assert out_t.shape == (2, 64, 64) and out_t.dtype == torch.float64
+    assert relative_error(out_t[0].numpy(), out_np[0]) < 1e-4  # each channel on its own
+    second = transform(two_channels[1:].numpy())
+    assert relative_error(out_t[1].numpy(), second[0]) < 1e-4
+
+    as_int = transform(np.round(slice_hu[None]).astype(np.int16))
+    assert as_int.dtype == np.int16 and np.abs(as_int.astype(np.float32) - out_np).max() < 3.0
+
+
+def test_slice_axis_and_multichannel_volume(series):
+    volume = series["noisy"].array  # (D, H, W)
+    config = FitConfig(channels=16, blocks=4, iterations=20, ensemble=1)
+    last = np.stack([volume.transpose(1, 2, 0), volume.transpose(1, 2, 0)[::-1]])  # (2, H, W, D), slices last
+    out_last = DeepDecoderDenoise(config=config, device="cpu")(last)
+    first = np.ascontiguousarray(last.transpose(0, 3, 1, 2))  # (2, D, H, W): slices along axis 1
+    out_first = DeepDecoderDenoise(config=config, slice_axis=1, device="cpu")(first)
+    assert out_last.shape == last.shape and out_first.shape == first.shape
+    assert relative_error(out_first.transpose(0, 2, 3, 1), out_last) < 1e-4
+
+
+def test_metadata_modality_record_and_input_untouched():
+    data = np.random.default_rng(1).normal(100, 10, (1, 32, 32, 2)).astype(np.float32)
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    image = MetaTensor(data, affine=affine, meta={"00080060": {"vr": "CS", "Value": ["MR"]}})
+    out = DeepDecoderDenoise(config=TINY, device="cpu")(image)
+    assert isinstance(out, MetaTensor)
+    np.testing.assert_allclose(out.affine.numpy(), affine)
+    assert out.meta["dd_medical"]["modality"] == "MR" and out.meta["dd_medical"]["iterations"] == 2
+    assert "dd_medical" not in image.meta
+    np.testing.assert_array_equal(image.numpy(), data)
+    itk_style = MetaTensor(data, meta={"0008|0060": "CT "})
+    assert DeepDecoderDenoise(config=TINY, device="cpu", seed=3)(itk_style).meta["dd_medical"]["modality"] == "CT"
+
+
+def test_dictionary_versions_aliases_and_allow_missing_keys():
+    assert DeepDecoderDenoiseD is DeepDecoderDenoiseDict is DeepDecoderDenoised
+    assert DeepDecoderReconstructD is DeepDecoderReconstructDict is DeepDecoderReconstructd
+    data = {"image": np.random.default_rng(2).normal(0, 1, (1, 16, 16)).astype(np.float32), "label": "kept"}
+    out = DeepDecoderDenoised(["image", "other"], config=TINY, device="cpu", allow_missing_keys=True)(data)
+    assert out["image"].shape == (1, 16, 16) and out["label"] == "kept" and "other" not in out
+    with pytest.raises(KeyError):
+        DeepDecoderDenoised(["image", "other"], config=TINY, device="cpu")(data)
+
+
+def test_bad_inputs_give_clear_errors():
+    transform = DeepDecoderDenoise(config=TINY, device="cpu")
+    with pytest.raises(InputError, match=r"channel-first .* got shape \(64,\)"):
+        transform(np.zeros(64, dtype=np.float32))
+    with pytest.raises(InputError, match="EnsureChannelFirst"):
+        transform(np.zeros((64, 64), dtype=np.float32))
+    with pytest.raises(InputError, match="64 channels"):  # channel-last (H, W, D, C)
+        transform(np.zeros((64, 64, 4, 1), dtype=np.float32))
+    no_channel = MetaTensor(np.zeros((16, 16, 4), dtype=np.float32), meta={"spatial_shape": (16, 16, 4)})
+    with pytest.raises(InputError, match="no channel axis"):
+        transform(no_channel)
+    with pytest.raises(InputError, match="too small"):
+        transform(np.zeros((1, 4, 4), dtype=np.float32))
+    with pytest.raises(InputError, match="slice_axis"):
+        DeepDecoderDenoise(slice_axis=0)
+
+    kspace = np.zeros((1, 32, 32, 2), dtype=np.float32)
+    with pytest.raises(InputError, match="without a sampling mask"):
+        DeepDecoderReconstruct(iterations=1)(kspace)
+    with pytest.raises(InputError, match="without a sampling mask"):
+        DeepDecoderReconstructd("kspace", iterations=1)({"kspace": kspace})
+    with pytest.raises(InputError, match=r"\(C, H, W, 2\)"):
+        DeepDecoderReconstruct(mask=np.ones(32), iterations=1)(kspace[..., 0])
+    with pytest.raises(InputError, match="does not fit"):
+        DeepDecoderReconstruct(mask=np.ones(31), iterations=1)(kspace)
+
+
+def test_reconstruct_from_monai_masked_kspace():
+    from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask
+    from monai.data.fft_utils import fftn_centered
+
+    from dd_medical.operators import CartesianFourier
+    from dd_medical.phantom import ct_phantom
+    from dd_medical.pipeline import reconstruct_volume
+
+    truth = unit(ct_phantom(1, 64)[0])
+    image = torch.stack([torch.from_numpy(truth), torch.zeros(64, 64)], dim=-1)[None]  # (1, H, W, 2)
+    kspace = fftn_centered(image, spatial_dims=2, is_complex=True)
+    masker = EquispacedKspaceMask(center_fractions=[0.16], accelerations=[2], spatial_dims=2, is_complex=True)
+    masker.set_random_state(0)
+    masked, zero_filled = masker(kspace)
+    assert masker.mask.shape == (1, 1, 64, 1)  # MONAI's mask layout
+
+    config = FitConfig(channels=32, blocks=4, iterations=200, ensemble=1, output="linear", learning_rate=0.005)
+    data = {"kspace": MetaTensor(masked.numpy()), "mask": masker.mask}
+    out = DeepDecoderReconstructd("kspace", config=config, device="cpu")(data)["kspace"]
+    assert isinstance(out, MetaTensor) and out.shape == (1, 64, 64) and out.dtype == torch.float32
+    assert out.meta["dd_medical"]["method"] == "DeepDecoderReconstruct"
+    assert psnr(out[0].numpy(), truth) > 20.0
+
+    mask = masker.mask.reshape(64).numpy()
+    direct = reconstruct_volume(masked.numpy()[None], CartesianFourier(mask, coils=1), config, "cpu", False)
+    assert relative_error(out[0].numpy(), direct[0]) < 1e-4
