@@ -201,7 +201,8 @@ def fit(
     seconds = time.perf_counter() - t0
 
     with torch.no_grad():
-        result = torch.where(active[:, None, None, None], estimate(img), frozen)
+        final = model().float() if config.result == "last" else img  # "last": the image of the returned weights
+        result = torch.where(active[:, None, None, None], estimate(final), frozen)
     return FitResult(
         image=result.cpu(),
         weights={k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
@@ -26,15 +25,6 @@ CONFIG = BUNDLE / "configs" / "inference.json"
 META = BUNDLE / "configs" / "metadata.json"
 needs_nibabel = pytest.mark.skipif(importlib.util.find_spec("nibabel") is None,
                                    reason="the bundle's NIfTI output needs nibabel (pip install nibabel)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread slows small fits down several times."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from dd_medical.api import denoise_array
 from dd_medical.errors import InputError
@@ -377,16 +376,7 @@ def test_icons_are_png_images(path):
 # --- the numpy entry point ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Fit with one thread: two threads on a shared, loaded 2-core machine are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_denoise_array_improves_psnr_and_reports_progress(one_torch_thread):
+def test_denoise_array_improves_psnr_and_reports_progress():
     clean, noisy = phantom_hu(depth=2, size=48)
     original = noisy.copy()
     seen: list[float] = []
@@ -399,7 +389,7 @@ def test_denoise_array_improves_psnr_and_reports_progress(one_torch_thread):
 
 
 @pytest.mark.parametrize("strength", ["low", "high"])
-def test_denoise_array_is_deterministic_for_each_strength(strength, one_torch_thread):
+def test_denoise_array_is_deterministic_for_each_strength(strength):
     _, noisy = phantom_hu(depth=1, size=32)
     settings = dict(strength=strength, iterations=20, channels=8, blocks=3, ensemble=1, device="cpu", seed=5)
     first = denoise_array(noisy, (0.5, 0.5, 3.0), **settings)

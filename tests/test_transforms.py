@@ -49,15 +49,6 @@ READERS = [
 NOISE_HU = 200.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread slows small fits down several times."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     """A 2-slice 64x64 CT phantom series and a noisy copy of it (derived DICOM series, +N(0, 200 HU))."""
