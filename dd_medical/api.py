@@ -122,7 +122,6 @@ def derivation_description(config: FitConfig) -> str:
     )
 
 
-
 def denoise_array(
     array: np.ndarray,
     spacing: tuple[float, float, float],

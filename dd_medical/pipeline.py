@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -154,6 +154,7 @@ def denoise_volume(
     batch_size: int | None = None,
     callback: ProgressCallback | None = None,
     first_index: int = 0,
+    strategy: str = "batched",
 ) -> np.ndarray:
     """Denoise a volume slice by slice with one untrained Deep Decoder per slice.
 
@@ -169,11 +170,18 @@ def denoise_volume(
         first_index: index of the first slice within its whole volume (for the per-slice seeds), so that a chunk
             of a volume denoised on its own, with the whole volume's ``window``, equals the same slices of the
             whole-volume result.
+        strategy: ``"batched"`` (default) fits ``batch_size`` slices per pass; ``"sequential"`` is the reference
+            way, kept as a baseline: one decoder per slice, one slice after another (batch size 1), fp32
+            (``config.amp`` ignored), through the same :func:`~dd_medical.fitting.fit`.
 
     Returns ``(D, H, W)`` float32 in the input's units (``(H, W)`` for a 2D input). Slice ``i`` is fitted with
     its own seed derived from ``(config.seed, i)``, so results do not depend on the batch size.
     """
     config = config or FitConfig()
+    if strategy not in ("batched", "sequential"):
+        raise ValueError(f"strategy must be 'batched' or 'sequential', got {strategy!r}")
+    if strategy == "sequential":
+        config, batch_size = replace(config, amp=False), 1
     squeeze = np.ndim(hu) == 2
     slices = check_slices(hu)
     window = window or default_window(slices, modality)

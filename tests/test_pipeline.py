@@ -83,3 +83,15 @@ def test_device_choice_and_batch_size():
             resolve_device("cuda")
     b = auto_batch_size(300, 512, 512, FitConfig(), torch.device("cpu"))
     assert 1 <= b <= 16
+
+
+def test_sequential_strategy_equals_batched():
+    _, noisy = phantom_hu(depth=2, size=32)
+    config = FitConfig(channels=8, blocks=4, iterations=40, ensemble=1, result="best", stopping="fixed")
+    sequential = denoise_volume(noisy, config, device="cpu", progress=False, strategy="sequential")
+    batched = denoise_volume(noisy, config, device="cpu", progress=False, strategy="batched", batch_size=2)
+    span = noisy.max() - noisy.min()
+    assert np.abs(sequential - batched).max() / span < 1e-4
+    assert np.abs(sequential - noisy).max() / span > 1e-3  # the fit did change the slices
+    with pytest.raises(ValueError, match="strategy"):
+        denoise_volume(noisy, config, device="cpu", progress=False, strategy="parallel")

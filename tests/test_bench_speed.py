@@ -1,0 +1,31 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_speed_quick_writes_rows_columns_ratios_and_bound(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--quick", "--device", "cpu",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["size"], r["strategy"]) for r in rows] == [(32, "sequential"), (32, "fast"), (48, "sequential"),
+                                                           (48, "fast")]
+    for r in rows:
+        assert set(data["columns"]) <= set(r)
+        assert r["slices_per_s"] > 0 and r["peak_memory_mib"] > 0 and 10 < r["psnr"] < 60
+        assert r["device"] == "cpu"
+    for seq, fast in zip(rows[::2], rows[1::2], strict=True):
+        assert seq["time_to_quality_s"] == seq["seconds"] and fast["target_psnr"] == seq["psnr"]
+        assert seq["config"]["result"] == "best" and seq["config"]["ensemble"] == 1
+        assert fast["config"]["stopping"] == "discrepancy"
+    assert [q["size"] for q in data["ratios"]] == [32, 48]
+    assert all(q["speedup_slices_per_s"] > 0 for q in data["ratios"])
+    bound = data["bounds"][0]
+    assert bound["size"] == 512 and bound["channels"] == 64 and bound["bound_s"] > 0
+    assert bound["bound_s"] == max(bound["memory_bound_s"], bound["compute_bound_s"])
+    assert "Lower bound for one iteration" in proc.stdout
