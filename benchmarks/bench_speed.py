@@ -5,7 +5,7 @@ Rows, at each ``--sizes`` (256: a centre crop of pydicom's 693_UNCR.dcm; 512: th
 * ``sequential``: the reference way, ``denoise_volume(..., strategy="sequential")`` with the reference config
   (k=64, 6 blocks, Adam 0.01, the lowest-loss iterate of a fixed run of ``--sequential-iterations``; the paper's
   2,000 by default): one decoder per slice, one slice after another, fp32.
-* ``fast``: the package defaults, ``FitConfig()`` (batched, 4-decoder ensemble, moving average, discrepancy stop;
+* ``fast``: the package defaults, ``FitConfig()`` (batched, 2-decoder ensemble, moving average, discrepancy stop;
   ``--fast-iterations`` caps its budget), ``strategy="batched"``.
 
 Setting as in ``bench_denoise.py``: window [-1000, 1000] HU -> [0, 1], Gaussian noise sigma 25/255 (seed 0),
@@ -17,8 +17,9 @@ seconds to reach the PSNR that the sequential strategy reaches at its final iter
 tolerance ``--tolerance-db`` (0.1 dB). Method: every run is a complete, independent ``denoise_volume`` call timed
 from start to end. The sequential row's time to quality is its own wall time (its final iterate defines the
 target). The fast row is first run with its budget; if it reaches the target its wall time is an upper bound on
-its time to quality, then (``--refine N``) it is rerun up to N times with its iteration budget halved each time,
-and the fastest complete run that still reaches the target is kept (stopping at the first that does not).
+its time to quality, then (``--refine N``) it is rerun N more times with smaller iteration budgets (halved until
+one misses the target, then bisected between the smallest budget that reaches it and the largest that does not),
+and the fastest complete run that reaches the target is kept.
 If the fast row never reaches the target, time to quality is ``null``. Peak memory: each row runs in its own
 subprocess (``--quick`` runs rows in this process, so its memory column is the whole run's peak); on CPU
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set, includes the ~0.3-0.5 GiB of Python + torch;
@@ -113,16 +114,17 @@ def run_row(spec: dict) -> dict:
     if target is not None:
         reached = value >= target - spec["tolerance_db"]
         ttq = seconds if reached else None
-        budget = config.iterations
+        ok, failed = config.iterations, 0  # smallest budget known to reach the target, largest known not to
         for _ in range(spec["refine"] if reached else 0):
-            budget //= 2
-            if budget < 1:
+            budget = ok // 2 if not failed else (ok + failed) // 2
+            if budget < 1 or budget in (ok, failed):
                 break
             s, v = timed(replace(config, iterations=budget))
             runs.append(dict(iterations=budget, seconds=s, psnr=v))
             if v < target - spec["tolerance_db"]:
-                break
-            ttq = min(ttq, s)
+                failed = budget
+            else:
+                ok, ttq = budget, min(ttq, s)
     return dict(strategy=spec["strategy"], size=spec["size"], slices=spec["slices"], device=str(dev),
                 iterations=config.iterations, seconds=seconds, slices_per_s=spec["slices"] / seconds, psnr=value,
                 target_psnr=target if target is not None else value, time_to_quality_s=ttq,

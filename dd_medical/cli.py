@@ -189,11 +189,13 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--missing", type=float, default=0.5, show_default=True,
               help="Inpainting: fraction of pixels removed (--simulate inpaint).")
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
+@click.option("--real-object", is_flag=True, default=False,
+              help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
-                image_size: int | None) -> None:
+                image_size: int | None, real_object: bool) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
@@ -211,7 +213,7 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
         input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
         overrides=overrides, acceleration=acceleration,
         center_fraction=center_fraction, mask_type=mask_type, mask_path=mask_path, views=views, arc_deg=arc_deg,
-        missing=missing, image_size=image_size, device=device, batch_size=batch_size,
+        missing=missing, image_size=image_size, device=device, batch_size=batch_size, real_object=real_object,
     )
     click.echo(summary)
 

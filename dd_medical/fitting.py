@@ -25,11 +25,16 @@ class FitConfig:
         learning_rate: Adam step size (default 0.01, the paper's).
         seed: base seed; slice ``i`` of a volume uses its own seeds derived from ``(seed, i)``.
         ensemble: decoders fitted per slice from different random inputs and weights, whose outputs are
-            averaged (noise they fit differs between them; the image does not).
-        result: which image each decoder returns: ``"average"`` (default), an exponential moving average of its
-            iterates with ``average_decay`` (it removes Adam's iterate-to-iterate swing), ``"best"`` (its
-            lowest-loss iterate, the reference code's choice) or ``"last"``.
-        average_decay: decay of the moving average (0.98: about the last 50 iterates).
+            averaged (noise they fit differs between them; the image does not). On CT_small 2 decoders (the
+            default) gain 0.27 dB over one and 4 (preset ``quality``) 0.38 dB, for ~2.4x and ~5x the CPU time.
+        result: which image each decoder returns: ``"average"`` (default), a moving average of its iterates (it
+            removes Adam's iterate-to-iterate swing), ``"best"`` (its lowest-loss iterate, the reference code's
+            choice) or ``"last"``.
+        average_decay: the moving average's decay once it is long (0.98: about the last 50 iterates).
+        average_warmup: at step ``t`` the decay is ``min(average_decay, t / (t + average_warmup))``: a window
+            that grows with ``t`` (about ``t / average_warmup`` iterates), so the early, fast-changing iterates are
+            forgotten quickly. Measured on CT_small: the averaged estimate reaches 31.2 dB at 170 iterations
+            instead of 30.2 with a plain 0.98 average; ``0`` gives the plain one.
         stopping: ``"fixed"`` runs ``iterations`` steps; ``"discrepancy"`` stops a slice once its averaged
             estimate explains the measurements down to the noise: misfit <= ``discrepancy_factor * sigma^2``.
         discrepancy_factor: see ``stopping``.
@@ -46,9 +51,10 @@ class FitConfig:
     iterations: int = 2000
     learning_rate: float = 0.01
     seed: int = 0
-    ensemble: int = 4
+    ensemble: int = 2
     result: Literal["average", "best", "last"] = "average"
     average_decay: float = 0.98
+    average_warmup: int = 20
     stopping: Literal["fixed", "discrepancy"] = "discrepancy"
     discrepancy_factor: float = 0.96
     output: Literal["sigmoid", "linear"] = "sigmoid"
@@ -65,6 +71,8 @@ class FitConfig:
             raise ValueError("final_learning_rate must be > 0 (or None)")
         if not 0 <= self.average_decay < 1:
             raise ValueError("average_decay must be in [0, 1)")
+        if self.average_warmup < 0:
+            raise ValueError("average_warmup must be >= 0")
         if self.result not in ("average", "best", "last"):
             raise ValueError(f"result must be 'average', 'best' or 'last', got {self.result!r}")
         if self.stopping not in ("fixed", "discrepancy"):
@@ -179,7 +187,8 @@ def fit(
             if it == 0:
                 average.copy_(img)
             else:
-                average.mul_(decay).add_(img, alpha=1 - decay)
+                d = min(decay, it / (it + config.average_warmup)) if config.average_warmup else decay
+                average.mul_(d).add_(img, alpha=1 - d)
             if config.result == "best":
                 better = losses.detach() < best_loss
                 best_loss = torch.where(better, losses.detach(), best_loss)
@@ -213,11 +222,13 @@ def fit(
 
 
 #: Named settings. ``default`` is what every front-end uses unless told otherwise; ``fast`` trades quality for
-#: time (demo, previews); ``low``/``medium``/``high`` are the clinician-facing denoising strengths (a stronger
-#: setting stops the fit earlier, so less fine texture, and less noise, is reproduced).
+#: time (demo, previews); ``quality`` averages 4 decoders per slice (+0.1 dB on CT_small, 2x the time);
+#: ``low``/``medium``/``high`` are the clinician-facing denoising strengths (a stronger setting stops the fit
+#: earlier, so less fine texture, and less noise, is reproduced).
 PRESETS: dict[str, FitConfig] = {
     "default": FitConfig(),
     "fast": FitConfig(channels=32, iterations=300, ensemble=1, stopping="fixed"),
+    "quality": FitConfig(ensemble=4),
     "low": FitConfig(discrepancy_factor=0.92),
     "medium": FitConfig(),
     "high": FitConfig(discrepancy_factor=1.0),

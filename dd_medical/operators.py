@@ -166,13 +166,17 @@ class CartesianFourier:
         mask: ``(W,)`` line mask (columns = phase encodes, as MONAI's mask transforms) or ``(H, W)`` mask; bool or
             0/1 float, numpy or torch.
         coils: number of coils; the coil images are fitted directly (no sensitivity maps).
+        real: the object is real-valued (k-space simulated from magnitude images, or phase-corrected data): the
+            image is ``(B, coils, H, W)`` with no imaginary channels, which halves the unknowns. Leave ``False``
+            for scanner k-space, whose images carry phase.
 
-    Shapes: image ``x`` is ``(B, 2*coils, H, W)`` real, channels ``[re_0, im_0, re_1, im_1, ...]``; k-space ``y``
-    is ``(B, coils, H, W, 2)`` (last axis real/imaginary), centred orthonormal FFT (``fftn_centered_t``). Unmeasured
-    k-space entries are zero. ``baseline(y)`` is the zero-filled root-sum-of-squares image ``(B, 1, H, W)``.
+    Shapes: image ``x`` is ``(B, 2*coils, H, W)`` real, channels ``[re_0, im_0, re_1, im_1, ...]`` (``real``:
+    ``(B, coils, H, W)``); k-space ``y`` is ``(B, coils, H, W, 2)`` (last axis real/imaginary), centred orthonormal
+    FFT (``fftn_centered_t``). Unmeasured k-space entries are zero. ``baseline(y)`` is the zero-filled
+    root-sum-of-squares magnitude image ``(B, 1, H, W)``.
     """
 
-    def __init__(self, mask, coils: int = 1) -> None:
+    def __init__(self, mask, coils: int = 1, real: bool = False) -> None:
         mask_t = _as_float_tensor(mask, "k-space mask")
         if mask_t.ndim not in (1, 2):
             raise InputError(f"k-space mask must be (W,) lines or (H, W), got shape {tuple(mask_t.shape)}")
@@ -182,6 +186,7 @@ class CartesianFourier:
             raise InputError(f"coils must be >= 1, got {coils}")
         self.mask = mask_t if mask_t.ndim == 2 else mask_t[None, :]  # (H, W) or (1, W), broadcast over rows
         self.coils = int(coils)
+        self.real = bool(real)
         self._cache: dict = {}
 
     @property
@@ -190,7 +195,8 @@ class CartesianFourier:
         return float(self.mask.numel() / (self.mask != 0).sum())
 
     def image_shape(self, measurements: torch.Tensor) -> tuple[int, int, int]:
-        """``(2*coils, H, W)`` for k-space ``(B, coils, H, W, 2)``; :class:`InputError` if it does not match."""
+        """``(2*coils, H, W)`` (``real``: ``(coils, H, W)``) for k-space ``(B, coils, H, W, 2)``; :class:`InputError`
+        if it does not match."""
         shape = tuple(measurements.shape)
         if len(shape) != 5 or shape[-1] != 2 or shape[1] != self.coils:
             raise InputError(f"k-space must be (B, coils={self.coils}, H, W, 2), got shape {shape}")
@@ -199,27 +205,51 @@ class CartesianFourier:
         if mw != w or (mh != 1 and mh != h):
             raise InputError(f"k-space of {h}x{w} does not match the mask of shape "
                              f"{(mw,) if mh == 1 else (mh, mw)}")
-        return 2 * self.coils, h, w
+        return (1 if self.real else 2) * self.coils, h, w
 
     def _mask(self, device: torch.device) -> torch.Tensor:
         return _on(self._cache, "mask", self.mask, device)[..., None]  # (H|1, W, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kspace(self, x: torch.Tensor) -> torch.Tensor:
+        """Full (unmasked) complex k-space ``(B, coils, H, W)`` of images ``x``."""
         b, c, h, w = x.shape
-        complex_images = torch.view_as_complex(x.reshape(b, c // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
-        return torch.view_as_real(_fft2c(complex_images)) * self._mask(x.device)
+        if self.real:
+            complex_images = torch.complex(x.float(), torch.zeros_like(x, dtype=torch.float32))
+        else:
+            complex_images = torch.view_as_complex(x.reshape(b, c // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
+        return _fft2c(complex_images)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(self._kspace(x)) * self._mask(x.device)
+
+    def _zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """Complex coil images ``(B, coils, H, W)`` of the masked k-space."""
+        return _ifft2c(torch.view_as_complex((y * self._mask(y.device)).contiguous()))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        b, c, h, w, _ = y.shape
-        images = torch.view_as_real(_ifft2c(torch.view_as_complex((y * self._mask(y.device)).contiguous())))
-        return images.permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
+        images = self._zero_filled(y)
+        if self.real:
+            return images.real.contiguous()
+        b, c, h, w = images.shape
+        return torch.view_as_real(images).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
 
     def baseline(self, y: torch.Tensor) -> torch.Tensor:
-        return magnitude(self.adjoint(y))
+        return self._zero_filled(y).abs().pow(2).sum(dim=1, keepdim=True).sqrt()
 
     def magnitude(self, x: torch.Tensor) -> torch.Tensor:
-        """RSS magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)``."""
+        """RSS magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)`` (``real``: ``(B, coils, H, W)``)."""
         return magnitude(x)
+
+    def consistent_magnitude(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Data consistency: RSS magnitude ``(B, 1, H, W)`` of the coil images whose k-space is the measured ``y``
+        where sampled and ``x``'s own k-space elsewhere (the final step of ConvDecoder-style reconstructions); for a
+        ``real`` object, of the real part of those images."""
+        mask = self._mask(x.device)[..., 0] != 0
+        measured = torch.view_as_complex(y.to(x.device).float().contiguous())
+        merged = _ifft2c(torch.where(mask, measured, self._kspace(x)))
+        if self.real:  # the nearest real image (a mask that is not point-symmetric leaves an imaginary part)
+            merged = merged.real
+        return merged.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ from .operators import (
 #: Decoder settings per forward model, tuned on the reconstruction benchmark (``benchmarks/bench_reconstruct.py``).
 #: MRI fits signed real/imaginary coil images (``output="linear"``); CT and inpainting fit [0, 1] images.
 RECONSTRUCTION_DEFAULTS: dict[str, FitConfig] = {
-    "mri": FitConfig(channels=32, blocks=5, iterations=1000, learning_rate=0.01, ensemble=1, output="linear",
+    "mri": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, output="linear",
                      stopping="fixed"),
-    "ct": FitConfig(channels=48, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed"),
+    "ct": FitConfig(channels=64, blocks=6, iterations=4000, learning_rate=0.01, ensemble=1, stopping="fixed"),
     "inpaint": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed"),
     "cs": FitConfig(channels=32, blocks=5, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed"),
 }
@@ -60,8 +60,13 @@ def operator_kind(operator) -> str:
 
 
 def default_config(operator, **overrides) -> FitConfig:
-    """A copy of ``RECONSTRUCTION_DEFAULTS`` for this operator's kind with ``overrides`` applied."""
-    return replace(RECONSTRUCTION_DEFAULTS[operator_kind(operator)], **overrides)
+    """A copy of ``RECONSTRUCTION_DEFAULTS`` for this operator's kind with ``overrides`` applied.
+
+    MRI of a real-valued object (``CartesianFourier(real=True)``) fits a non-negative image: sigmoid output."""
+    config = RECONSTRUCTION_DEFAULTS[operator_kind(operator)]
+    if isinstance(operator, CartesianFourier) and operator.real:
+        config = replace(config, output="sigmoid")
+    return replace(config, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,6 +255,7 @@ def simulate(
     arc_deg: float = 180.0,
     missing: float = 0.5,
     seed: int = 0,
+    real_object: bool = False,
 ) -> Simulation:
     """Simulate measurements of ``images`` ``(D, H, W)`` (or ``(H, W)``).
 
@@ -263,6 +269,8 @@ def simulate(
         acceleration, center_fraction, mask_type: k-space mask (``"equispaced"``, ``"random"``,
             ``"variable-density"``), or ``mask`` given explicitly (``(W,)`` or ``(H, W)``).
         seed: seed of the mask (MRI offset/lines, inpainting pixels).
+        real_object: MRI: reconstruct with ``CartesianFourier(real=True)``, i.e. use the knowledge that the
+            simulated object (a magnitude image) is real and non-negative. Off by default: scanner data has phase.
     """
     from .pipeline import check_slices
 
@@ -280,9 +288,9 @@ def simulate(
             if mask_type not in MASK_MAKERS:
                 raise InputError(f"unknown mask type {mask_type!r}; choose one of {', '.join(MASK_MAKERS)}")
             mask = MASK_MAKERS[mask_type](width, acceleration, center_fraction, seed)
-        op = CartesianFourier(mask, coils=1)
+        op = CartesianFourier(mask, coils=1, real=real_object)
         op.image_shape(torch.zeros(1, 1, height, width, 2))  # mask vs image size
-        y = op.forward(torch.cat([x, torch.zeros_like(x)], dim=1))
+        y = op.forward(x if real_object else torch.cat([x, torch.zeros_like(x)], dim=1))
     elif kind == "ct":
         if views < 1:
             raise InputError(f"CT simulation needs at least one view, got {views}")
@@ -417,6 +425,7 @@ def reconstruct_file(
     device: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    real_object: bool = False,
 ) -> str:
     """Reconstruct ``input_path`` into ``output_path`` (image file by extension, else a derived DICOM series).
 
@@ -424,6 +433,7 @@ def reconstruct_file(
     ``simulate_kind`` (``"mri"``, ``"ct"``, ``"inpaint"``) the input is any image or DICOM series, measurements
     are simulated from it and the summary gives PSNR/SSIM of the decoder and of the baseline against it.
     ``config`` (default :data:`RECONSTRUCTION_DEFAULTS` for the operator) is updated with ``overrides``.
+    ``real_object``: see :func:`simulate`.
     Everything is checked before fitting; the output appears only once complete.
     """
     from .api import derivation_description
@@ -452,7 +462,8 @@ def reconstruct_file(
         mask = load_mask(mask_path) if mask_path else None
         sim = simulate(like.array, simulate_kind, modality=like.modality, acceleration=acceleration,
                        center_fraction=center_fraction, mask_type=mask_type, mask=mask,
-                       views=60 if views is None else views, arc_deg=arc_deg, missing=missing, seed=seed)
+                       views=60 if views is None else views, arc_deg=arc_deg, missing=missing, seed=seed,
+                       real_object=real_object)
         measurements, op, modality = sim.measurements, sim.operator, like.modality
     else:
         measurements, op, modality = _read_raw(input_path, Path(mask_path) if mask_path else None, views, arc_deg,

@@ -46,6 +46,28 @@ def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
         torch.testing.assert_close(together[j : j + 1], alone, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_average_is_a_moving_average_whose_window_grows(warmup):
+    """result="average": a_0 = x_0, a_t = d_t a_(t-1) + (1 - d_t) x_t with d_t = min(decay, t / (t + warmup))."""
+    from dd_medical.decoder import BatchedDeepDecoder
+    from dd_medical.fitting import slice_generator
+
+    y = _images(1)
+    n, decay = 5, 0.6
+    base = FitConfig(**{**SMALL, "iterations": n}, average_decay=decay, average_warmup=warmup)
+    averaged = fit(Identity(), y, base).image
+    # x_t is the output of the weights after t steps: the "last" image of a t-step run (x_0: the initial decoder).
+    with torch.no_grad():
+        first = BatchedDeepDecoder(1, 32, 32, 8, 4, 1, [slice_generator(0, 0, 0)])()
+    iterates = [first] + [fit(Identity(), y, FitConfig(**{**SMALL, "iterations": t}, result="last")).image
+                          for t in range(1, n)]
+    expected = iterates[0]
+    for t in range(1, n):
+        d = min(decay, t / (t + warmup)) if warmup else decay
+        expected = d * expected + (1 - d) * iterates[t]
+    torch.testing.assert_close(averaged, expected, atol=1e-5, rtol=0)
+
+
 def test_ensemble_members_differ_and_result_is_their_mean():
     y = _images(1)
     config = FitConfig(**{**SMALL, "ensemble": 3})

@@ -65,6 +65,31 @@ def test_cartesian_fourier_masks_columns_and_zero_fills():
         op.image_shape(torch.zeros(1, 2, 32, 32, 2))
 
 
+@pytest.mark.parametrize("coils", [1, 2])
+def test_cartesian_fourier_real_object_dot_product_and_data_consistency(coils):
+    mask = equispaced_mask(24, 4, 0.1, seed=1)
+    real = CartesianFourier(mask, coils=coils, real=True)
+    _dot_test(real, (2, coils, 20, 24), (2, coils, 20, 24, 2))
+    x = torch.rand(2, coils, 20, 24)
+    y = real.forward(x)
+    assert real.image_shape(y) == (coils, 20, 24)
+    # same k-space as the complex operator given zero imaginary channels
+    full = CartesianFourier(mask, coils=coils)
+    with_imag = torch.stack([x, torch.zeros_like(x)], dim=2).reshape(2, 2 * coils, 20, 24)
+    torch.testing.assert_close(full.forward(with_imag), y)
+    torch.testing.assert_close(real.baseline(y), full.baseline(y))
+    # data consistency keeps the measured samples: the true image is unchanged, an empty guess gives (the real part
+    # of) zero-filling
+    torch.testing.assert_close(real.consistent_magnitude(x, y), real.magnitude(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(real.consistent_magnitude(torch.zeros_like(x), y), real.magnitude(real.adjoint(y)),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(full.consistent_magnitude(torch.zeros_like(with_imag), y), full.baseline(y),
+                               atol=1e-5, rtol=0)
+    guess = torch.rand(2, coils, 20, 24)
+    merged = real.consistent_magnitude(guess, y)
+    assert not torch.allclose(merged, real.magnitude(guess), atol=1e-3)
+
+
 @pytest.mark.parametrize("maker", [random_mask, equispaced_mask])
 @pytest.mark.parametrize("acceleration", [4, 8])
 def test_line_masks_have_centre_and_rate_and_are_seeded(maker, acceleration):

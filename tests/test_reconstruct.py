@@ -13,6 +13,7 @@ from dd_medical.phantom import write_phantom_series
 from dd_medical.pipeline import reconstruct_volume
 from dd_medical.reconstruction import (
     RECONSTRUCTION_DEFAULTS,
+    default_config,
     load_kspace,
     magnitude_image,
     prepare_measurements,
@@ -65,10 +66,13 @@ def test_mri_recovers_a_fully_sampled_multicoil_image_and_keeps_the_scale():
     ramp = torch.linspace(0.5, 1.0, 32)
     coils = torch.cat([mu * ramp, torch.zeros_like(mu), mu * ramp.flip(0), 0.3 * mu], dim=1)  # two complex coils
     full = CartesianFourier(np.ones(32), coils=2)
-    out = reconstruct_volume(full.forward(coils), full, FitConfig(channels=16, blocks=4, iterations=150, ensemble=1,
-                                                                   output="linear"), device="cpu", progress=False)
+    config = FitConfig(channels=16, blocks=4, iterations=150, ensemble=1, output="linear")
+    out = reconstruct_volume(full.forward(coils), full, config, device="cpu", progress=False, data_consistency=False)
     rss = magnitude_image(full, coils).numpy()
     assert _psnr(out, rss) > 15
+    # fully sampled: data consistency returns the measured image itself
+    exact = reconstruct_volume(full.forward(coils), full, config, device="cpu", progress=False)
+    np.testing.assert_allclose(exact, rss, atol=1e-4 * rss.max())
 
     op = CartesianFourier(equispaced_mask(32, 4, 0.1), coils=1)
     y = op.forward(torch.cat([mu, torch.zeros_like(mu)], dim=1))
@@ -77,6 +81,19 @@ def test_mri_recovers_a_fully_sampled_multicoil_image_and_keeps_the_scale():
                               device="cpu", progress=False)  # sigmoid config: fitted linear
     assert out4.shape == (1, 32, 32) and np.isfinite(out4).all()
     assert 0.5 < out4.max() / float(mu.max()) < 2  # in the measurements' scale
+
+
+def test_mri_of_a_real_object_fits_a_non_negative_image():
+    hu = phantom_hu(depth=1, size=32)
+    sim = simulate((hu + 1000) / 1000, "mri", modality="MR", acceleration=3, center_fraction=0.2, real_object=True)
+    op = sim.operator
+    assert op.real and op.image_shape(sim.measurements) == (1, 32, 32)
+    config = default_config(op, channels=16, blocks=4, iterations=200)
+    assert config.output == "sigmoid" and RECONSTRUCTION_DEFAULTS["mri"].output == "linear"
+    out = reconstruct_volume(sim.measurements, op, config, device="cpu", progress=False)
+    zero_filled = magnitude_image(op, op.baseline(sim.measurements)).numpy()
+    assert out.shape == (1, 32, 32) and np.isfinite(out).all() and out.min() >= 0
+    assert _psnr(out, sim.reference) > _psnr(zero_filled, sim.reference) + 3
 
 
 def test_result_does_not_depend_on_batch_size():
@@ -174,6 +191,16 @@ def test_cli_simulates_ct_from_a_dicom_series_and_writes_a_derived_series(tmp_pa
     recon = read_volume(out)
     assert recon.shape == (2, 32, 32) and recon.modality == "CT"
     assert recon.array.min() > -1500 and recon.array.max() < 3000  # HU, not attenuation
+
+
+def test_cli_simulates_mri_of_a_real_object(tmp_path):
+    image = tmp_path / "slice.nii.gz"
+    write_image(Volume(phantom_hu(1, 32) + 1000, modality="MR"), image)
+    out = tmp_path / "recon.nii.gz"
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(out), "--simulate", "mri", "--acceleration", "3",
+                                      "--real-object", *CLI_FIT])
+    assert result.exit_code == 0, result.output
+    assert "PSNR" in result.output and read_volume(out).shape == (1, 32, 32)
 
 
 def test_cli_rejects_bad_simulation_settings_and_raw_sinograms(tmp_path):
