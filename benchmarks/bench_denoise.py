@@ -70,14 +70,28 @@ def oracle(fn: Callable[[np.ndarray, float], np.ndarray], grid: list[float], cle
     return run
 
 
+def gaussian_noise(clean: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """``clean`` [0, 1] plus white Gaussian noise of std ``sigma`` (in [0, 1] units), clipped to [0, 1], float32."""
+    rng = np.random.default_rng(seed)
+    return np.clip(clean + rng.normal(0.0, sigma, clean.shape), 0.0, 1.0).astype(np.float32)
+
+
+def nlm(noisy: np.ndarray) -> np.ndarray:
+    """Non-local means (scikit-image) of a 2D [0, 1] image, h = 0.8 x its estimated noise sigma."""
+    from skimage.restoration import denoise_nl_means, estimate_sigma
+
+    sigma = float(estimate_sigma(noisy))
+    return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
+
+
 def methods(clean: np.ndarray, device: str, quick: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     from scipy.ndimage import gaussian_filter
-    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, estimate_sigma
+    from skimage.restoration import denoise_tv_chambolle
 
     ours, best, reference = FitConfig(), preset("quality"), REFERENCE
     if quick:
         ours = replace(ours, iterations=60)
-        best = replace(best, iterations=60, ensemble=2)
+        best = replace(best, iterations=60)
         reference = replace(reference, iterations=60)
     out = {
         "dd-medical (defaults)": decoder_method(ours, device),
@@ -90,10 +104,6 @@ def methods(clean: np.ndarray, device: str, quick: bool) -> dict[str, Callable[[
         out["BM3D"] = lambda noisy: np.asarray(bm3d.bm3d(noisy, sigma_psd=SIGMA), dtype=np.float32)
     except ImportError:
         print("bm3d is not installed (pip install 'dd-medical[dev]'): BM3D skipped")
-
-    def nlm(noisy: np.ndarray) -> np.ndarray:
-        sigma = float(estimate_sigma(noisy))
-        return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
 
     out["NLM"] = nlm
     out["TV (oracle weight)"] = oracle(lambda n, w: denoise_tv_chambolle(n, weight=w),
@@ -120,8 +130,7 @@ def main() -> None:
         if args.quick:
             c = np.array(clean.shape) // 2
             clean = clean[c[0] - 32 : c[0] + 32, c[1] - 32 : c[1] + 32]
-        rng = np.random.default_rng(0)
-        noisy = np.clip(clean + rng.normal(0, SIGMA, clean.shape), 0, 1).astype(np.float32)
+        noisy = gaussian_noise(clean, SIGMA)
         rows.append(dict(image=name, method="noisy", psnr=psnr(noisy, clean), ssim=ssim(noisy, clean), seconds=0.0))
         print(f"\n{name} {clean.shape[0]}x{clean.shape[1]}: noisy PSNR {rows[-1]['psnr']:.2f} dB")
         for method, fn in methods(clean, args.device, args.quick).items():

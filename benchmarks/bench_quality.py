@@ -82,7 +82,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_denoise import REFERENCE, SHARED, WINDOW, decoder_method, methods, oracle  # noqa: E402
+from bench_denoise import REFERENCE, SHARED, WINDOW, decoder_method, gaussian_noise, nlm, oracle  # noqa: E402
 
 from dd_medical.fitting import FitConfig  # noqa: E402
 from dd_medical.metrics import psnr, ssim  # noqa: E402
@@ -165,12 +165,6 @@ def load_datasets(only: list[str], crop: int, volume_slices: int, quick: bool) -
 
 # ----------------------------------------------------------------------------------------------------------------
 # Noise
-
-
-def gaussian_noise(clean: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    """``clean`` [0, 1] plus white Gaussian noise of std ``sigma`` (in [0, 1] units), clipped to [0, 1], float32."""
-    rng = np.random.default_rng(seed)
-    return np.clip(clean + rng.normal(0.0, sigma, clean.shape), 0.0, 1.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=2)
@@ -273,7 +267,7 @@ def quality_methods(device: str, quick: bool, known_sigma: float | None,
     }
     if volume:
         out["BM4D"] = bm4d_run
-    out["NLM"] = slicewise(lambda n, c: methods(c, device, quick)["NLM"](n))
+    out["NLM"] = slicewise(lambda n, c: nlm(n))
     out["TV (oracle weight)"] = slicewise(lambda n, c: oracle(tv, TV_WEIGHTS, c)(n))
     out["anisotropic diffusion (oracle)"] = slicewise(lambda n, c: oracle(diffusion, grid, c)(n))
     out["reference-style decoder"] = lambda noisy, clean: reference_run(noisy)

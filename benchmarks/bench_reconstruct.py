@@ -46,6 +46,12 @@ SETTINGS = [
 ]
 
 
+def block_average(image: np.ndarray, size: int) -> np.ndarray:
+    """A square ``(N, N)`` image averaged down to ``(size, size)`` over ``N // size`` pixel blocks."""
+    factor = image.shape[0] // size
+    return image[: size * factor, : size * factor].reshape(size, factor, size, factor).mean(axis=(1, 3))
+
+
 def ct_slice(size: int) -> tuple[np.ndarray, str]:
     """The pydicom-data CT slice in HU, block-averaged to ``size`` x ``size``."""
     import pydicom
@@ -53,9 +59,7 @@ def ct_slice(size: int) -> tuple[np.ndarray, str]:
 
     ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    factor = hu.shape[0] // size
-    hu = hu[: size * factor, : size * factor].reshape(size, factor, size, factor).mean(axis=(1, 3))
-    return hu, f"693_UNCR.dcm {size}x{size}"
+    return block_average(hu, size), f"693_UNCR.dcm {size}x{size}"
 
 
 def mr_slice(size: int) -> tuple[np.ndarray, str]:
@@ -64,9 +68,7 @@ def mr_slice(size: int) -> tuple[np.ndarray, str]:
     from pydicom.data import get_testdata_file
 
     image = pydicom.dcmread(get_testdata_file("MR2_UNCR.dcm")).pixel_array.astype(np.float32)
-    factor = image.shape[0] // size
-    image = image[: size * factor, : size * factor].reshape(size, factor, size, factor).mean(axis=(1, 3))
-    return image, f"MR2_UNCR.dcm {size}x{size}"
+    return block_average(image, size), f"MR2_UNCR.dcm {size}x{size}"
 
 
 def scores(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

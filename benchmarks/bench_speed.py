@@ -53,7 +53,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_denoise import REFERENCE, SIGMA, WINDOW  # noqa: E402
+from bench_denoise import REFERENCE, SIGMA, WINDOW, gaussian_noise  # noqa: E402
 
 from dd_medical.decoder import num_parameters, size_ladder  # noqa: E402
 from dd_medical.fitting import FitConfig  # noqa: E402
@@ -77,8 +77,7 @@ def noisy_slices(size: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
         raise SystemExit(f"--sizes {size}: {IMAGE} is only {full.shape[0]}x{full.shape[1]} pixels")
     top, left = (full.shape[0] - size) // 2, (full.shape[1] - size) // 2
     clean = np.repeat(full[None, top:top + size, left:left + size], slices, axis=0)
-    rng = np.random.default_rng(0)
-    noisy = np.clip(clean + rng.normal(0, SIGMA, clean.shape), 0, 1).astype(np.float32)
+    noisy = gaussian_noise(clean, SIGMA)
     return clean.astype(np.float32), noisy
 
 

@@ -154,6 +154,11 @@ def _ifft2c(k: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
 
 
+def _rss(images: torch.Tensor) -> torch.Tensor:
+    """Root-sum-of-squares ``(B, 1, H, W)`` over the coils of complex (or real) coil images ``(B, coils, H, W)``."""
+    return images.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
 def magnitude(x: torch.Tensor) -> torch.Tensor:
     """Root-sum-of-squares magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)`` ([re_0, im_0, ...])."""
     return x.pow(2).sum(dim=1, keepdim=True).sqrt()
@@ -234,7 +239,7 @@ class CartesianFourier:
         return torch.view_as_real(images).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
 
     def baseline(self, y: torch.Tensor) -> torch.Tensor:
-        return self._zero_filled(y).abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+        return _rss(self._zero_filled(y))
 
     def magnitude(self, x: torch.Tensor) -> torch.Tensor:
         """RSS magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)`` (``real``: ``(B, coils, H, W)``)."""
@@ -247,9 +252,8 @@ class CartesianFourier:
         mask = self._mask(x.device)[..., 0] != 0
         measured = torch.view_as_complex(y.to(x.device).float().contiguous())
         merged = _ifft2c(torch.where(mask, measured, self._kspace(x)))
-        if self.real:  # the nearest real image (a mask that is not point-symmetric leaves an imaginary part)
-            merged = merged.real
-        return merged.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+        # real object: the nearest real image (a mask that is not point-symmetric leaves an imaginary part)
+        return _rss(merged.real if self.real else merged)
 
 
 # ----------------------------------------------------------------------------------------------------------------
