@@ -125,15 +125,15 @@ def _denoise(volume, task: SeriesTask) -> np.ndarray:
 
 def _denoise_slices(volume, task: SeriesTask, start: int, stop: int) -> np.ndarray:
     """Slices ``start:stop`` of the volume denoised exactly as :func:`_denoise` denoises them within the whole
-    volume: the volume's window, and slice ``i`` fitted with the seeds of ``(config.seed, i)``."""
-    from .intensity import Window, default_window
-    from .pipeline import check_slices, denoise_volume
+    volume: the volume's window, slice ``i`` fitted with the seeds of ``(config.seed, i)``, and (2.5D) the slabs
+    around them fitted to the whole volume's slices."""
+    from .intensity import Window
+    from .pipeline import denoise_volume
 
-    slices = check_slices(volume.array)
-    window = Window(*task.window) if task.window else default_window(slices, volume.modality)
+    window = Window(*task.window) if task.window else None
     return denoise_volume(
-        slices[start:stop], task.config, task.device, task.progress, window=window, modality=volume.modality,
-        batch_size=task.batch_size, first_index=start,
+        volume.array, task.config, task.device, task.progress, window=window, modality=volume.modality,
+        batch_size=task.batch_size, subset=(start, stop),
     )
 
 

@@ -51,6 +51,9 @@ def _fit_options(default_preset: str = "default"):
                      help="Decoder blocks [default: the preset's, 6]."),
         click.option("--ensemble", type=click.IntRange(min=1), default=None,
                      help="Decoders averaged per slice [default: the preset's]."),
+        click.option("--slab", type=click.IntRange(min=1), default=None,
+                     help="2.5D: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
+                          "[default: the preset's, 5]. Denoising only."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices fitted at once [default: from free device memory]."),
         click.option("--device", default="auto", show_default=True,
@@ -60,9 +63,13 @@ def _fit_options(default_preset: str = "default"):
 
     def decorate(func):
         @functools.wraps(func)
-        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, seed, **kwargs):
-            given = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, seed=seed)
-            config = preset(preset_name, **{k: v for k, v in given.items() if v is not None})
+        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, slab, seed, **kwargs):
+            given = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
+                         seed=seed)
+            try:
+                config = preset(preset_name, **{k: v for k, v in given.items() if v is not None})
+            except ValueError as err:
+                raise click.BadParameter(str(err)) from err
             return func(*args, config=config, **kwargs)
 
         for option in reversed(options):

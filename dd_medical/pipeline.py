@@ -86,11 +86,14 @@ def fit_in_chunks(
     callback: ProgressCallback | None = None,
     desc: str = "fitting",
     first_index: int = 0,
-) -> torch.Tensor:
+    sink: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Fit ``measurements`` ``(D, ...)`` through ``operator`` ``batch_size`` slices at a time -> ``(D, C, H, W)`` CPU.
 
     Slice ``i`` uses the seeds of ``(config.seed, first_index + i)``; on out-of-memory the batch is halved and the
-    chunk retried. A tqdm bar (``progress``) and ``callback(fraction_done)`` report progress.
+    chunk retried. A tqdm bar (``progress``) and ``callback(fraction_done)`` report progress. ``measurements``
+    may be any object with ``shape`` and ``[start:stop]`` giving a tensor (built lazily, chunk by chunk). With
+    ``sink``, each chunk's images go to ``sink(start, stop, images)`` instead of the returned tensor (``None``).
     """
     depth = measurements.shape[0]
     out: torch.Tensor | None = None
@@ -130,17 +133,40 @@ def fit_in_chunks(
             b = max(1, b // 2)
             log.warning("out of memory on %s: retrying with %d slices at a time", dev, b)
             continue
-        if out is None:
-            out = torch.empty((depth, *result.image.shape[1:]), dtype=torch.float32)
-        out[start:stop] = result.image
+        if sink is not None:
+            sink(start, stop, result.image)
+        else:
+            if out is None:
+                out = torch.empty((depth, *result.image.shape[1:]), dtype=torch.float32)
+            out[start:stop] = result.image
         bar.update(stop - done)  # a stopping rule may have ended the chunk early
         done = float(stop)
         if callback is not None:
             callback(done / depth)
         start = stop
     bar.close()
-    assert out is not None
     return out
+
+
+def slab_indices(depth: int, slab: int) -> np.ndarray:
+    """``(D, s)`` slice indices of the slab centred on each slice: ``i - r .. i + r`` (``r = slab // 2``, at most
+    ``D - 1``), mirrored at the ends of the volume (slice ``-1`` is slice ``1``)."""
+    r = min(slab // 2, depth - 1)
+    j = np.arange(depth)[:, None] + np.arange(-r, r + 1)[None]
+    j = np.where(j < 0, -j, j)
+    return np.where(j > depth - 1, 2 * (depth - 1) - j, j)
+
+
+class _Slabs:
+    """The slabs centred on slices ``first .. stop - 1`` of ``unit`` ``(D, 1, H, W)``, built chunk by chunk."""
+
+    def __init__(self, unit: torch.Tensor, index: np.ndarray, first: int, stop: int) -> None:
+        self.unit, self.index, self.first = unit[:, 0], index, first
+        self.shape = (stop - first, index.shape[1], *unit.shape[2:])
+
+    def __getitem__(self, part: slice) -> torch.Tensor:
+        rows = self.index[self.first:self.first + self.shape[0]][part]
+        return self.unit[torch.from_numpy(rows)]
 
 
 def denoise_volume(
@@ -155,6 +181,7 @@ def denoise_volume(
     callback: ProgressCallback | None = None,
     first_index: int = 0,
     strategy: str = "batched",
+    subset: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Denoise a volume slice by slice with one untrained Deep Decoder per slice.
 
@@ -173,9 +200,17 @@ def denoise_volume(
         strategy: ``"batched"`` (default) fits ``batch_size`` slices per pass; ``"sequential"`` is the reference
             way, kept as a baseline: one decoder per slice, one slice after another (batch size 1), fp32
             (``config.amp`` ignored), through the same :func:`~dd_medical.fitting.fit`.
+        subset: ``(start, stop)``: return only slices ``start:stop``, equal to the same slices of the whole
+            result (with ``config.slab > 1`` the slabs that reach into them are fitted, the other slices serve as
+            their context). Default: all slices.
 
-    Returns ``(D, H, W)`` float32 in the input's units (``(H, W)`` for a 2D input). Slice ``i`` is fitted with
-    its own seed derived from ``(config.seed, i)``, so results do not depend on the batch size.
+    With ``config.slab = s > 1`` (2.5D) a decoder is fitted to the ``s`` slices around each slice (its output
+    channels; mirrored at the ends) and each slice is the mean of every slab estimate that holds it
+    (:func:`slab_indices`).
+
+    Returns ``(D, H, W)`` float32 in the input's units (``(H, W)`` for a 2D input). Slice (or slab centre) ``i``
+    is fitted with its own seed derived from ``(config.seed, first_index + i)``, so results do not depend on the
+    batch size.
     """
     config = config or FitConfig()
     if strategy not in ("batched", "sequential"):
@@ -192,9 +227,29 @@ def denoise_volume(
     log.info("denoising %d slices of %dx%d on %s, %d at a time, config %s", depth, height, width, dev, b,
              asdict(config))
 
-    images = fit_in_chunks(Identity(), unit, config, dev, b, progress=progress, callback=callback, desc="denoising",
-                           first_index=first_index)
-    out = window.from_unit(images[:, 0].numpy()).astype(np.float32, copy=False)
+    start, stop = (0, depth) if subset is None else (int(subset[0]), int(subset[1]))
+    if not 0 <= start < stop <= depth:
+        raise ValueError(f"subset {subset} is not a non-empty slice range of a {depth}-slice volume")
+    if config.slab == 1 or depth == 1:
+        images = fit_in_chunks(Identity(), unit[start:stop], config, dev, b, progress=progress, callback=callback,
+                               desc="denoising", first_index=first_index + start)
+        result = images[:, 0]
+    else:
+        index = slab_indices(depth, config.slab)
+        r = index.shape[1] // 2
+        first, last = max(0, start - r), min(depth, stop + r)  # centres of every slab holding a wanted slice
+        total = torch.zeros((depth, height, width), dtype=torch.float64)
+        count = np.zeros(depth, dtype=np.int64)
+
+        def add(a: int, z: int, estimates: torch.Tensor) -> None:  # estimates (z - a, s, H, W) of centres a..z-1
+            for n, rows in enumerate(index[first + a:first + z]):
+                total.index_add_(0, torch.from_numpy(rows), estimates[n].double())
+                np.add.at(count, rows, 1)
+
+        fit_in_chunks(Identity(), _Slabs(unit, index, first, last), config, dev, b, progress=progress,
+                      callback=callback, desc="denoising", first_index=first_index + first, sink=add)
+        result = (total[start:stop] / torch.from_numpy(count[start:stop])[:, None, None]).float()
+    out = window.from_unit(result.numpy()).astype(np.float32, copy=False)
     return out[0] if squeeze else out
 
 

@@ -46,6 +46,36 @@ def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
         torch.testing.assert_close(together[j : j + 1], alone, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("stopping", ["fixed", "discrepancy", "sure"])
+def test_passes_per_iteration_do_not_change_the_result(stopping):
+    """CPU cache-sized passes (one decoder per pass) give the one-pass result, weights and stopping points."""
+    clean = _images(3, seed=1) * 0
+    rng = np.random.default_rng(2)
+    y = (0.5 + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
+    y[2] = _images(1)[0]  # a structured slice that stops later than the flat ones
+    config = FitConfig(**{**SMALL, "iterations": 300, "ensemble": 2}, stopping=stopping, sure_patience=40)
+    one = fit(Identity(), y, config, pass_size=12)
+    for size in (1, 4):
+        many = fit(Identity(), y, config, pass_size=size)
+        torch.testing.assert_close(many.image, one.image, atol=1e-4, rtol=0)
+        assert list(many.iterations) == list(one.iterations)
+        assert many.weights.keys() == one.weights.keys()
+        for key in one.weights if stopping == "fixed" else ():  # skipped passes keep their weights at the stop
+            torch.testing.assert_close(many.weights[key], one.weights[key], atol=1e-4, rtol=0)
+    if stopping != "fixed":
+        assert len(set(one.iterations.tolist())) > 1  # slices stopped at different steps: some passes skipped
+
+
+def test_cpu_passes_stay_cache_sized():
+    from dd_medical.fitting import CPU_PASS_ELEMENTS, instances_per_pass
+
+    cpu = torch.device("cpu")
+    assert instances_per_pass(8, 64, 256, 256, cpu) == 1
+    assert instances_per_pass(8, 64, 128, 128, cpu) == CPU_PASS_ELEMENTS // (64 * 128 * 128)
+    assert instances_per_pass(3, 8, 32, 32, cpu) == 3
+    assert instances_per_pass(8, 64, 512, 512, torch.device("meta")) == 8  # accelerators: one pass
+
+
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_average_is_a_moving_average_whose_window_grows(warmup):
     """result="average": a_0 = x_0, a_t = d_t a_(t-1) + (1 - d_t) x_t with d_t = min(decay, t / (t + warmup))."""
@@ -96,3 +126,31 @@ def test_config_rejects_nonsense():
         FitConfig(result="median")
     with pytest.raises(ValueError):
         FitConfig(learning_rate=-1)
+
+
+def test_sure_stopping_returns_a_point_near_the_best_one():
+    """Monte-Carlo SURE, with the noise level estimated from the slice, lands near the best stopping point."""
+    from dd_medical.intensity import Window
+    from dd_medical.phantom import make_phantom
+
+    clean = torch.from_numpy(Window(-1000.0, 1000.0).to_unit(make_phantom(depth=1, size=64, seed=0).hu[0]))
+    clean = clean.float()[None, None]
+    rng = np.random.default_rng(5)
+    y = (clean + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
+    base = dict(channels=32, blocks=5, ensemble=1)
+    sure = fit(Identity(), y, FitConfig(**base, iterations=600, stopping="sure", sure_patience=80))
+    mse = lambda image: float(((image - clean) ** 2).mean())  # noqa: E731
+    fixed = [mse(fit(Identity(), y, FitConfig(**base, iterations=n, stopping="fixed")).image) for n in (100, 200, 400)]
+    assert mse(sure.image) < 1.5 * min(fixed), (mse(sure.image), fixed)
+    assert mse(sure.image) < 0.6 * mse(y)  # (the noisy MSE is 0.007: noise clipped at 0 in air)
+    assert sure.iterations[0] < 600  # stopped by its patience after the minimum
+    assert sure.weights["out_weight"].shape[0] == 2  # the decoder and its probe twin
+
+
+def test_sure_stopping_needs_image_shaped_measurements():
+    from dd_medical.operators import GaussianProjection
+
+    op = GaussianProjection(64, (16, 16), seed=0)
+    y = op.forward(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="image-shaped"):
+        fit(op, y, FitConfig(**SMALL, stopping="sure"), noise_sigma=0.1)
