@@ -29,8 +29,8 @@ slice by slice):
 
 * ``dd-medical 2D``: :func:`~dd_medical.pipeline.denoise_volume` with ``FitConfig()`` defaults but ``slab=1``:
   slice by slice.
-* ``dd-medical volumetric``: the package defaults, ``FitConfig()``: 2.5D, each decoder fits a slab of
-  ``FitConfig().slab`` adjacent slices (volumes only; on a single slice it is the 2D row).
+* ``dd-medical volumetric``: the package defaults with ``slab=5`` (``--slab 5``; 2.5D, each decoder fits 5
+  adjacent slices; volumes only, on a single slice it is the 2D row).
 * ``BM3D``: ``bm3d.bm3d`` with the true sigma (Gaussian rows) or the one estimated by
   :func:`dd_medical.noise.estimate_sigma` (low-dose rows, where it is not known).
 * ``BM4D``: ``bm4d.bm4d`` (volumes only; skipped in ``--quick`` and for volumes thinner than its blocks), sigma as

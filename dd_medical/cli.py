@@ -53,7 +53,7 @@ def _fit_options(default_preset: str = "default"):
                      help="Decoders averaged per slice [default: the preset's]."),
         click.option("--slab", type=click.IntRange(min=1), default=None,
                      help="2.5D: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
-                          "[default: the preset's, 5]. Denoising only."),
+                          "[default: the preset's, 1]. Denoising only; see README for what it gains and costs."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices fitted at once [default: from free device memory]."),
         click.option("--device", default="auto", show_default=True,

@@ -238,17 +238,19 @@ def denoise_volume(
         index = slab_indices(depth, config.slab)
         r = index.shape[1] // 2
         first, last = max(0, start - r), min(depth, stop + r)  # centres of every slab holding a wanted slice
-        total = torch.zeros((depth, height, width), dtype=torch.float64)
-        count = np.zeros(depth, dtype=np.int64)
+        # Sums over the slabs of slices start..stop-1 only (slabs also cover up to r slices beyond them).
+        total = torch.zeros((stop - start, height, width), dtype=torch.float32)
+        count = np.zeros(stop - start, dtype=np.int64)
 
         def add(a: int, z: int, estimates: torch.Tensor) -> None:  # estimates (z - a, s, H, W) of centres a..z-1
             for n, rows in enumerate(index[first + a:first + z]):
-                total.index_add_(0, torch.from_numpy(rows), estimates[n].double())
-                np.add.at(count, rows, 1)
+                keep = (rows >= start) & (rows < stop)
+                total.index_add_(0, torch.from_numpy(rows[keep] - start), estimates[n][torch.from_numpy(keep)])
+                np.add.at(count, rows[keep] - start, 1)
 
         fit_in_chunks(Identity(), _Slabs(unit, index, first, last), config, dev, b, progress=progress,
                       callback=callback, desc="denoising", first_index=first_index + first, sink=add)
-        result = (total[start:stop] / torch.from_numpy(count[start:stop])[:, None, None]).float()
+        result = total / torch.from_numpy(count).float()[:, None, None]
     out = window.from_unit(result.numpy()).astype(np.float32, copy=False)
     return out[0] if squeeze else out
 

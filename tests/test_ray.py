@@ -40,7 +40,7 @@ from dd_medical.io import scan_dicom
 from dd_medical.phantom import write_phantom_series
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = FitConfig(channels=8, blocks=2, iterations=10, ensemble=1)
+TINY = FitConfig(channels=8, blocks=2, iterations=10, ensemble=1, slab=3)  # slabs cross the chunks
 NO_RAY_REASON = "Ray is not installed (pip install 'dd-medical[ray]'); the Ray engine tests need it"
 
 
