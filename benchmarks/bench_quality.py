@@ -239,7 +239,7 @@ def quality_methods(device: str, quick: bool, known_sigma: float | None,
                     volume: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray] | None]:
     """Method name -> ``fn(noisy, clean)`` (``clean`` only for oracles); ``None`` for a method not implemented."""
     ours, reference = replace(FitConfig(), slab=1), REFERENCE
-    volumetric = FitConfig() if FitConfig().slab > 1 else replace(FitConfig(), slab=5)
+    volumetric = replace(FitConfig(), slab=5)
     grid: list[tuple[float, int]] = [(c, i) for c in (0.5, 1.0, 2.0, 3.0) for i in (1, 3, 6, 12, 24)]
     if quick:  # tiny decoders and a small grid: a smoke run, not a measurement
         ours = replace(FitConfig(), channels=16, blocks=4, iterations=60, ensemble=1, slab=1)

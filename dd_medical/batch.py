@@ -113,14 +113,7 @@ class SeriesResult:
 
 
 def _denoise(volume, task: SeriesTask) -> np.ndarray:
-    from .intensity import Window
-    from .pipeline import denoise_volume
-
-    window = Window(*task.window) if task.window else None
-    return denoise_volume(
-        volume.array, task.config, task.device, task.progress, window=window, modality=volume.modality,
-        batch_size=task.batch_size,
-    )
+    return _denoise_slices(volume, task, 0, volume.array.shape[0])
 
 
 def _denoise_slices(volume, task: SeriesTask, start: int, stop: int) -> np.ndarray:

@@ -234,8 +234,8 @@ def fit(
     y_members = y.repeat_interleave(per_slice, dim=0) if per_slice > 1 else y
     decay = config.average_decay
 
-    threshold = sigma = None
-    if config.stopping in ("discrepancy", "sure"):
+    stopping_rule = config.stopping != "fixed"
+    if stopping_rule:
         sigma = estimate_sigma(y.float()) if noise_sigma is None else torch.as_tensor(noise_sigma, dtype=torch.float32)
         sigma = sigma.to(device).expand(batch).float()
         threshold = config.discrepancy_factor * sigma**2
@@ -292,37 +292,31 @@ def fit(
                 best = torch.where(better[:, None, None, None], img, best)
         if it % config.loss_every == 0 or it == config.iterations - 1:
             history.append(losses.detach().view(batch, members, twins)[..., 0].mean(dim=1).cpu())
-            if sure:
-                with torch.no_grad():
-                    pair = per_member(img)
-                    current = pair[:, 0].reshape(batch, members, out_channels, height, width).mean(dim=1)
-                    # SURE of the member mean, up to the constant -sigma^2: misfit + 2 sigma^2 divergence / N, the
-                    # divergence from each member's twin: probe . (twin - member) / eps, averaged over members.
-                    divergence = (probes * (pair[:, 1] - pair[:, 0])).flatten(1).mean(dim=1) / steps.flatten()
-                    risk = _per_instance_mse(current, y) + 2 * sigma**2 * divergence.view(batch, members).mean(1)
-                    newly_best = active & (risk < best_sure)
-                    best_sure = torch.where(newly_best, risk, best_sure)
-                    frozen[newly_best] = current[newly_best]
-                    best_at[newly_best.cpu()] = it + 1
-                    newly = active & ((it + 1 - best_at).to(device) >= config.sure_patience)
-                    active &= ~newly
-                    stopped_at[newly.cpu()] = it + 1
-                if not bool(active.any()):
-                    break
-            elif threshold is not None:
+            if stopping_rule:
                 with torch.no_grad():
                     current = estimate(img)
-                    misfit = _per_instance_mse(operator.forward(current), y)
-                    newly = active & (misfit <= threshold)
-                    frozen[newly] = current[newly]
+                    if sure:
+                        # SURE of the member mean, up to the constant -sigma^2: misfit + 2 sigma^2 divergence / N,
+                        # the divergence from each member's twin: probe . (twin - member) / eps, member-averaged.
+                        pair = per_member(img)
+                        divergence = (probes * (pair[:, 1] - pair[:, 0])).flatten(1).mean(dim=1) / steps.flatten()
+                        risk = _per_instance_mse(current, y) + 2 * sigma**2 * divergence.view(batch, members).mean(1)
+                        newly_best = active & (risk < best_sure)
+                        best_sure = torch.where(newly_best, risk, best_sure)
+                        frozen[newly_best] = current[newly_best]
+                        best_at[newly_best.cpu()] = it + 1
+                        newly = active & ((it + 1 - best_at).to(device) >= config.sure_patience)
+                    else:
+                        misfit = _per_instance_mse(operator.forward(current), y)
+                        newly = active & (misfit <= threshold)
+                        frozen[newly] = current[newly]
                     active &= ~newly
                     stopped_at[newly.cpu()] = it + 1
                 if not bool(active.any()):
                     break
-            if (sure or threshold is not None) and len(models) > 1 and bool(newly.any()):
-                slice_active = active.cpu().tolist()
-                live = [any(slice_active[j // per_slice] for j in range(g * group, min(batch * per_slice,
-                        (g + 1) * group))) for g in range(len(models))]
+                if len(models) > 1 and bool(newly.any()):
+                    running = active.repeat_interleave(per_slice).cpu()  # per decoder instance
+                    live = [bool(running[g * group:(g + 1) * group].any()) for g in range(len(models))]
         if callback is not None:
             callback(it + 1, config.iterations)
     seconds = time.perf_counter() - t0

@@ -161,7 +161,7 @@ def _rss(images: torch.Tensor) -> torch.Tensor:
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:
     """Root-sum-of-squares magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)`` ([re_0, im_0, ...])."""
-    return x.pow(2).sum(dim=1, keepdim=True).sqrt()
+    return _rss(x)
 
 
 class CartesianFourier:

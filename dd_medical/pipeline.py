@@ -243,10 +243,10 @@ def denoise_volume(
         count = np.zeros(stop - start, dtype=np.int64)
 
         def add(a: int, z: int, estimates: torch.Tensor) -> None:  # estimates (z - a, s, H, W) of centres a..z-1
-            for n, rows in enumerate(index[first + a:first + z]):
-                keep = (rows >= start) & (rows < stop)
-                total.index_add_(0, torch.from_numpy(rows[keep] - start), estimates[n][torch.from_numpy(keep)])
-                np.add.at(count, rows[keep] - start, 1)
+            rows = index[first + a:first + z].ravel()
+            keep = (rows >= start) & (rows < stop)
+            total.index_add_(0, torch.from_numpy(rows[keep] - start), estimates.flatten(0, 1)[torch.from_numpy(keep)])
+            np.add.at(count, rows[keep] - start, 1)
 
         fit_in_chunks(Identity(), _Slabs(unit, index, first, last), config, dev, b, progress=progress,
                       callback=callback, desc="denoising", first_index=first_index + first, sink=add)
@@ -291,8 +291,6 @@ def reconstruct_volume(
     seeds from ``(config.seed, i)``, so results do not depend on the batch size. Bad input raises
     :class:`InputError` before any fitting.
     """
-    from dataclasses import replace
-
     from .reconstruction import default_config, magnitude_image, operator_kind, prepare_measurements
 
     y = prepare_measurements(measurements, operator)
