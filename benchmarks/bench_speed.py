@@ -6,8 +6,11 @@ Rows, at each ``--sizes`` (256: a centre crop of pydicom's 693_UNCR.dcm; 512: th
   (k=64, 6 blocks, Adam 0.01, the lowest-loss iterate of a fixed run of ``--sequential-iterations``; the paper's
   2,000 by default): one decoder per slice, one slice after another, fp32.
 * ``fast``: the package defaults, ``FitConfig()`` (batched, 2-decoder ensemble, moving average, discrepancy stop;
-  ``--fast-iterations`` caps its budget), ``strategy="batched"``, slice by slice (``slab=1``: the ``--slices``
-  copies of one slice share their anatomy exactly, which would flatter the default 2.5D slabs).
+  ``--fast-iterations`` caps its budget; bf16 autocast on CUDA), ``strategy="batched"``, slice by slice
+  (``slab=1``: the ``--slices`` copies of one slice share their anatomy exactly, which would flatter 2.5D slabs).
+* one more row per ``--variant NAME:key=value,...`` (the fast config with those fields, e.g. ``fp32:amp=false``).
+* ``--sequential-slices N`` fits only N slices in the sequential row: one slice after another does the same work
+  per slice, so its slices/s holds for ``--slices`` and its time to quality is scaled to ``--slices``.
 
 Setting as in ``bench_denoise.py``: window [-1000, 1000] HU -> [0, 1], Gaussian noise sigma 25/255 (seed 0),
 clipped to [0, 1]; ``--slices`` copies of the slice with independent noise. PSNR against the clean slice (MONAI,
@@ -28,10 +31,15 @@ subprocess (``--quick`` runs rows in this process, so its memory column is the w
 sequential, same run): ``speedup_slices_per_s`` = fast / sequential slices per second and
 ``speedup_time_to_quality`` = sequential / fast seconds to quality.
 
-Also printed (computed, not measured): a lower bound for one iteration at 512x512, k=64, 6 blocks, B slices.
+Also printed (computed, not measured): a lower bound for one iteration at 512x512, k=64, 6 blocks, B slices;
+with ``--iteration-batches``, measured ms per iteration of one pass of B decoders against that bound. ``--volume D``
+times one D-slice volume with the fast config (or ``--volume-variant``); with ``--deadline`` it is stopped there
+and reports the fraction done and ``projected_s`` (an upper bound: it assumes every chunk runs its whole budget).
+``benchmarks/gpu_check.sh`` runs the CUDA tests and all of this in one call.
 
     python benchmarks/bench_speed.py --sizes 256 --sequential-iterations 1000 --json speed.json   # CPU
-    python benchmarks/bench_speed.py --device cuda --slices 32 --json speed.json                   # GPU
+    python benchmarks/bench_speed.py --device cuda --sizes 512 --slices 8 --sequential-slices 1 \
+        --fast-iterations 600 --refine 1 --variant fp32:amp=false --json speed.json               # GPU
     python benchmarks/bench_speed.py --quick --json out.json                                       # smoke run
 """
 
@@ -70,12 +78,13 @@ QUICK_SEQUENTIAL = FitConfig(channels=16, blocks=4, iterations=60, result="best"
 QUICK_FAST = FitConfig(channels=16, blocks=4, iterations=60, ensemble=2, slab=1)
 
 
-def noisy_slices(size: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clean ``(D, size, size)`` in [0, 1] (centre crop of 693_UNCR.dcm, windowed) and a noisy copy (seed 0)."""
-    ds = pydicom.dcmread(get_testdata_file(IMAGE))
+def noisy_slices(size: int, slices: int, image: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clean ``(D, size, size)`` in [0, 1] (centre crop of ``image``, default 693_UNCR.dcm, windowed) and a noisy
+    copy (seed 0)."""
+    ds = pydicom.dcmread(image or get_testdata_file(IMAGE))
     full = WINDOW.to_unit(apply_rescale(ds.pixel_array, ds))
     if size > min(full.shape):
-        raise SystemExit(f"--sizes {size}: {IMAGE} is only {full.shape[0]}x{full.shape[1]} pixels")
+        raise SystemExit(f"--sizes {size}: {image or IMAGE} is only {full.shape[0]}x{full.shape[1]} pixels")
     top, left = (full.shape[0] - size) // 2, (full.shape[1] - size) // 2
     clean = np.repeat(full[None, top:top + size, left:left + size], slices, axis=0)
     noisy = gaussian_noise(clean, SIGMA)
@@ -88,26 +97,96 @@ def _peak_mib(dev: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _memory_kind(dev: torch.device) -> str:
+    return "cuda max_memory_allocated" if dev.type == "cuda" else "ru_maxrss"
+
+
+class _DeadlineError(Exception):
+    """A timed volume ran past its ``deadline_s``."""
+
+
+def iteration_times(size: int, batches: list[int], modes: dict[str, dict], dev: torch.device, steps: int = 20,
+                    bandwidth_gbs: float = 3350.0, peak_tflops: float = 67.0,
+                    peak_tflops_bf16: float = 989.0) -> list[dict]:
+    """Milliseconds per fitting iteration of ``B`` decoders (k=64, 6 blocks) at ``size`` x ``size``, per mode.
+
+    Each measurement is ``fit`` with a fixed budget (one pass per iteration, ``pass_size=B``), timed at ``steps``
+    and ``2 * steps`` iterations; the difference over ``steps`` removes the set-up (decoder construction, first
+    call, compilation).
+    """
+    from dd_medical.fitting import fit
+    from dd_medical.operators import Identity
+
+    rows = []
+    for name, overrides in modes.items():
+        for b in batches:
+            y = torch.rand(b, 1, size, size)
+            timings = []
+            try:
+                for n in (1, steps, 2 * steps):
+                    cfg = FitConfig(iterations=n, ensemble=1, stopping="fixed", **overrides)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    t0 = time.perf_counter()
+                    fit(Identity(), y, cfg, device=dev, pass_size=b)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    timings.append(time.perf_counter() - t0)
+            except torch.OutOfMemoryError:
+                rows.append(dict(mode=name, size=size, batch=b, ms_per_iteration=None, error="out of memory"))
+                torch.cuda.empty_cache()
+                continue
+            ms = 1e3 * (timings[2] - timings[1]) / steps
+            amp = FitConfig(**overrides).amp and dev.type == "cuda"
+            bound = iteration_bound(b, size, size, bandwidth_gbs=bandwidth_gbs,
+                                    peak_tflops=peak_tflops_bf16 if amp else peak_tflops,
+                                    bytes_per_value=2 if amp else 4)
+            rows.append(dict(mode=name, size=size, batch=b, ms_per_iteration=ms, ms_per_decoder_iteration=ms / b,
+                             bound_ms=1e3 * bound["bound_s"], times_bound=ms / (1e3 * bound["bound_s"]),
+                             first_call_s=timings[0]))
+            print(f"  {name:>10} {size}x{size} B={b:>3}: {ms:8.2f} ms/iteration, {ms / b:6.3f} ms per decoder, "
+                  f"{rows[-1]['times_bound']:.1f}x the bound", flush=True)
+    return rows
+
+
 def run_row(spec: dict) -> dict:
     """One row, in this process: fit, time, PSNR, peak memory (see the module docstring)."""
     dev = resolve_device(spec["device"])
     config = FitConfig(**spec["config"])
-    clean, noisy = noisy_slices(spec["size"], spec["slices"])
+    clean, noisy = noisy_slices(spec["size"], spec["slices"], spec.get("image"))
     before = _peak_mib(dev) if dev.type == "cpu" else 0.0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
+    deadline = spec.get("deadline_s")
+    done = [0.0]
+
+    def watch(fraction: float) -> None:  # a volume run past its deadline is stopped (it has missed its bar)
+        done[0] = fraction
+        if deadline is not None and time.perf_counter() - t0 > deadline:
+            raise _DeadlineError
+
     def timed(cfg: FitConfig) -> tuple[float, float]:
+        nonlocal t0
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         out = denoise_volume(noisy, cfg, device=dev, progress=False, window=Window(0.0, 1.0),
-                             strategy=spec["strategy"], callback=None)
+                             strategy=spec["strategy"], callback=watch if deadline is not None else None)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0, float(np.mean(psnr(np.clip(out, 0, 1), clean)))
 
-    seconds, value = timed(config)
+    t0 = 0.0
+    try:
+        seconds, value = timed(config)
+    except _DeadlineError:
+        spent = time.perf_counter() - t0
+        return dict(strategy=spec["strategy"], size=spec["size"], slices=spec["slices"], device=str(dev),
+                    iterations=config.iterations, seconds=None, deadline_s=deadline, fraction_done=done[0],
+                    projected_s=spent / max(done[0], 1e-9), slices_per_s=spec["slices"] * done[0] / spent,
+                    psnr=None, target_psnr=None, time_to_quality_s=None, peak_memory_mib=_peak_mib(dev),
+                    rss_before_fit_mib=before, memory_kind=_memory_kind(dev), runs=[], config=asdict(config))
     target = spec.get("target_psnr")
     ttq: float | None = seconds
     runs = [dict(iterations=config.iterations, seconds=seconds, psnr=value)]
@@ -128,8 +207,7 @@ def run_row(spec: dict) -> dict:
     return dict(strategy=spec["strategy"], size=spec["size"], slices=spec["slices"], device=str(dev),
                 iterations=config.iterations, seconds=seconds, slices_per_s=spec["slices"] / seconds, psnr=value,
                 target_psnr=target if target is not None else value, time_to_quality_s=ttq,
-                peak_memory_mib=_peak_mib(dev), rss_before_fit_mib=before,
-                memory_kind="cuda max_memory_allocated" if dev.type == "cuda" else "ru_maxrss",
+                peak_memory_mib=_peak_mib(dev), rss_before_fit_mib=before, memory_kind=_memory_kind(dev),
                 runs=runs, config=asdict(config))
 
 
@@ -179,17 +257,48 @@ def iteration_bound(batch: int, height: int = 512, width: int = 512, channels: i
                 memory_bound_s=t_mem, compute_bound_s=t_flop, bound_s=max(t_mem, t_flop))
 
 
+def parse_overrides(text: str) -> tuple[str, dict]:
+    """``"name:key=value,key=value"`` -> ``(name, {key: value})`` (FitConfig fields; values parsed as JSON)."""
+    name, _, rest = text.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value.lower() if value in ("True", "False") else value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    FitConfig(**overrides)  # unknown fields or bad values fail here, before anything runs
+    return name, overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="slice sizes in pixels")
     parser.add_argument("--slices", type=int, default=1, help="slices per volume (same slice, independent noise)")
+    parser.add_argument("--sequential-slices", type=int,
+                        help="fit only this many slices in the sequential row (default --slices): one slice after "
+                             "another does the same work per slice, so its slices/s holds for --slices and its "
+                             "time to quality is scaled to --slices")
     parser.add_argument("--sequential-iterations", type=int, default=REFERENCE.iterations)
     parser.add_argument("--fast-iterations", type=int, help="cap on the fast strategy's budget (default: package)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="an extra fast row: the defaults with these FitConfig fields, e.g. bf16:amp=true")
     parser.add_argument("--refine", type=int, default=1, help="halved-budget reruns of the fast row (see above)")
     parser.add_argument("--tolerance-db", type=float, default=0.1, help="time to quality: PSNR >= target - this")
+    parser.add_argument("--image", help="DICOM slice to crop (default pydicom's 693_UNCR.dcm)")
+    parser.add_argument("--iteration-batches", type=int, nargs="*", default=[],
+                        help="also print ms per iteration for these numbers of decoders (one pass) at each size")
+    parser.add_argument("--iteration-modes", nargs="*", default=["fp32:"], metavar="NAME:KEY=VALUE,...",
+                        help="configs for --iteration-batches (default fp32; e.g. bf16:amp=true compiled:compile=true)")
+    parser.add_argument("--volume", type=int, help="after the rows, time one volume of this many slices at each "
+                                                   "size with the fast config (or --volume-variant)")
+    parser.add_argument("--volume-variant", help="name of a --variant to use for --volume")
+    parser.add_argument("--deadline", type=float, help="stop the --volume run after this many seconds (it then "
+                                                       "reports the fraction done and the projected time)")
+    parser.add_argument("--skip-rows", action="store_true", help="no sequential/fast rows (e.g. --volume alone)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 32 and 48 px crops, tiny decoders")
-    parser.add_argument("--json", type=Path, help="write the rows and the bound as JSON here")
+    parser.add_argument("--json", type=Path, help="write the rows and the bound as JSON here (after every row)")
     parser.add_argument("--bound-batch", type=int, default=16, help="B for the printed per-iteration bound")
     parser.add_argument("--bandwidth-gbs", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak (H100 SXM: 67)")
@@ -204,51 +313,96 @@ def main() -> None:
     sequential = replace(REFERENCE, iterations=args.sequential_iterations)
     # Slice by slice (slab=1): the --slices copies share their anatomy exactly, which would flatter 2.5D slabs.
     fast = FitConfig(slab=1) if args.fast_iterations is None else FitConfig(iterations=args.fast_iterations, slab=1)
+    variants = dict(parse_overrides(v) for v in args.variant)
     sizes, slices, refine = args.sizes, args.slices, args.refine
+    seq_slices = min(args.sequential_slices or slices, slices)
     if args.quick:
-        sequential, fast, sizes, slices, refine = QUICK_SEQUENTIAL, QUICK_FAST, [32, 48], 2, 1
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {dev}"
-          + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""), flush=True)
-    rows, ratios = [], []
-    run = run_row if args.quick else row_in_subprocess
-    for size in sizes:
-        base = dict(size=size, slices=slices, device=str(dev), tolerance_db=args.tolerance_db, refine=refine)
-        seq = run(dict(base, strategy="sequential", config=asdict(sequential)))
-        print(f"{size}x{size} sequential: {seq['seconds']:.1f} s, {seq['psnr']:.2f} dB", flush=True)
-        fst = run(dict(base, strategy="batched", config=asdict(fast), target_psnr=seq["psnr"]))
-        fst["strategy"] = "fast"
-        print(f"{size}x{size} fast: {fst['seconds']:.1f} s, {fst['psnr']:.2f} dB, runs {fst['runs']}", flush=True)
-        rows += [seq, fst]
-        ttq = fst["time_to_quality_s"]
-        ratios.append(dict(size=size, speedup_slices_per_s=fst["slices_per_s"] / seq["slices_per_s"],
-                           speedup_time_to_quality=None if ttq is None else seq["time_to_quality_s"] / ttq,
-                           psnr_difference_db=fst["psnr"] - seq["psnr"]))
-
-    print(f"\n| size | strategy | slices/s | time to quality (s) | PSNR (dB) | peak memory (MiB, "
-          f"{rows[0]['memory_kind']}) |\n|---|---|---|---|---|---|")
-    for r in rows:
-        ttq = "not reached" if r["time_to_quality_s"] is None else f"{r['time_to_quality_s']:.1f}"
-        print(f"| {r['size']} | {r['strategy']} | {r['slices_per_s']:.4f} | {ttq} | {r['psnr']:.2f} "
-              f"| {r['peak_memory_mib']:.0f} |")
-    for q in ratios:
-        sq = q["speedup_time_to_quality"]
-        print(f"{q['size']}x{q['size']}: fast/sequential slices/s x{q['speedup_slices_per_s']:.2f}, time to quality "
-              f"x{'n/a' if sq is None else f'{sq:.2f}'}, PSNR {q['psnr_difference_db']:+.2f} dB")
-
+        sequential, fast, sizes, slices, refine, seq_slices = QUICK_SEQUENTIAL, QUICK_FAST, [32, 48], 2, 1, 2
+        variants = {name: dict(over, channels=16, blocks=4, iterations=60) for name, over in variants.items()}
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, device {dev}"
+               + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
+    print(f"machine: {machine}", flush=True)
     bounds = [iteration_bound(args.bound_batch, bandwidth_gbs=args.bandwidth_gbs, peak_tflops=args.peak_tflops),
               iteration_bound(args.bound_batch, bandwidth_gbs=args.bandwidth_gbs, peak_tflops=args.peak_tflops_bf16,
                               bytes_per_value=2)]
+    out: dict = dict(columns=list(COLUMNS), rows=[], ratios=[], bounds=bounds, iteration_times=[], volumes=[],
+                     machine=machine, torch=torch.__version__, threads=torch.get_num_threads())
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+
+    if args.iteration_batches:
+        modes = dict(parse_overrides(m) for m in args.iteration_modes)
+        if args.quick:
+            modes = {name: dict(over, channels=16, blocks=4) for name, over in modes.items()}
+        print("ms per iteration (one pass of B decoders, k=64, 6 blocks):", flush=True)
+        for size in sizes:
+            out["iteration_times"] += iteration_times(size, args.iteration_batches, modes, dev,
+                                                      steps=5 if args.quick else 20, bandwidth_gbs=args.bandwidth_gbs,
+                                                      peak_tflops=args.peak_tflops,
+                                                      peak_tflops_bf16=args.peak_tflops_bf16)
+            save()
+
+    run = run_row if args.quick else row_in_subprocess
+    for size in [] if args.skip_rows else sizes:
+        base = dict(size=size, device=str(dev), tolerance_db=args.tolerance_db, refine=refine, image=args.image)
+        seq = run(dict(base, slices=seq_slices, strategy="sequential", config=asdict(sequential)))
+        if seq_slices != slices:  # one slice after another: the same seconds per slice for any number of slices
+            scale = slices / seq_slices
+            seq.update(measured_slices=seq_slices, slices=slices, time_to_quality_s=seq["seconds"] * scale,
+                       seconds=seq["seconds"] * scale)
+        print(f"{size}x{size} sequential: {seq['seconds']:.1f} s for {slices} slices, {seq['psnr']:.2f} dB", flush=True)
+        out["rows"].append(seq)
+        for name, cfg in {"fast": fast, **{n: replace(fast, **o) for n, o in variants.items()}}.items():
+            fst = run(dict(base, slices=slices, strategy="batched", config=asdict(cfg), target_psnr=seq["psnr"]))
+            fst["strategy"] = name
+            print(f"{size}x{size} {name}: {fst['seconds']:.1f} s, {fst['psnr']:.2f} dB, runs {fst['runs']}",
+                  flush=True)
+            ttq = fst["time_to_quality_s"]
+            out["rows"].append(fst)
+            out["ratios"].append(dict(size=size, strategy=name,
+                                      speedup_slices_per_s=fst["slices_per_s"] / seq["slices_per_s"],
+                                      speedup_time_to_quality=None if ttq is None else seq["time_to_quality_s"] / ttq,
+                                      psnr_difference_db=fst["psnr"] - seq["psnr"]))
+            save()
+
+    rows = out["rows"] or [dict(memory_kind=_memory_kind(dev))]
+    print(f"\n| size | strategy | slices/s | time to quality (s) | PSNR (dB) | peak memory (MiB, "
+          f"{rows[0]['memory_kind']}) |\n|---|---|---|---|---|---|")
+    for r in out["rows"]:
+        ttq = "not reached" if r["time_to_quality_s"] is None else f"{r['time_to_quality_s']:.1f}"
+        print(f"| {r['size']} | {r['strategy']} | {r['slices_per_s']:.4f} | {ttq} | {r['psnr']:.2f} "
+              f"| {r['peak_memory_mib']:.0f} |")
+    for q in out["ratios"]:
+        sq = q["speedup_time_to_quality"]
+        print(f"{q['size']}x{q['size']} {q['strategy']}: /sequential slices/s x{q['speedup_slices_per_s']:.2f}, "
+              f"time to quality x{'n/a' if sq is None else f'{sq:.2f}'}, PSNR {q['psnr_difference_db']:+.2f} dB")
+
     print(f"\nLower bound for one iteration, 512x512, k=64, 6 blocks, B={args.bound_batch} (computed, not measured):")
     for b in bounds:
         print(f"  {8 * b['bytes_per_value']}-bit: {b['bytes'] / 1e9:.2f} GB / {b['bandwidth_gbs']:.0f} GB/s = "
               f"{1e3 * b['memory_bound_s']:.3f} ms; {b['flops'] / 1e12:.3f} TFLOP / {b['peak_tflops']:.0f} TFLOP/s = "
               f"{1e3 * b['compute_bound_s']:.3f} ms; bound {1e3 * b['bound_s']:.3f} ms "
               f"({1e3 * b['bound_s'] / b['batch']:.3f} ms per slice-iteration)")
-    if args.json:
-        args.json.write_text(json.dumps(dict(columns=list(COLUMNS), rows=rows, ratios=ratios, bounds=bounds,
-                                             machine=platform.machine(), torch=torch.__version__,
-                                             threads=torch.get_num_threads()), indent=2))
+
+    if args.volume:
+        cfg = fast if args.volume_variant is None else replace(fast, **variants[args.volume_variant])
+        for size in sizes:
+            vol = run(dict(size=size, slices=args.volume, device=str(dev), strategy="batched", config=asdict(cfg),
+                           image=args.image, deadline_s=args.deadline, tolerance_db=args.tolerance_db, refine=0))
+            vol["variant"] = args.volume_variant or "fast"
+            out["volumes"].append(vol)
+            save()
+            if vol["seconds"] is None:
+                print(f"volume {args.volume}x{size}x{size} ({vol['variant']}): stopped at the {args.deadline:.0f} s "
+                      f"deadline, {100 * vol['fraction_done']:.0f}% done, projected {vol['projected_s']:.0f} s",
+                      flush=True)
+            else:
+                print(f"volume {args.volume}x{size}x{size} ({vol['variant']}): {vol['seconds']:.1f} s, "
+                      f"{vol['psnr']:.2f} dB, peak {vol['peak_memory_mib']:.0f} MiB", flush=True)
+    save()
 
 
 if __name__ == "__main__":

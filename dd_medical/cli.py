@@ -54,6 +54,9 @@ def _fit_options(default_preset: str = "default"):
         click.option("--slab", type=click.IntRange(min=1), default=None,
                      help="2.5D: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
                           "[default: the preset's, 1]. Denoising only; see README for what it gains and costs."),
+        click.option("--fp32", is_flag=True,
+                     help="On CUDA, fit in float32 instead of bf16 autocast (bf16 measured equal within 0.01 dB, "
+                          "1.6x faster, on an H200). No effect on a CPU."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Slices fitted at once [default: from free device memory]."),
         click.option("--device", default="auto", show_default=True,
@@ -63,9 +66,9 @@ def _fit_options(default_preset: str = "default"):
 
     def decorate(func):
         @functools.wraps(func)
-        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, slab, seed, **kwargs):
+        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, slab, fp32, seed, **kwargs):
             given = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
-                         seed=seed)
+                         seed=seed, amp=False if fp32 else None)
             try:
                 config = preset(preset_name, **{k: v for k, v in given.items() if v is not None})
             except ValueError as err:
@@ -216,6 +219,7 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
     given = {n for n in ("iterations", "channels", "blocks", "ensemble", "seed", "preset_name")
              if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
     overrides = {n: getattr(config, n) for n in given - {"preset_name"}} | {"seed": config.seed}
+    overrides["amp"] = False  # float32 also on CUDA: bf16 was measured for denoising only
     summary = reconstruct_file(
         input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
         overrides=overrides, acceleration=acceleration,

@@ -285,7 +285,7 @@ def compress(
         window = Window(*window)
     config = FitConfig(channels=channels, blocks=blocks, iterations=iterations, learning_rate=learning_rate,
                        final_learning_rate=final_learning_rate, seed=seed, ensemble=1, result="last",
-                       stopping="fixed", output="sigmoid")
+                       stopping="fixed", output="sigmoid", amp=False)  # float32: the stored weights must replay
     dev = resolve_device(device)
     depth, height, width = hu.shape
     unit = torch.from_numpy(window.to_unit(hu))[:, None]

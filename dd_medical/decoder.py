@@ -16,7 +16,9 @@ factor of (about) two and the last lands exactly on ``(H, W)``. For ``H = 512`` 
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -163,22 +165,48 @@ class BatchedDeepDecoder(nn.Module):
             out.net_input.copy_(torch.cat([d.net_input for d in decoders]))
         return out
 
-    def forward(self) -> torch.Tensor:
-        x = self.net_input
-        batch, k = x.shape[:2]
-        for i, weight in enumerate(self.weights):
-            x = _pixelwise(weight, x)
-            if i + 1 < len(self.sizes):
-                x = _upsample(x, self.sizes[i + 1])
-            # Per-instance channel normalisation: instance norm over (1, B*k, h, w) with per-instance affine.
-            shape = x.shape
-            x = F.instance_norm(
-                F.relu(x).reshape(1, batch * k, *shape[2:]),
-                weight=self.scales[i].reshape(-1),
-                bias=self.shifts[i].reshape(-1),
-                eps=NORM_EPS,
-            ).view(shape)
-        return _activate(_pixelwise(self.out_weight, x), self.output)
+    def forward(self, compiled: bool = False) -> torch.Tensor:
+        """``(B, c, H, W)``; ``compiled``: through :func:`compiled_forward` (fused kernels; compiles on first use)."""
+        run = compiled_forward() if compiled else batched_forward
+        return run(self.net_input, list(self.weights), self.scales, self.shifts, self.out_weight, self.sizes,
+                   self.output)
+
+
+def batched_forward(
+    net_input: torch.Tensor,
+    weights: list[torch.Tensor],
+    scales: torch.Tensor,
+    shifts: torch.Tensor,
+    out_weight: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    output: str,
+) -> torch.Tensor:
+    """:meth:`BatchedDeepDecoder.forward` as a function of its tensors, ``(B, c, H, W)``.
+
+    A plain function of tensors (no module state), so that one ``torch.compile`` of it serves every decoder of
+    the same shape (:func:`compiled_forward`).
+    """
+    x = net_input
+    batch, k = x.shape[:2]
+    for i, weight in enumerate(weights):
+        x = _pixelwise(weight, x)
+        if i + 1 < len(sizes):
+            x = _upsample(x, sizes[i + 1])
+        # Per-instance channel normalisation: instance norm over (1, B*k, h, w) with per-instance affine.
+        shape = x.shape
+        x = F.instance_norm(
+            F.relu(x).reshape(1, batch * k, *shape[2:]),
+            weight=scales[i].reshape(-1),
+            bias=shifts[i].reshape(-1),
+            eps=NORM_EPS,
+        ).view(shape)
+    return _activate(_pixelwise(out_weight, x), output)
+
+
+@functools.cache
+def compiled_forward() -> Callable[..., torch.Tensor]:
+    """``torch.compile(batched_forward)``, built once per process (compiled anew for each new input shape)."""
+    return torch.compile(batched_forward, dynamic=False)
 
 
 def _pixelwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -36,13 +36,17 @@ from .operators import (
 )
 
 #: Decoder settings per forward model, tuned on the reconstruction benchmark (``benchmarks/bench_reconstruct.py``).
-#: MRI fits signed real/imaginary coil images (``output="linear"``); CT and inpainting fit [0, 1] images.
+#: MRI fits signed real/imaginary coil images (``output="linear"``); CT and inpainting fit [0, 1] images. float32
+#: on CUDA too (``amp=False``): bf16 was measured for denoising only.
 RECONSTRUCTION_DEFAULTS: dict[str, FitConfig] = {
     "mri": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, output="linear",
-                     stopping="fixed"),
-    "ct": FitConfig(channels=64, blocks=6, iterations=4000, learning_rate=0.01, ensemble=1, stopping="fixed"),
-    "inpaint": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed"),
-    "cs": FitConfig(channels=32, blocks=5, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed"),
+                     stopping="fixed", amp=False),
+    "ct": FitConfig(channels=64, blocks=6, iterations=4000, learning_rate=0.01, ensemble=1, stopping="fixed",
+                    amp=False),
+    "inpaint": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed",
+                         amp=False),
+    "cs": FitConfig(channels=32, blocks=5, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed",
+                    amp=False),
 }
 
 MASK_MAKERS = {"equispaced": equispaced_mask, "random": random_mask, "variable-density": variable_density_mask}

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,3 +31,34 @@ def test_bench_speed_quick_writes_rows_columns_ratios_and_bound(tmp_path):
     assert bound["size"] == 512 and bound["channels"] == 64 and bound["bound_s"] > 0
     assert bound["bound_s"] == max(bound["memory_bound_s"], bound["compute_bound_s"])
     assert "Lower bound for one iteration" in proc.stdout
+
+
+def test_bench_speed_variants_parse_and_check_their_fields():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_speed import parse_overrides
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert parse_overrides("one:ensemble=1,amp=false") == ("one", {"ensemble": 1, "amp": False})
+    assert parse_overrides("fp32:amp=False") == ("fp32", {"amp": False})
+    assert parse_overrides("plain") == ("plain", {})
+    with pytest.raises(TypeError):
+        parse_overrides("bad:no_such_field=1")
+
+
+@pytest.mark.parametrize("deadline", [None, 0.0])
+def test_bench_speed_volume_is_timed_or_stopped_at_its_deadline(tmp_path, deadline):
+    out = tmp_path / "volume.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--quick", "--device", "cpu", "--skip-rows",
+           "--volume", "3", "--variant", "one:ensemble=1", "--volume-variant", "one", "--json", str(out)]
+    proc = subprocess.run(cmd + ([] if deadline is None else ["--deadline", str(deadline)]), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["rows"] == [] and [v["size"] for v in data["volumes"]] == [32, 48]
+    for v in data["volumes"]:
+        assert v["slices"] == 3 and v["variant"] == "one" and v["config"]["ensemble"] == 1
+        if deadline is None:
+            assert v["seconds"] > 0 and 10 < v["psnr"] < 60
+        else:
+            assert v["seconds"] is None and 0 < v["fraction_done"] < 1 and v["projected_s"] > 0

@@ -112,3 +112,13 @@ def test_console_script_help_and_version():
     assert code == 0 and "dd-medical" in out
     code, out = run("denoise", "--help")
     assert code == 0 and "--iterations" in out and "--device" in out
+
+
+def test_fit_options_reach_the_config(monkeypatch):
+    seen = []
+    monkeypatch.setattr("dd_medical.api.denoise_file", lambda src, dst, config, **kw: seen.append(config) or "done")
+    assert run("denoise", "in", "out", "--preset", "fast", "--slab", "3", "--fp32")[0] == 0
+    assert run("denoise", "in", "out")[0] == 0
+    flagged, default = seen
+    assert (flagged.amp, flagged.slab, flagged.channels) == (False, 3, 32)  # fast preset's k=32
+    assert (default.amp, default.slab, default.channels) == (True, 1, 64)  # bf16 on CUDA unless --fp32

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -52,3 +54,14 @@ def test_batched_init_from_generators_equals_single_init():
     single = DeepDecoder(32, 32, channels=8, blocks=6, generator=slice_generator(5, 9))
     with torch.no_grad():
         torch.testing.assert_close(batched()[1:], single(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_forward_equals_eager_forward_and_gradients():
+    model = BatchedDeepDecoder(2, 24, 20, channels=4, blocks=3, generators=[slice_generator(0, i) for i in range(2)])
+    eager = model()
+    compiled = model(compiled=True)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    grads = [torch.autograd.grad(out.square().sum(), model.out_weight)[0] for out in (eager, compiled)]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

@@ -66,14 +66,18 @@ def test_passes_per_iteration_do_not_change_the_result(stopping):
         assert len(set(one.iterations.tolist())) > 1  # slices stopped at different steps: some passes skipped
 
 
-def test_cpu_passes_stay_cache_sized():
-    from dd_medical.fitting import CPU_PASS_ELEMENTS, instances_per_pass
+def test_passes_stay_cache_sized_on_cpu_and_fill_the_gpu_on_cuda():
+    from dd_medical.fitting import CPU_PASS_ELEMENTS, CUDA_PASS_ELEMENTS, instances_per_pass
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # the rule only reads the device type
     assert instances_per_pass(8, 64, 256, 256, cpu) == 1
     assert instances_per_pass(8, 64, 128, 128, cpu) == CPU_PASS_ELEMENTS // (64 * 128 * 128)
     assert instances_per_pass(3, 8, 32, 32, cpu) == 3
-    assert instances_per_pass(8, 64, 512, 512, torch.device("meta")) == 8  # accelerators: one pass
+    assert CUDA_PASS_ELEMENTS // (64 * 512 * 512) == 16
+    assert instances_per_pass(64, 64, 512, 512, cuda) == 16  # 4 equal passes
+    assert instances_per_pass(40, 64, 512, 512, cuda) == 20  # 2 passes of >= 16 (not 16 + 16 + 8)
+    assert instances_per_pass(12, 64, 512, 512, cuda) == 12  # too little work for two passes
+    assert instances_per_pass(600, 8, 32, 32, cuda) == 600
 
 
 @pytest.mark.parametrize("warmup", [0, 3])
