@@ -194,7 +194,8 @@ def fit(
 ) -> FitResult:
     """Fit ``B x ensemble`` independent decoders ``G`` so that ``operator.forward(G(w)) ~ measurements``.
 
-    Minimises ``sum_i mean |A(G_i(w_i)) - y_i|^2`` with Adam. The loss is a sum over instances, so the
+    Minimises ``sum_i mean |A(G_i(w_i)) - y_i|^2`` with Adam (or ``operator.data_loss`` where the operator has
+    one, e.g. CT's ramp-weighted residual). The loss is a sum over instances, so the
     gradients of an instance depend on its own slice alone and a slice's result does not depend on ``B``.
 
     Args:
@@ -246,6 +247,7 @@ def fit(
         return out
 
     use_amp = config.amp and device.type == "cuda"
+    data_loss = getattr(operator, "data_loss", None) or _per_instance_mse  # e.g. CT's ramp-weighted residual
     y_members = y.repeat_interleave(per_slice, dim=0) if per_slice > 1 else y
     decay = config.average_decay
 
@@ -291,7 +293,7 @@ def fit(
         optimiser.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             image = model()
-        losses = _per_instance_mse(operator.forward(image.float()), y_members)
+        losses = data_loss(operator.forward(image.float()), y_members)
         losses.sum().backward()
         optimiser.step()
         with torch.no_grad():

@@ -307,9 +307,20 @@ class ParallelBeamRadon:
         image_size: ``N`` or ``(H, W)`` in pixels (pixel size 1, image centred on the rotation axis).
         detectors: number of detector bins (spacing 1 pixel); default ``ceil(sqrt(H^2 + W^2)) + 1``, so every
             pixel is seen from every angle.
+        precondition: :meth:`data_loss`, the data term a decoder is fitted with, weights the residual's
+            frequencies along the detector by ``|f| + PRECONDITION_EPSILON`` (default ``True``), as the ramp filter
+            of FBP does: ``A^T R A`` is close to the identity, where ``A^T A`` damps fine detail as ``1 / |f|``, so
+            gradient descent reaches the fine detail in far fewer steps. Same minimisers for consistent data.
+            Measured (693_UNCR.dcm 128 px, 60 views, k=64, noise-free): 39.1 dB after 4,000 steps (Adam 0.01 ->
+            0.001) and 41.6 after 8,000, against 31.0 dB after 4,000 with the plain squared residual.
     """
 
-    def __init__(self, angles_deg, image_size: int | tuple[int, int], detectors: int | None = None) -> None:
+    #: Weight of the zero frequency relative to the Nyquist frequency's 0.5 in :meth:`data_loss` (measured at
+    #: 128 px, 60 views, 2,000 steps: 0.01 36.8 dB, 0.001 36.3; 0.003 then chosen with the step decay, 39.3).
+    PRECONDITION_EPSILON = 0.003
+
+    def __init__(self, angles_deg, image_size: int | tuple[int, int], detectors: int | None = None,
+                 precondition: bool = True) -> None:
         angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
         if angles.ndim != 1 or angles.size == 0:
             raise InputError("CT geometry needs at least one view (got zero angles)")
@@ -319,6 +330,7 @@ class ParallelBeamRadon:
         if min(h, w) < 1:
             raise InputError(f"image size must be positive, got {(h, w)}")
         self.height, self.width = int(h), int(w)
+        self.precondition = bool(precondition)
         self.angles_deg = angles
         self.detectors = int(detectors or int(np.ceil(np.hypot(h, w))) + 1)
         rows, cols, values = self._system_entries()
@@ -371,6 +383,21 @@ class ParallelBeamRadon:
         matrix, transpose = self._matrices(y.device)
         flat = _SparseLinear.apply(transpose, matrix, y.reshape(y.shape[0], -1).float())
         return flat.view(y.shape[0], 1, self.height, self.width)
+
+    def data_loss(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` data misfit of predicted sinograms ``(B, 1, views, detectors)``, the term a decoder is fitted with.
+
+        With ``precondition`` the squared residual is weighted per detector frequency by ``|f| + epsilon``
+        (``f`` in cycles per bin, zero-padded to twice the detectors; scaled so that a flat unit weight would give
+        about the mean squared residual); otherwise the mean squared residual.
+        """
+        residual = (predicted - measured).float()
+        if not self.precondition:
+            return residual.pow(2).flatten(1).mean(dim=1)
+        size = 2 * self.detectors
+        weight = torch.fft.rfftfreq(size, device=residual.device) + self.PRECONDITION_EPSILON
+        spectrum = torch.fft.rfft(residual, n=size, dim=-1)
+        return 4 * (spectrum.real.pow(2) + spectrum.imag.pow(2)).mul(weight).flatten(1).mean(dim=1)
 
     def fbp(self, sinogram: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Filtered back-projection ``(B, 1, H, W)`` of ``(B, 1, views, detectors)``; ``filter`` "ramp" or "hann".
