@@ -41,7 +41,7 @@ from .operators import (
 RECONSTRUCTION_DEFAULTS: dict[str, FitConfig] = {
     "mri": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, output="linear",
                      stopping="fixed", amp=False),
-    "ct": FitConfig(channels=64, blocks=6, iterations=8000, learning_rate=0.01, final_learning_rate=0.001, ensemble=1,
+    "ct": FitConfig(channels=64, blocks=6, iterations=12000, learning_rate=0.01, final_learning_rate=0.001, ensemble=1,
                     stopping="fixed", amp=False),
     "inpaint": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed",
                          amp=False),
