@@ -67,15 +67,14 @@ def ct_slice(size: int) -> tuple[np.ndarray, str]:
 
 def shared_ct_slices(size: int) -> list[tuple[np.ndarray, str]]:
     """The middle slice of each ``../shared/data`` CT series (HU, centre square, block-averaged), if present."""
-    from pathlib import Path
+    from bench_denoise import SHARED
 
     from dd_medical.io import read_volume
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     out = []
     for folder in ("ct_body_j2k", "ct_head_gantry_tilt"):
-        if (shared / folder).is_dir():
-            vol = read_volume(shared / folder)
+        if (SHARED / folder).is_dir():
+            vol = read_volume(SHARED / folder)
             hu = vol.array[vol.shape[0] // 2]
             n = min(hu.shape) // size * size
             top, left = (hu.shape[0] - n) // 2, (hu.shape[1] - n) // 2

@@ -289,7 +289,7 @@ def main() -> None:
     parser.add_argument("--image", help="DICOM slice to crop (default pydicom's 693_UNCR.dcm)")
     parser.add_argument("--iteration-batches", type=int, nargs="*", default=[],
                         help="also print ms per iteration for these numbers of decoders (one pass) at each size")
-    parser.add_argument("--iteration-modes", nargs="*", default=["fp32:"], metavar="NAME:KEY=VALUE,...",
+    parser.add_argument("--iteration-modes", nargs="*", default=["fp32:amp=false"], metavar="NAME:KEY=VALUE,...",
                         help="configs for --iteration-batches (default fp32; e.g. bf16:amp=true compiled:compile=true)")
     parser.add_argument("--volume", type=int, help="after the rows, time one volume of this many slices at each "
                                                    "size with the fast config (or --volume-variant)")
@@ -368,9 +368,8 @@ def main() -> None:
                                       psnr_difference_db=fst["psnr"] - seq["psnr"]))
             save()
 
-    rows = out["rows"] or [dict(memory_kind=_memory_kind(dev))]
     print(f"\n| size | strategy | slices/s | time to quality (s) | PSNR (dB) | peak memory (MiB, "
-          f"{rows[0]['memory_kind']}) |\n|---|---|---|---|---|---|")
+          f"{_memory_kind(dev)}) |\n|---|---|---|---|---|---|")
     for r in out["rows"]:
         ttq = "not reached" if r["time_to_quality_s"] is None else f"{r['time_to_quality_s']:.1f}"
         print(f"| {r['size']} | {r['strategy']} | {r['slices_per_s']:.4f} | {ttq} | {r['psnr']:.2f} "

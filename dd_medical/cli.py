@@ -219,7 +219,6 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
     given = {n for n in ("iterations", "channels", "blocks", "ensemble", "seed", "preset_name")
              if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
     overrides = {n: getattr(config, n) for n in given - {"preset_name"}} | {"seed": config.seed}
-    overrides["amp"] = False  # float32 also on CUDA: bf16 was measured for denoising only
     summary = reconstruct_file(
         input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
         overrides=overrides, acceleration=acceleration,

@@ -283,7 +283,8 @@ def reconstruct_volume(
 
     An MRI config with ``output="sigmoid"`` is fitted with ``output="linear"`` (coil images are signed; not for a
     ``real`` operator, whose object is a non-negative image); every
-    fit runs ``config.iterations`` steps (``stopping="fixed"``: the discrepancy rule needs image-shaped data).
+    fit runs ``config.iterations`` steps (``stopping="fixed"``: the discrepancy rule needs image-shaped data), in
+    float32 (``amp`` ignored: bf16 was measured for denoising only).
 
     Returns ``(D, H, W)`` float32 in the measurements' own scale: RSS magnitude (MRI), attenuation (CT), image
     (inpainting, compressive sensing). The measurements are divided by the maximum of the baseline reconstruction
@@ -300,6 +301,9 @@ def reconstruct_volume(
     if config.stopping != "fixed":  # the discrepancy rule estimates the noise from image-shaped measurements
         log.info("reconstruction runs a fixed number of iterations (stopping=%r ignored)", config.stopping)
         config = replace(config, stopping="fixed")
+    if config.amp:  # bf16 autocast was measured for denoising only
+        log.info("reconstruction fits in float32 (amp ignored)")
+        config = replace(config, amp=False)
     dev = resolve_device(device)
     channels, height, width = operator.image_shape(y)
     with torch.no_grad():
