@@ -131,6 +131,8 @@ def denoise_array(
     channels: int | None = None,
     blocks: int | None = None,
     ensemble: int | None = None,
+    slab: int | None = None,
+    fp32: bool = False,
     device: str = "auto",
     seed: int = 0,
     modality: str = "CT",
@@ -145,14 +147,16 @@ def denoise_array(
     Args:
         strength: ``"low"``, ``"medium"`` or ``"high"``: the :func:`dd_medical.fitting.preset` of that name
             (fitting stops once the residual is 0.92x / 0.96x / 1.0x the estimated noise variance).
-        iterations, channels, blocks, ensemble: override the preset's :class:`FitConfig` fields when not ``None``.
+        iterations, channels, blocks, ensemble, slab: override the preset's :class:`FitConfig` fields when not
+            ``None`` (``slab``: odd number of adjacent slices each decoder fits together, 2.5D; 1 is slice by slice).
+        fp32: on CUDA, fit in float32 instead of the default bf16 autocast (no effect on a CPU).
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
         seed: base seed; the same seed, input and device give the same output.
         modality: ``"CT"`` or ``"MR"`` (chooses the default intensity window).
         callback: ``callback(fraction_done)`` with values rising in [0, 1], for progress bars.
 
     Returns a ``(D, H, W)`` float32 array in the input's units. Raises :class:`InputError` for a wrong shape,
-    spacing or strength.
+    spacing, strength or decoder setting (an even ``slab``, for one).
     """
     from .fitting import preset
 
@@ -171,9 +175,11 @@ def denoise_array(
     overrides = {
         name: value
         for name, value in (("iterations", iterations), ("channels", channels), ("blocks", blocks),
-                            ("ensemble", ensemble))
+                            ("ensemble", ensemble), ("slab", slab))
         if value is not None
     }
+    if fp32:
+        overrides["amp"] = False
     try:
         config = preset(strength, seed=int(seed), **overrides)
     except ValueError as err:

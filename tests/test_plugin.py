@@ -82,8 +82,8 @@ def cli_env() -> dict[str, str]:
 
 
 def slicer_command_line(values: dict[str, str], input_path: Path, output_path: Path) -> list[str]:
-    """argv as Slicer builds it from the XML: every flagged parameter as ``--longflag value``, then the index
-    parameters in index order."""
+    """argv as Slicer builds it from the XML: every flagged parameter as ``--longflag value`` (a boolean as its bare
+    flag, only when true), then the index parameters in index order."""
     from ctk_cli import CLIModule
 
     argv: list[str] = []
@@ -92,7 +92,11 @@ def slicer_command_line(values: dict[str, str], input_path: Path, output_path: P
         if param.index is not None:
             indexed.append(param)
             continue
-        argv += [param.longflag, str(values.get(param.name, param.default))]
+        value = values.get(param.name, param.default)
+        if param.typ == "boolean":
+            argv += [param.longflag] if str(value).lower() == "true" else []
+        else:
+            argv += [param.longflag, str(value)]
     paths = {"inputVolume": str(input_path), "outputVolume": str(output_path)}
     argv += [paths[p.name] for p in sorted(indexed, key=lambda p: p.index)]
     return argv
@@ -131,14 +135,14 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     assert "training data" in help_text and "low-contrast detail" in help_text and "slow on a cpu" in help_text
     params = {p.name: p for p in module.parameters()}
     assert set(params) == {"inputVolume", "outputVolume", "strength", "iterations", "channels", "blocks", "ensemble",
-                           "device", "modality", "seed"}
+                           "slab", "fp32", "device", "modality", "seed"}
     for name, index, channel in (("inputVolume", 0, "input"), ("outputVolume", 1, "output")):
         assert (params[name].typ, params[name].index, params[name].channel) == ("image", index, channel)
         assert params[name].defaultExtension() == ".nrrd"  # what Slicer writes and reads
     assert params["strength"].typ == "string-enumeration"
     assert (params["strength"].default, params["strength"].elements) == ("medium", ["low", "medium", "high"])
     assert (params["device"].default, params["device"].elements) == ("auto", ["auto", "cpu", "cuda"])
-    for name in ("iterations", "channels", "blocks", "ensemble", "seed"):
+    for name in ("iterations", "channels", "blocks", "ensemble", "slab", "seed"):
         assert params[name].typ == "integer" and params[name].default == 0
         assert params[name].longflag == f"--{name}"
         assert float(params[name].constraints.minimum) == 0
@@ -146,6 +150,12 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     args = CLIArgumentParser(str(XML)).parse_args(slicer_command_line({"strength": "high"}, Path("a.nrrd"),
                                                                       Path("b.nrrd")))
     assert (args.inputVolume, args.outputVolume, args.strength, args.iterations) == ("a.nrrd", "b.nrrd", "high", 0)
+    assert params["fp32"].typ == "boolean" and params["fp32"].longflag == "--fp32"
+    # The script's own parser takes the same command lines, the boolean as a bare flag.
+    cli = load_cli_module()
+    for fp32 in ("false", "true"):
+        parsed = cli.parse_args(slicer_command_line({"slab": "3", "fp32": fp32}, Path("a.nrrd"), Path("b.nrrd")))
+        assert (parsed.slab, parsed.fp32, parsed.inputVolume) == (3, fp32 == "true", "a.nrrd")
 
 
 def test_xml_flag_prints_the_shipped_description():
@@ -238,6 +248,16 @@ def test_cli_refuses_bad_input_with_a_message(kind, message, tmp_path):
     assert message in done.stderr and input_path.name in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert "<filter-end>" not in done.stdout
+    assert not output_path.exists()
+
+
+def test_cli_refuses_an_even_slab_before_fitting(tmp_path):
+    _, noisy = phantom_hu(depth=2, size=32)
+    input_path = write_nrrd(np.round(noisy).astype(np.int16), tmp_path / "in.nrrd")
+    output_path = tmp_path / "out.nrrd"
+    done = run_cli(slicer_command_line({**SMALL, "slab": "2"}, input_path, output_path), timeout=120)
+    assert done.returncode == 1 and "slab must be an odd number" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not output_path.exists()
 
 
@@ -413,3 +433,17 @@ def test_denoise_array_rejects_bad_arguments(array_shape, spacing, strength, mes
     with pytest.raises(InputError, match=message):
         denoise_array(np.zeros(array_shape, np.float32), spacing, strength=strength, iterations=1, channels=4,
                       device="cpu")
+
+
+def test_denoise_array_slab_and_fp32():
+    clean, noisy = phantom_hu(depth=3, size=32)
+    settings = dict(strength="medium", iterations=60, channels=8, blocks=3, ensemble=1, device="cpu", seed=2)
+    flat = denoise_array(noisy, SPACING, **settings)
+    slab = denoise_array(noisy, SPACING, slab=3, **settings)
+    assert slab.shape == noisy.shape and np.isfinite(slab).all()
+    assert not np.allclose(slab, flat)  # slab 3 fits other decoders (3 output channels each)
+    np.testing.assert_array_equal(slab, denoise_array(noisy, SPACING, slab=3, **settings))
+    # float32 is already what a CPU fits: the flag changes nothing there.
+    np.testing.assert_array_equal(flat, denoise_array(noisy, SPACING, fp32=True, **settings))
+    with pytest.raises(InputError, match="slab must be an odd number"):
+        denoise_array(noisy, SPACING, slab=4, **settings)

@@ -71,6 +71,8 @@ class DeepDecoderParameterNode:
     outputVolume - receives the denoised volume (float32, the input's geometry).
     strength - low / medium / high: the dd_medical.fitting preset of that name.
     iterations, channels - decoder settings; 0 means the preset's value.
+    slab - 2.5D: odd number of adjacent slices fitted together by each decoder; 0 means the preset's value (1).
+    fp32 - on a CUDA GPU, fit in float32 instead of bfloat16 (no effect on a CPU).
     device - auto (CUDA when present), cpu or cuda.
     seed - the same seed, input and device give the same output.
     runInBackground - run in a separate process (the DeepDecoderDenoise CLI module) so that Slicer stays responsive.
@@ -81,6 +83,8 @@ class DeepDecoderParameterNode:
     strength: Annotated[str, Choice(STRENGTHS)] = "medium"
     iterations: Annotated[int, WithinRange(0, 20000)] = 0
     channels: Annotated[int, WithinRange(0, 512)] = 0
+    slab: Annotated[int, WithinRange(0, 15)] = 0
+    fp32: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     runInBackground: bool = True
@@ -174,8 +178,10 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(p.inputVolume.GetName() + " DD")
                 )
-            settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, device=p.device,
-                            seed=p.seed)
+            if p.slab and p.slab % 2 == 0:
+                raise ValueError(_("Slab must be an odd number of slices (or 0 for the preset's value)"))
+            settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, slab=p.slab,
+                            fp32=p.fp32, device=p.device, seed=p.seed)
             self.ui.progressBar.value = 0
             if p.runInBackground:
                 self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume, **settings)
@@ -275,11 +281,14 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         seed: int = 0,
         blocks: int = 0,
         ensemble: int = 0,
+        slab: int = 0,
+        fp32: bool = False,
         progress=None,
     ) -> None:
         """Denoise in this process (blocks Slicer until done): node -> numpy -> dd_medical -> node.
 
-        ``iterations``, ``channels``, ``blocks``, ``ensemble`` of 0 mean the strength preset's value.
+        ``iterations``, ``channels``, ``blocks``, ``ensemble``, ``slab`` of 0 mean the strength preset's value;
+        ``fp32`` fits in float32 on CUDA instead of bfloat16.
         ``progress(fraction)`` is called with values rising in [0, 1].
         """
         from dd_medical.api import denoise_array
@@ -288,8 +297,8 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         array = slicer.util.arrayFromVolume(inputVolume)  # (slices, rows, columns) = KJI
         denoised = denoise_array(
             array, inputVolume.GetSpacing(), strength=strength, iterations=iterations or None,
-            channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, device=device, seed=seed,
-            callback=progress,
+            channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, slab=slab or None,
+            fp32=bool(fp32), device=device, seed=seed, callback=progress,
         )
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(ijkToRas)
@@ -309,6 +318,8 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         seed: int = 0,
         blocks: int = 0,
         ensemble: int = 0,
+        slab: int = 0,
+        fp32: bool = False,
         wait: bool = False,
     ):
         """Start the DeepDecoderDenoise CLI module (a separate process) and return its CLI node at once.
@@ -325,6 +336,8 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
             "channels": int(channels),
             "blocks": int(blocks),
             "ensemble": int(ensemble),
+            "slab": int(slab),
+            "fp32": bool(fp32),
             "device": device,
             "seed": int(seed),
         }
