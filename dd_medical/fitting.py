@@ -12,6 +12,7 @@ import torch
 
 from .decoder import BatchedDeepDecoder
 from .noise import estimate_sigma
+from .operators import mean_squared_residual
 
 
 @dataclass
@@ -174,13 +175,6 @@ def _merge_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 _PROBE = 1 << 20  # member offset of the SURE probes' seeds
 
 
-def _per_instance_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    diff = pred - target
-    if diff.is_complex():
-        diff = torch.view_as_real(diff)
-    return diff.float().pow(2).flatten(1).mean(dim=1)
-
-
 def fit(
     operator,
     measurements: torch.Tensor,
@@ -247,7 +241,7 @@ def fit(
         return out
 
     use_amp = config.amp and device.type == "cuda"
-    data_loss = getattr(operator, "data_loss", None) or _per_instance_mse  # e.g. CT's ramp-weighted residual
+    data_loss = getattr(operator, "data_loss", None) or mean_squared_residual  # e.g. CT's ramp-weighted residual
     y_members = y.repeat_interleave(per_slice, dim=0) if per_slice > 1 else y
     decay = config.average_decay
 
@@ -317,14 +311,15 @@ def fit(
                         # the divergence from each member's twin: probe . (twin - member) / eps, member-averaged.
                         pair = per_member(img)
                         divergence = (probes * (pair[:, 1] - pair[:, 0])).flatten(1).mean(dim=1) / steps.flatten()
-                        risk = _per_instance_mse(current, y) + 2 * sigma**2 * divergence.view(batch, members).mean(1)
+                        risk = (mean_squared_residual(current, y)
+                                + 2 * sigma**2 * divergence.view(batch, members).mean(1))
                         newly_best = active & (risk < best_sure)
                         best_sure = torch.where(newly_best, risk, best_sure)
                         frozen[newly_best] = current[newly_best]
                         best_at[newly_best.cpu()] = it + 1
                         newly = active & ((it + 1 - best_at).to(device) >= config.sure_patience)
                     else:
-                        misfit = _per_instance_mse(operator.forward(current), y)
+                        misfit = mean_squared_residual(operator.forward(current), y)
                         newly = active & (misfit <= threshold)
                         frozen[newly] = current[newly]
                     active &= ~newly

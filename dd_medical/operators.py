@@ -14,6 +14,15 @@ import torch
 from .errors import InputError
 
 
+def mean_squared_residual(predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mean squared residual per instance over all but the first axis (complex as real/imaginary pairs):
+    the data term a decoder is fitted with unless the operator has its own ``data_loss``."""
+    diff = predicted - measured
+    if diff.is_complex():
+        diff = torch.view_as_real(diff)
+    return diff.float().pow(2).flatten(1).mean(dim=1)
+
+
 class Identity:
     """Denoising: the measurements are the (noisy) image itself, ``(B, C, H, W)`` in [0, 1]."""
 
@@ -391,9 +400,9 @@ class ParallelBeamRadon:
         (``f`` in cycles per bin, zero-padded to twice the detectors; scaled so that a flat unit weight would give
         about the mean squared residual); otherwise the mean squared residual.
         """
-        residual = (predicted - measured).float()
         if not self.precondition:
-            return residual.pow(2).flatten(1).mean(dim=1)
+            return mean_squared_residual(predicted, measured)
+        residual = (predicted - measured).float()
         size = 2 * self.detectors
         weight = torch.fft.rfftfreq(size, device=residual.device) + self.PRECONDITION_EPSILON
         spectrum = torch.fft.rfft(residual, n=size, dim=-1)

@@ -178,8 +178,6 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(p.inputVolume.GetName() + " DD")
                 )
-            if p.slab and p.slab % 2 == 0:
-                raise ValueError(_("Slab must be an odd number of slices (or 0 for the preset's value)"))
             settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, slab=p.slab,
                             fp32=p.fp32, device=p.device, seed=p.seed)
             self.ui.progressBar.value = 0
