@@ -119,6 +119,10 @@ def test_fit_options_reach_the_config(monkeypatch):
     monkeypatch.setattr("dd_medical.api.denoise_file", lambda src, dst, config, **kw: seen.append(config) or "done")
     assert run("denoise", "in", "out", "--preset", "fast", "--slab", "3", "--fp32")[0] == 0
     assert run("denoise", "in", "out")[0] == 0
-    flagged, default = seen
+    assert run("denoise", "in", "out", "--compile")[0] == 0
+    assert run("denoise", "in", "out", "--preset", "speed", "--iterations", "600")[0] == 0
+    flagged, default, compiled, speed = seen
     assert (flagged.amp, flagged.slab, flagged.channels) == (False, 3, 32)  # fast preset's k=32
     assert (default.amp, default.slab, default.channels) == (True, 1, 64)  # bf16 on CUDA unless --fp32
+    assert not default.compile and compiled.compile and compiled.ensemble == 2
+    assert (speed.compile, speed.ensemble, speed.iterations) == (True, 1, 600)

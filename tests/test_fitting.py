@@ -36,6 +36,15 @@ def test_same_seed_same_output_other_seed_other_output():
     assert not torch.allclose(a, c)
 
 
+def test_compile_is_a_cuda_setting_and_changes_nothing_on_a_cpu(monkeypatch):
+    import dd_medical.decoder as decoder
+
+    monkeypatch.setattr(decoder, "compiled_forward", lambda: pytest.fail("compiled on a CPU"))
+    y = _images(1)
+    assert torch.equal(fit(Identity(), y, FitConfig(**SMALL, compile=True)).image,
+                       fit(Identity(), y, FitConfig(**SMALL)).image)
+
+
 @pytest.mark.parametrize("result_mode", ["average", "best", "last"])
 def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
     y = _images(3)
