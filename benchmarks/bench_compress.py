@@ -118,7 +118,7 @@ def jpeg2000_at_size(unit: np.ndarray, max_bytes: int, bits: int) -> tuple[np.nd
 
 
 def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: str, lr: float,
-        final_lr: float | None) -> list[dict]:
+        final_lr: float | None, refine: int | None = None) -> list[dict]:
     rows = []
     for name, volume, source_bits in images:
         window = default_window(volume.array, volume.modality)
@@ -129,7 +129,7 @@ def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: 
             params = num_parameters(k, BLOCKS, 1)
             t0 = time.perf_counter()
             encoded = compress(volume, channels=k, blocks=BLOCKS, bits=bits, iterations=iterations, device=device,
-                               learning_rate=lr, final_learning_rate=final_lr)
+                               learning_rate=lr, final_learning_rate=final_lr, refine_iterations=refine)
             encode_s = time.perf_counter() - t0
             decoded = window.to_unit(encoded.volume.array[0]).astype(np.float64)
             nbytes = len(encoded.data)
@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--final-lr", type=float, default=DEFAULT_FINAL_LEARNING_RATE,
                         help="last Adam step size (geometric decay); 0: constant step size")
     parser.add_argument("--bits", type=int, choices=[8, 16], default=8)
+    parser.add_argument("--refine", type=int, default=None,
+                        help="quantisation-aware refinement steps [default: compress's, a tenth of --iterations]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
     parser.add_argument("--only", default=None, help="only images whose name contains this text")
@@ -183,12 +185,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     iterations = 300 if args.quick and args.iterations == 1500 else args.iterations
     final_lr = args.final_lr or None
-    print(f"iterations {iterations}, lr {args.lr} -> {final_lr or args.lr}, {args.bits}-bit weights, {BLOCKS} blocks, "
+    refine = iterations // 10 if args.refine is None else args.refine
+    print(f"iterations {iterations} (+{refine} quantisation-aware), lr {args.lr} -> {final_lr or args.lr}, "
+          f"{args.bits}-bit weights, {BLOCKS} blocks, "
           f"device {args.device}, "
           f"{torch.get_num_threads()} CPU thread(s)\n{HEADER}", flush=True)
     images = [im for im in load_images(args.quick, args.shared) if args.only is None or args.only in im[0]]
     rows = run(images, iterations, tuple(args.factors), args.bits, args.device,
-               args.lr, final_lr)
+               args.lr, final_lr, args.refine)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

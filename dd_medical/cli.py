@@ -244,18 +244,21 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
               help="Bits per stored weight.")
 @click.option("--iterations", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Adam steps per slice (more: better image, slower encoding).")
+@click.option("--refine-iterations", type=click.IntRange(min=0), default=None,
+              help="Quantisation-aware refinement steps after the fit (0: none) [default: a tenth of --iterations].")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
               help="Intensity window in HU that is encoded [default: the volume's full range, nothing clipped].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @_handle_errors
 def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bits: str, iterations: int,
-             window: tuple[float, float] | None, device: str, seed: int) -> None:
+             refine_iterations: int | None, window: tuple[float, float] | None, device: str, seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
     from .compression import compress_file
 
     click.echo(compress_file(input_path, output_path, channels=channels, blocks=blocks, bits=int(bits),
-                             iterations=iterations, window=window, device=device, seed=seed))
+                             iterations=iterations, refine_iterations=refine_iterations, window=window,
+                             device=device, seed=seed))
 
 
 @cli.command()
