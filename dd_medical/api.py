@@ -133,6 +133,7 @@ def denoise_array(
     ensemble: int | None = None,
     slab: int | None = None,
     fp32: bool = False,
+    compile: bool = False,
     device: str = "auto",
     seed: int = 0,
     modality: str = "CT",
@@ -150,6 +151,8 @@ def denoise_array(
         iterations, channels, blocks, ensemble, slab: override the preset's :class:`FitConfig` fields when not
             ``None`` (``slab``: odd number of adjacent slices each decoder fits together, 2.5D; 1 is slice by slice).
         fp32: on CUDA, fit in float32 instead of the default bf16 autocast (no effect on a CPU).
+        compile: on CUDA, fuse the decoder's kernels with ``torch.compile`` (``FitConfig.compile``; no effect on a
+            CPU).
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
         seed: base seed; the same seed, input and device give the same output.
         modality: ``"CT"`` or ``"MR"`` (chooses the default intensity window).
@@ -180,6 +183,8 @@ def denoise_array(
     }
     if fp32:
         overrides["amp"] = False
+    if compile:
+        overrides["compile"] = True
     try:
         config = preset(strength, seed=int(seed), **overrides)
     except ValueError as err:

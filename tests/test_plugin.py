@@ -135,7 +135,7 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     assert "training data" in help_text and "low-contrast detail" in help_text and "slow on a cpu" in help_text
     params = {p.name: p for p in module.parameters()}
     assert set(params) == {"inputVolume", "outputVolume", "strength", "iterations", "channels", "blocks", "ensemble",
-                           "slab", "fp32", "device", "modality", "seed"}
+                           "slab", "fp32", "compile", "device", "modality", "seed"}
     for name, index, channel in (("inputVolume", 0, "input"), ("outputVolume", 1, "output")):
         assert (params[name].typ, params[name].index, params[name].channel) == ("image", index, channel)
         assert params[name].defaultExtension() == ".nrrd"  # what Slicer writes and reads
@@ -150,12 +150,16 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     args = CLIArgumentParser(str(XML)).parse_args(slicer_command_line({"strength": "high"}, Path("a.nrrd"),
                                                                       Path("b.nrrd")))
     assert (args.inputVolume, args.outputVolume, args.strength, args.iterations) == ("a.nrrd", "b.nrrd", "high", 0)
-    assert params["fp32"].typ == "boolean" and params["fp32"].longflag == "--fp32"
+    for flag in ("fp32", "compile"):
+        assert (params[flag].typ, params[flag].longflag, params[flag].default) == ("boolean", f"--{flag}", False)
     # The script's own parser takes the same command lines, the boolean as a bare flag.
     cli = load_cli_module()
     for fp32 in ("false", "true"):
-        parsed = cli.parse_args(slicer_command_line({"slab": "3", "fp32": fp32}, Path("a.nrrd"), Path("b.nrrd")))
-        assert (parsed.slab, parsed.fp32, parsed.inputVolume) == (3, fp32 == "true", "a.nrrd")
+        for compile_ in ("false", "true"):
+            parsed = cli.parse_args(slicer_command_line({"slab": "3", "fp32": fp32, "compile": compile_},
+                                                        Path("a.nrrd"), Path("b.nrrd")))
+            assert (parsed.slab, parsed.fp32, parsed.compile, parsed.inputVolume) == (3, fp32 == "true",
+                                                                                       compile_ == "true", "a.nrrd")
 
 
 def test_xml_flag_prints_the_shipped_description():
@@ -435,7 +439,7 @@ def test_denoise_array_rejects_bad_arguments(array_shape, spacing, strength, mes
                       device="cpu")
 
 
-def test_denoise_array_slab_and_fp32():
+def test_denoise_array_slab_fp32_and_compile():
     clean, noisy = phantom_hu(depth=3, size=32)
     settings = dict(strength="medium", iterations=60, channels=8, blocks=3, ensemble=1, device="cpu", seed=2)
     flat = denoise_array(noisy, SPACING, **settings)
@@ -445,5 +449,6 @@ def test_denoise_array_slab_and_fp32():
     np.testing.assert_array_equal(slab, denoise_array(noisy, SPACING, slab=3, **settings))
     # float32 is already what a CPU fits: the flag changes nothing there.
     np.testing.assert_array_equal(flat, denoise_array(noisy, SPACING, fp32=True, **settings))
+    np.testing.assert_array_equal(flat, denoise_array(noisy, SPACING, compile=True, **settings))  # CUDA only
     with pytest.raises(InputError, match="slab must be an odd number"):
         denoise_array(noisy, SPACING, slab=4, **settings)

@@ -73,6 +73,7 @@ class DeepDecoderParameterNode:
     iterations, channels - decoder settings; 0 means the preset's value.
     slab - 2.5D: odd number of adjacent slices fitted together by each decoder; 0 means the preset's value (1).
     fp32 - on a CUDA GPU, fit in float32 instead of bfloat16 (no effect on a CPU).
+    compile - on a CUDA GPU, fuse the decoder's kernels with torch.compile (no effect on a CPU).
     device - auto (CUDA when present), cpu or cuda.
     seed - the same seed, input and device give the same output.
     runInBackground - run in a separate process (the DeepDecoderDenoise CLI module) so that Slicer stays responsive.
@@ -85,6 +86,7 @@ class DeepDecoderParameterNode:
     channels: Annotated[int, WithinRange(0, 512)] = 0
     slab: Annotated[int, WithinRange(0, 15)] = 0
     fp32: bool = False
+    compile: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     runInBackground: bool = True
@@ -179,7 +181,7 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(p.inputVolume.GetName() + " DD")
                 )
             settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, slab=p.slab,
-                            fp32=p.fp32, device=p.device, seed=p.seed)
+                            fp32=p.fp32, compile=p.compile, device=p.device, seed=p.seed)
             self.ui.progressBar.value = 0
             if p.runInBackground:
                 self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume, **settings)
@@ -281,12 +283,13 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         ensemble: int = 0,
         slab: int = 0,
         fp32: bool = False,
+        compile: bool = False,
         progress=None,
     ) -> None:
         """Denoise in this process (blocks Slicer until done): node -> numpy -> dd_medical -> node.
 
         ``iterations``, ``channels``, ``blocks``, ``ensemble``, ``slab`` of 0 mean the strength preset's value;
-        ``fp32`` fits in float32 on CUDA instead of bfloat16.
+        ``fp32`` fits in float32 on CUDA instead of bfloat16; ``compile`` fuses the kernels on CUDA.
         ``progress(fraction)`` is called with values rising in [0, 1].
         """
         from dd_medical.api import denoise_array
@@ -296,7 +299,7 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         denoised = denoise_array(
             array, inputVolume.GetSpacing(), strength=strength, iterations=iterations or None,
             channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, slab=slab or None,
-            fp32=bool(fp32), device=device, seed=seed, callback=progress,
+            fp32=bool(fp32), compile=bool(compile), device=device, seed=seed, callback=progress,
         )
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(ijkToRas)
@@ -318,6 +321,7 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         ensemble: int = 0,
         slab: int = 0,
         fp32: bool = False,
+        compile: bool = False,
         wait: bool = False,
     ):
         """Start the DeepDecoderDenoise CLI module (a separate process) and return its CLI node at once.
@@ -336,6 +340,7 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
             "ensemble": int(ensemble),
             "slab": int(slab),
             "fp32": bool(fp32),
+            "compile": bool(compile),
             "device": device,
             "seed": int(seed),
         }

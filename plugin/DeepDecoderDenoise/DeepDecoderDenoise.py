@@ -7,8 +7,8 @@ positional arguments of ``DeepDecoderDenoise.xml``) and reads progress from stdo
     python DeepDecoderDenoise.py --strength medium noisy.nrrd denoised.nrrd
     python DeepDecoderDenoise.py --xml          # the module description, exactly DeepDecoderDenoise.xml
 
-Advanced integers given as 0 (their default) mean "the strength preset's value"; ``--fp32`` is a flag (Slicer
-passes it only when the box is ticked). Inputs that are refused, with a
+Advanced integers given as 0 (their default) mean "the strength preset's value"; ``--fp32`` and ``--compile`` are
+flags (Slicer passes them only when the box is ticked). Inputs that are refused, with a
 one-line message on stderr and exit status 1: a missing or unreadable file; an image that is not 3D (2D, 4D) or
 not single-component; and a label map, i.e. an integer-typed image with no negative values and at most
 ``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
@@ -49,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ensemble", type=_non_negative, default=0, help="0: the preset's value")
     parser.add_argument("--slab", type=_non_negative, default=0, help="odd slices per decoder; 0: the preset's value")
     parser.add_argument("--fp32", action="store_true", help="on CUDA, float32 instead of bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="on CUDA, fuse the decoder's kernels (torch.compile)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--modality", choices=MODALITIES, default="CT")
     parser.add_argument("--seed", type=_non_negative, default=0)
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
     report(0.0)
     fitting = {name: getattr(args, name) or None for name in ("iterations", "channels", "blocks", "ensemble", "slab")}
     denoised = denoise_array(
-        volume.array, volume.spacing, strength=args.strength, fp32=args.fp32, device=args.device, seed=args.seed,
+        volume.array, volume.spacing, strength=args.strength, fp32=args.fp32, compile=args.compile,
+        device=args.device, seed=args.seed,
         modality=args.modality, callback=lambda fraction: report(0.95 * fraction), **fitting,
     )
     emit("<filter-comment>writing the output volume</filter-comment>")
