@@ -357,8 +357,8 @@ def fit(
 #: discrepancy rule on the shared head CT, one decoder), equal on CT_small with one decoder, slower (see README
 #: "Measured figures"); ``speed`` is the GPU volume setting: one decoder per slice, at most 450 steps, fused
 #: kernels on CUDA. It reaches the reference (2,000 sequential steps) on a 512x512 CT slice (29.31 against 29.30 dB)
-#: at 22.6x its speed eager and denoised a 300-slice 512x512 volume in 122 s on an H200, but is 0.25 dB below the
-#: default there (README "Speed").
+#: at 22.6x its speed eager and denoised a 300-slice 512x512 volume in 122 s on an H200, but is 0.13 dB (that slice)
+#: to 0.27 dB (CT_small) below the default (README "Speed").
 PRESETS: dict[str, FitConfig] = {
     "default": FitConfig(),
     "fast": FitConfig(channels=32, iterations=300, ensemble=1, stopping="fixed"),
