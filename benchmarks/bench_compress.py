@@ -12,7 +12,8 @@ compression factor (pixels / parameters, the paper's definition) of about 10x an
 
 PSNR and SSIM are on [0, 1] (SSIM: dd_medical.metrics, Gaussian 11 px). Images: ``skimage.data.camera()``
 downsampled 2x2 to 256x256, pydicom's ``693_UNCR.dcm`` (512x512 CT) downsampled 2x2 to 256x256, ``CT_small.dcm``
-(128x128), and with ``--shared`` the middle slice of the ``../shared/data`` volumes (downsampled 2x2 when 512 px).
+(128x128), and with ``--shared`` the middle slice of the ``../shared/data`` volumes (downsampled 2x2 when 512 px);
+``--full-size``: camera and 693_UNCR at their own 512x512 instead (the paper's image size; a GPU job).
 
     python benchmarks/bench_compress.py --quick          # camera only, 300 iterations (a smoke run)
     python benchmarks/bench_compress.py --iterations 1500 --json rd.json
@@ -44,7 +45,7 @@ def _downsample2(image: np.ndarray) -> np.ndarray:
     return image[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
-def load_images(quick: bool, shared: bool) -> list[tuple[str, Volume, int]]:
+def load_images(quick: bool, shared: bool, full_size: bool = False) -> list[tuple[str, Volume, int]]:
     """``(name, one-slice Volume in HU or grey levels, source bits per pixel)``."""
     from pydicom.data import get_testdata_file
     from skimage.data import camera
@@ -52,9 +53,14 @@ def load_images(quick: bool, shared: bool) -> list[tuple[str, Volume, int]]:
     from dd_medical.io import read_volume
 
     images = [("camera 256", Volume(_downsample2(camera().astype(np.float32)), modality="OT"), 8)]
+    if full_size:  # the paper's size: camera and 693_UNCR at their own 512x512
+        images = [("camera 512", Volume(camera().astype(np.float32), modality="OT"), 8)]
     if quick:
         return images
     ct = read_volume(get_testdata_file("693_UNCR.dcm"))
+    if full_size:
+        images.append(("693_UNCR 512", Volume(ct.array[:1], modality="CT"), 16))
+        return images
     images.append(("693_UNCR 256 (2x2 down)", Volume(_downsample2(ct.array[0]), modality="CT"), 16))
     small = read_volume(get_testdata_file("CT_small.dcm"))
     images.append(("CT_small 128", Volume(small.array[:1], spacing=small.spacing, modality="CT"), 16))
@@ -168,6 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="camera only, 300 iterations")
     parser.add_argument("--shared", action="store_true", help="also the ../shared/data volumes' middle slices")
+    parser.add_argument("--full-size", action="store_true",
+                        help="camera and 693_UNCR at 512x512 (the paper's size; slow on a CPU: ~0.4 s per step at "
+                             "k=32 on 2 cores, more at k=64) instead of the 256x256 set")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--factors", type=float, nargs="+", default=[10.0, 40.0])
     parser.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE, help="first Adam step size")
@@ -190,7 +199,8 @@ def main() -> None:
           f"{args.bits}-bit weights, {BLOCKS} blocks, "
           f"device {args.device}, "
           f"{torch.get_num_threads()} CPU thread(s)\n{HEADER}", flush=True)
-    images = [im for im in load_images(args.quick, args.shared) if args.only is None or args.only in im[0]]
+    images = [im for im in load_images(args.quick, args.shared, args.full_size)
+              if args.only is None or args.only in im[0]]
     rows = run(images, iterations, tuple(args.factors), args.bits, args.device,
                args.lr, final_lr, args.refine)
     if args.json:
