@@ -30,7 +30,7 @@ import numpy as np
 import pywt
 import torch
 
-from dd_medical.compression import DEFAULT_FINAL_LEARNING_RATE, DEFAULT_LEARNING_RATE, compress
+from dd_medical.compression import DEFAULT_FINAL_LEARNING_RATE, DEFAULT_LEARNING_RATE, DEFAULT_REFINE_FRACTION, compress
 from dd_medical.decoder import num_parameters
 from dd_medical.intensity import default_window
 from dd_medical.metrics import ssim
@@ -194,7 +194,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     iterations = 300 if args.quick and args.iterations == 1500 else args.iterations
     final_lr = args.final_lr or None
-    refine = iterations // 10 if args.refine is None else args.refine
+    refine = int(iterations * DEFAULT_REFINE_FRACTION) if args.refine is None else args.refine
     print(f"iterations {iterations} (+{refine} quantisation-aware), lr {args.lr} -> {final_lr or args.lr}, "
           f"{args.bits}-bit weights, {BLOCKS} blocks, "
           f"device {args.device}, "

@@ -41,7 +41,6 @@ try:
     rows = json.load(open(sys.argv[1]))["rows"]
 except (OSError, ValueError, KeyError):
     rows = []
-keys = ("ensemble", "compile", "amp")
 ok = [r for r in rows if r["strategy"] != "sequential" and r["time_to_quality_s"] is not None]
 if ok:
     r = min(ok, key=lambda r: r["time_to_quality_s"])

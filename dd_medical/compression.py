@@ -43,7 +43,7 @@ from .decoder import BatchedDeepDecoder, batched_forward, num_parameters
 from .errors import InputError
 from .fitting import FitConfig, fit, slice_generator
 from .intensity import Window, default_window
-from .operators import Identity
+from .operators import Identity, mean_squared_residual
 from .volume import Volume
 
 MAGIC = b"\x89DDC\r\n\x1a\n"
@@ -131,7 +131,6 @@ def _fake_quantise(x: torch.Tensor, dims: tuple[int, ...], bits: int) -> torch.T
 def refine_for_quantisation(
     weights: dict[str, torch.Tensor],
     unit: torch.Tensor,
-    generators: list[torch.Generator],
     *,
     bits: int,
     iterations: int = 200,
@@ -155,18 +154,20 @@ def refine_for_quantisation(
     batch = unit.shape[0]
     height, width = unit.shape[-2:]
     k, blocks = weights["out_weight"].shape[-1], weights["scales"].shape[0]
-    model = BatchedDeepDecoder(batch, height, width, k, blocks, unit.shape[1], generators).to(device)
+    # every tensor, the fixed input too, comes from ``weights``: the construction's draws are overwritten
+    model = BatchedDeepDecoder(batch, height, width, k, blocks, unit.shape[1],
+                               [torch.Generator() for _ in range(batch)]).to(device)
     model.load_state_dict(weights)
     target = unit.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     best = {name: t.detach().clone() for name, t in model.state_dict().items()}
     best_loss = torch.full((batch,), float("inf"), device=device)
-    for _ in range(iterations + 1):
+    for step in range(iterations + 1):
         image = batched_forward(
             model.net_input, [_fake_quantise(w, (1, 2), bits) for w in model.weights],
             _fake_quantise(model.scales, (2,), bits), _fake_quantise(model.shifts, (2,), bits),
             _fake_quantise(model.out_weight, (1, 2), bits), model.sizes, "sigmoid")
-        losses = (image - target).square().flatten(1).mean(dim=1)
+        losses = mean_squared_residual(image, target)
         with torch.no_grad():  # the weights that gave this image, where it is a slice's best so far
             better = losses < best_loss
             best_loss = torch.where(better, losses, best_loss)
@@ -176,7 +177,7 @@ def refine_for_quantisation(
                 axis = 1 if name in ("scales", "shifts") else 0
                 mask = better.view([-1 if d == axis else 1 for d in range(t.dim())])
                 best[name] = torch.where(mask, t, best[name])
-        if _ == iterations:
+        if step == iterations:
             break
         optimiser.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -382,9 +383,8 @@ def compress(
         fitted += [_slice_tensors(result.weights, b, blocks) for b in range(stop - start)]
         state = result.weights
         if refine_iterations:
-            state = refine_for_quantisation(state, unit[start:stop], [slice_generator(seed, i, 0)
-                                                                      for i in range(start, stop)],
-                                            bits=bits, iterations=refine_iterations, device=dev)
+            state = refine_for_quantisation(state, unit[start:stop], bits=bits, iterations=refine_iterations,
+                                            device=dev)
         weights += [_slice_tensors(state, b, blocks) for b in range(stop - start)]
     seconds = time.perf_counter() - t0
 

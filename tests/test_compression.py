@@ -30,7 +30,7 @@ from dd_medical.compression import (
     refine_for_quantisation,
 )
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig, fit, slice_generator
+from dd_medical.fitting import FitConfig, fit
 from dd_medical.intensity import default_window
 from dd_medical.io import read_volume, write_series
 from dd_medical.operators import Identity
@@ -172,8 +172,7 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
     config = FitConfig(channels=12, blocks=4, iterations=200, final_learning_rate=0.001, ensemble=1, result="last",
                        stopping="fixed", amp=False)
     fitted = fit(Identity(), unit, config, device="cpu").weights
-    generators = [slice_generator(0, i, 0) for i in range(2)]
-    refined = refine_for_quantisation(fitted, unit, generators, bits=8, iterations=100)
+    refined = refine_for_quantisation(fitted, unit, bits=8, iterations=100)
     assert set(refined) == set(fitted) and torch.equal(refined["net_input"], fitted["net_input"])
 
     def quantised_psnr(state):
@@ -185,7 +184,7 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
         return 10 * np.log10(1 / np.mean((image - unit[:, 0].numpy()) ** 2, axis=(1, 2)))
 
     assert np.all(quantised_psnr(refined) > quantised_psnr(fitted) + 0.05)
-    assert torch.equal(refine_for_quantisation(fitted, unit, generators, bits=8, iterations=0)["scales"],
+    assert torch.equal(refine_for_quantisation(fitted, unit, bits=8, iterations=0)["scales"],
                        fitted["scales"])
 
 
