@@ -16,7 +16,15 @@ setting shared by all three methods.
     python benchmarks/bench_reconstruct.py --size 128 --shared          # all settings, the README's rows
     python benchmarks/bench_reconstruct.py --size 128 --only mri --shared  # one family
 
-Times on the 2-core development CPU at 128 px: MRI about 15 min for both MR slices, inpainting 1 min, CT about
+MRI's default decoder is ``architecture="auto"`` (the paper's decoder and ConvDecoder, two of each per slice, the
+kind whose two disagree least on the unmeasured k-space kept); its rows show both candidates and the pick.
+``--architectures deep,conv`` gives single-kind rows instead, ``--image`` filters the images, ``--skip-tv`` drops the
+TV grid (it does not depend on the decoder).
+
+    python benchmarks/bench_reconstruct.py --size 128 --only mri --shared --skip-tv --image example_mr_sm
+
+Times on the 2-core development CPU at 128 px: MRI about 70 min for both MR slices (the auto default, 5-8 min per
+slice and setting on one thread; TV grid about 4 min more), inpainting 1 min, CT about
 95 min with ``--shared`` (12,000 decoder iterations, 10-11 min per slice and view count on one thread, plus the TV
 grid); the default ``--size 256`` takes about 4x as long.
 """
@@ -123,7 +131,8 @@ def scores(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 
 def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weights, tv_iterations: int,
-                nonnegative: bool, iterations: int | None) -> list[tuple[str, float, float, float]]:
+                nonnegative: bool, iterations: int | None, architectures: tuple[str, ...] = ("default",),
+                ensemble: int | None = None) -> list[tuple[str, float, float, float]]:
     sim = simulate(image, kind, modality=modality, **options)
     y, op, ref = sim.measurements, sim.operator, sim.reference[0]
     rows = []
@@ -136,22 +145,37 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
 
     scale = float(base.max())
     best = None
-    for weight in weights:
+    for weight in weights if tv_iterations else ():
         t0 = time.perf_counter()
         tv = magnitude_image(op, tv_reconstruct(op, y / scale, weight, tv_iterations, nonnegative))[0].numpy() * scale
         seconds = time.perf_counter() - t0
         result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
         if best is None or result[1] > best[1]:
             best = result
-    rows.append(best)
+    if best is not None:
+        rows.append(best)
 
-    config = default_config(op)
-    if iterations:
-        config = replace(config, iterations=iterations)
-    t0 = time.perf_counter()
-    dd = reconstruct_volume(y, op, config, device="cpu", progress=False)[0]
-    rows.append((f"Deep Decoder (k={config.channels}, {config.iterations} it)", *scores(dd, ref),
-                 time.perf_counter() - t0))
+    for architecture in architectures:
+        config = default_config(op) if architecture == "default" else default_config(op, architecture=architecture)
+        if iterations:
+            config = replace(config, iterations=iterations)
+        if ensemble:
+            config = replace(config, ensemble=ensemble)
+        t0 = time.perf_counter()
+        report: dict = {}
+        dd = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)[0]
+        seconds = time.perf_counter() - t0
+        members = f", {max(2, config.ensemble) if config.architecture == 'auto' else config.ensemble} averaged"
+        settings = f"k={config.channels}, {config.iterations} it{members if config.ensemble > 1 else ''}"
+        if config.architecture == "auto":  # both candidates' rows come from the same fits
+            for candidate, image in report["candidates"].items():
+                spread = report["disagreement"][candidate][0]
+                name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[candidate]
+                rows.append((f"{name} ({settings}; disagreement {spread:.3g})", *scores(image[0], ref), float("nan")))
+            rows.append((f"auto: {report['architecture'][0]} ({settings})", *scores(dd, ref), seconds))
+        else:
+            name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[config.architecture]
+            rows.append((f"{name} ({settings})", *scores(dd, ref), seconds))
     return rows
 
 
@@ -161,6 +185,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["mri", "ct", "inpaint"], default=None)
     parser.add_argument("--iterations", type=int, default=None, help="override the decoder's iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--architectures", default="default",
+                        help="decoder rows, comma-separated: default (the reconstruction default: MRI auto, else "
+                             "deep), deep (the paper's), conv (ConvDecoder), auto (default: default)")
+    parser.add_argument("--image", default=None, help="only images whose name contains this")
+    parser.add_argument("--ensemble", type=int, default=None, help="override the decoders averaged per slice")
+    parser.add_argument("--skip-tv", action="store_true", help="no TV rows (the slowest baseline)")
     parser.add_argument("--shared", action="store_true",
                         help="also the middle slices of the ../shared/data CT series (CT settings) and of its MR "
                              "volume (MRI settings)")
@@ -179,8 +209,12 @@ def main() -> None:
                  "ct": f"CT {options.get('views')} views",
                  "inpaint": f"inpaint {int(100 * options.get('missing', 0))}% missing"}[kind]
         for image, name in images[modality] if kind in ("ct", "mri") else images[modality][:1]:
-            for method, p, s, seconds in run_setting(image, modality, kind, options, weights, tv_iterations,
-                                                     nonnegative, args.iterations):
+            if args.image and args.image not in name:
+                continue
+            for method, p, s, seconds in run_setting(image, modality, kind, options, weights,
+                                                     0 if args.skip_tv else tv_iterations, nonnegative,
+                                                     args.iterations, tuple(args.architectures.split(",")),
+                                                     args.ensemble):
                 print(f"| {name} | {label} | {method} | {p:.2f} | {s:.3f} | {seconds:.1f} |", flush=True)
 
 

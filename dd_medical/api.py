@@ -115,8 +115,11 @@ def derivation_description(config: FitConfig) -> str:
     """What was done, for DICOM DerivationDescription: method, version and parameters."""
     from . import __version__
 
+    method = {"deep": "Untrained Deep Decoder denoising (Heckel & Hand 2019)",
+              "conv": "Untrained ConvDecoder denoising (Darestani & Heckel 2021)",
+              "auto": "Untrained Deep Decoder or ConvDecoder (chosen per slice) denoising"}[config.architecture]
     return (
-        f"Untrained Deep Decoder denoising (Heckel & Hand 2019), dd-medical {__version__}: k={config.channels}, "
+        f"{method}, dd-medical {__version__}: k={config.channels}, "
         f"blocks={config.blocks}, iterations<={config.iterations}, Adam lr={config.learning_rate}, "
         f"stopping={config.stopping}, result={config.result}, seed={config.seed}"
     )

@@ -207,11 +207,15 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
 @click.option("--real-object", is_flag=True, default=False,
               help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
+@click.option("--architecture", type=click.Choice(["auto", "deep", "conv"]), default=None,
+              help="Decoder: deep (the paper's 1x1 convolutions), conv (ConvDecoder: 3x3 convolutions, nearest "
+                   "upsampling, ~4x the time) or auto (MRI: both, keeping per slice the one whose two decoders "
+                   "disagree least on the unmeasured k-space; see README) [default: auto for MRI, else deep].")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
-                image_size: int | None, real_object: bool) -> None:
+                image_size: int | None, real_object: bool, architecture: str | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
@@ -225,6 +229,8 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
     given = {n for n in ("iterations", "channels", "blocks", "ensemble", "seed", "preset_name")
              if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
     overrides = {n: getattr(config, n) for n in given - {"preset_name"}} | {"seed": config.seed}
+    if architecture is not None:
+        overrides["architecture"] = architecture
     summary = reconstruct_file(
         input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
         overrides=overrides, acceleration=acceleration,

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decoder import BatchedDeepDecoder, batched_forward, num_parameters
+from .decoder import BatchedDeepDecoder, batched_forward, instance_axis, num_parameters
 from .errors import InputError
 from .fitting import FitConfig, fit, slice_generator
 from .intensity import Window, default_window
@@ -174,7 +174,7 @@ def refine_for_quantisation(
             for name, t in model.state_dict().items():
                 if name == "net_input":
                     continue
-                axis = 1 if name in ("scales", "shifts") else 0
+                axis = instance_axis(name)
                 mask = better.view([-1 if d == axis else 1 for d in range(t.dim())])
                 best[name] = torch.where(mask, t, best[name])
         if step == iterations:

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .decoder import BatchedDeepDecoder
+from .decoder import BatchedDeepDecoder, check_architecture, instance_axis
 from .noise import estimate_sigma
 from .operators import mean_squared_residual
 
@@ -48,6 +48,10 @@ class FitConfig:
         sure_patience: see ``stopping``.
         output: ``"sigmoid"`` (images in [0, 1], the paper's) or ``"linear"`` (signed outputs, e.g. MR coil
             images as real/imaginary channels).
+        architecture: ``"deep"`` (the paper's pixel-wise decoder, default) or ``"conv"`` (ConvDecoder: 3x3
+            convolutions, nearest upsampling; see :mod:`dd_medical.decoder`); ``"auto"``, for MRI reconstruction
+            only (:func:`~dd_medical.pipeline.reconstruct_volume`), fits both and keeps per slice the one whose
+            ensemble members disagree least on the unmeasured k-space (``"deep"`` for other forward models).
         amp: bf16 autocast on CUDA (default; ignored on a CPU). Measured on an NVIDIA H200 (693_UNCR.dcm, sigma
             25/255, 8 slices): 29.58 dB at 512x512 in 11.1 s against 29.58 dB in 17.5 s in float32; 31.96 against
             31.95 dB at 256x256. The reconstruction and codec defaults keep float32 (not measured there).
@@ -84,6 +88,7 @@ class FitConfig:
     sure_epsilon: float = 0.1
     sure_patience: int = 150
     output: Literal["sigmoid", "linear"] = "sigmoid"
+    architecture: Literal["deep", "conv", "auto"] = "deep"
     amp: bool = True
     compile: bool = False
     loss_every: int = 10
@@ -109,6 +114,8 @@ class FitConfig:
             raise ValueError(f"stopping must be 'fixed', 'discrepancy' or 'sure', got {self.stopping!r}")
         if not self.sure_epsilon > 0 or self.sure_patience < 1:
             raise ValueError("sure_epsilon must be > 0 and sure_patience >= 1")
+        if self.architecture != "auto":
+            check_architecture(self.architecture)
 
 
 @dataclass
@@ -124,6 +131,8 @@ class FitResult:
         loss_history: ``(N, B)`` data misfit per slice (ensemble mean) every ``loss_every`` steps.
         iterations: steps run per slice, ``(B,)`` (fewer than the budget where the stopping rule fired).
         seconds: wall time of the fit.
+        members: with ``fit(keep_members=True)``, each ensemble member's estimate ``(B, ensemble, C, H, W)``
+            (``image`` is their mean); else ``None``.
     """
 
     image: torch.Tensor
@@ -131,6 +140,7 @@ class FitResult:
     loss_history: np.ndarray
     iterations: np.ndarray
     seconds: float
+    members: torch.Tensor | None = None
 
 
 def slice_generator(seed: int, index: int, member: int = 0) -> torch.Generator:
@@ -171,8 +181,7 @@ def _merge_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     """The ``state_dict`` of the passes' decoders as one :class:`BatchedDeepDecoder` of all their instances."""
     if len(states) == 1:
         return states[0]
-    return {key: torch.cat([s[key] for s in states], dim=1 if key in ("scales", "shifts") else 0)
-            for key in states[0]}
+    return {key: torch.cat([s[key] for s in states], dim=instance_axis(key)) for key in states[0]}
 
 
 _PROBE = 1 << 20  # member offset of the SURE probes' seeds
@@ -188,6 +197,7 @@ def fit(
     device: str | torch.device = "cpu",
     callback: Callable[[int, int], None] | None = None,
     pass_size: int | None = None,
+    keep_members: bool = False,
 ) -> FitResult:
     """Fit ``B x ensemble`` independent decoders ``G`` so that ``operator.forward(G(w)) ~ measurements``.
 
@@ -206,8 +216,14 @@ def fit(
         callback: called as ``callback(done, total)`` after every iteration.
         pass_size: decoders evaluated per forward/backward pass (default :func:`instances_per_pass`: a
             cache-sized group on a CPU, a GPU-filling group on CUDA). Does not change the result.
+        keep_members: also return each ensemble member's estimate (``FitResult.members``; ``stopping="fixed"``
+            only), e.g. to measure how much independently initialised decoders disagree.
     """
     config = config or FitConfig()
+    if config.architecture == "auto":
+        raise ValueError("architecture='auto' is chosen per slice by reconstruct_volume; fit() needs deep or conv")
+    if keep_members and config.stopping != "fixed":
+        raise ValueError("keep_members needs stopping='fixed' (stopped slices keep only their ensemble mean)")
     device = torch.device(device)
     y = measurements.to(device)
     batch, members = y.shape[0], config.ensemble
@@ -222,7 +238,7 @@ def fit(
     group = pass_size or instances_per_pass(batch * per_slice, config.channels, height, width, device)
     models = [
         BatchedDeepDecoder(len(gens), height, width, config.channels, config.blocks, out_channels, gens,
-                           output=config.output).to(device)
+                           output=config.output, architecture=config.architecture).to(device)
         for gens in (generators[i:i + group] for i in range(0, batch * per_slice, group))
     ]
     optimiser = torch.optim.Adam([p for m in models for p in m.parameters()], lr=config.learning_rate,
@@ -340,12 +356,15 @@ def fit(
     with torch.no_grad():
         final = model().float() if config.result == "last" else img  # "last": the image of the returned weights
         result = frozen if sure else torch.where(active[:, None, None, None], estimate(final), frozen)
+        kept = per_member(final)[:, 0].reshape(batch, members, out_channels, height, width).cpu() if keep_members \
+            else None
     return FitResult(
         image=result.cpu(),
         weights=_merge_state([{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in models]),
         loss_history=torch.stack(history).numpy(),
         iterations=stopped_at.numpy(),
         seconds=seconds,
+        members=kept,
     )
 
 

@@ -254,6 +254,19 @@ class CartesianFourier:
         """RSS magnitude ``(B, 1, H, W)`` of coil images ``(B, 2*coils, H, W)`` (``real``: ``(B, coils, H, W)``)."""
         return magnitude(x)
 
+    def disagreement(self, members: torch.Tensor) -> torch.Tensor:
+        """How much independently fitted images ``(B, M, C, H, W)`` disagree where nothing was measured: the
+        members' mean energy of ``F(x_m) - mean_m F(x_m)`` over the unmeasured k-space entries, ``(B,)``.
+
+        Where decoders started from different random weights agree on the missing k-space, the prior determines it;
+        where they do not, their guesses are unreliable. Comparable between fits of the same measurements."""
+        b, m = members.shape[:2]
+        kspace = self._kspace(members.flatten(0, 1).float())
+        kspace = kspace.view(b, m, *kspace.shape[1:])
+        deviation = (kspace - kspace.mean(dim=1, keepdim=True)).abs().square()
+        unmeasured = (self._mask(members.device)[..., 0] == 0).float()  # (H|1, W)
+        return (deviation * unmeasured).sum(dim=(2, 3, 4)).mean(dim=1)
+
     def consistent_magnitude(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Data consistency: RSS magnitude ``(B, 1, H, W)`` of the coil images whose k-space is the measured ``y``
         where sampled and ``x``'s own k-space elsewhere (the final step of ConvDecoder-style reconstructions); for a

@@ -36,11 +36,14 @@ from .operators import (
 )
 
 #: Decoder settings per forward model, tuned on the reconstruction benchmark (``benchmarks/bench_reconstruct.py``).
+#: MRI fits two decoders of each architecture per slice, the paper's and ConvDecoder, and keeps the architecture
+#: whose two decoders disagree least on the unmeasured k-space (``architecture="auto"``): neither wins on every
+#: slice (README "Reconstruction").
 #: MRI fits signed real/imaginary coil images (``output="linear"``); CT and inpainting fit [0, 1] images. float32
 #: on CUDA too (``amp=False``): bf16 was measured for denoising only.
 RECONSTRUCTION_DEFAULTS: dict[str, FitConfig] = {
-    "mri": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, output="linear",
-                     stopping="fixed", amp=False),
+    "mri": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=2, output="linear",
+                     stopping="fixed", amp=False, architecture="auto"),
     "ct": FitConfig(channels=64, blocks=6, iterations=12000, learning_rate=0.01, final_learning_rate=0.001, ensemble=1,
                     stopping="fixed", amp=False),
     "inpaint": FitConfig(channels=64, blocks=6, iterations=1000, learning_rate=0.01, ensemble=1, stopping="fixed",
@@ -474,8 +477,14 @@ def reconstruct_file(
                                                image_size)
     config = replace(config or default_config(op), **(overrides or {}))
     t0 = time.perf_counter()
-    result = reconstruct_volume(measurements, op, config, device=device, progress=progress, batch_size=batch_size)
+    report: dict = {}
+    result = reconstruct_volume(measurements, op, config, device=device, progress=progress, batch_size=batch_size,
+                                report=report)
     seconds = time.perf_counter() - t0
+    used = sorted(set(report["architecture"]))
+    if len(used) == 1:  # the description names the decoder every slice used
+        config = replace(config, architecture=used[0])
+    decoders = ", ".join(f"{name} {report['architecture'].count(name)}" for name in used)
     quality = ""
     if simulate_kind is not None:
         with torch.no_grad():
@@ -495,4 +504,5 @@ def reconstruct_file(
         write_series(out_volume, output_path, series_description="DD reconstruction",
                      derivation_description=description)
     depth, height, width = out_volume.shape
-    return f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s{quality}; wrote {output_path}"
+    return (f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s (decoder per slice: {decoders})"
+            f"{quality}; wrote {output_path}")

@@ -233,7 +233,9 @@ class DeepDecoderReconstruct(Transform):
         device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0).
         config: a full :class:`~dd_medical.fitting.FitConfig`; default: the MRI reconstruction defaults
-            (``dd_medical.reconstruction.RECONSTRUCTION_DEFAULTS["mri"]``: linear output, 1000 iterations).
+            (``dd_medical.reconstruction.RECONSTRUCTION_DEFAULTS["mri"]``: linear output, 1000 iterations, the
+            paper's decoder and ConvDecoder both fitted and the one whose two decoders agree best on the unmeasured
+            k-space kept; which one is in ``meta["dd_medical"]["architecture"]``).
             ``iterations``, ``channels`` and ``seed`` override its fields.
         max_channels: more coils than this is taken for a wrong layout and rejected; default 64.
         progress: show a progress bar (default ``False``).
@@ -285,11 +287,13 @@ class DeepDecoderReconstruct(Transform):
         values = kspace_t.as_tensor() if isinstance(kspace_t, MetaTensor) else kspace_t
         measurements = values.detach().cpu().float().numpy()[None]  # (D=1, coils, H, W, 2)
         operator = CartesianFourier(mask_np, coils=shape[0])
-        image = reconstruct_volume(measurements, operator, self.config, self.device, self.progress)
+        report: dict = {}
+        image = reconstruct_volume(measurements, operator, self.config, self.device, self.progress, report=report)
         out_t = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, shape[1], shape[2])
         result, *_ = convert_to_dst_type(out_t, dst=kspace, dtype=out_t.dtype)
         return _with_record(result, _record("DeepDecoderReconstruct", self.config, coils=shape[0],
-                                            sampled_fraction=float(mask_np.mean())))
+                                            sampled_fraction=float(mask_np.mean()),
+                                            architecture=report["architecture"][0]))
 
 
 class DeepDecoderDenoised(MapTransform):

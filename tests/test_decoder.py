@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from dd_medical.decoder import BatchedDeepDecoder, DeepDecoder, num_parameters, size_ladder
+from dd_medical.decoder import BatchedDeepDecoder, DeepDecoder, conv_ladder, num_parameters, size_ladder
 from dd_medical.fitting import slice_generator
 
 
@@ -33,9 +33,10 @@ def test_fixed_input_is_uniform_in_0_to_0_1_at_one_32nd_size():
     assert z.min() >= 0 and z.max() < 0.1
 
 
-def test_batched_equals_separate_decoders_with_same_weights():
+@pytest.mark.parametrize("architecture", ["deep", "conv"])
+def test_batched_equals_separate_decoders_with_same_weights(architecture):
     gens = [slice_generator(0, i) for i in range(3)]
-    singles = [DeepDecoder(40, 36, channels=8, blocks=4, generator=g) for g in gens]
+    singles = [DeepDecoder(40, 36, channels=8, blocks=4, generator=g, architecture=architecture) for g in gens]
     # Give the normalisation non-trivial learned scale/shift so the test covers them.
     for i, d in enumerate(singles):
         with torch.no_grad():
@@ -47,6 +48,20 @@ def test_batched_equals_separate_decoders_with_same_weights():
         together = batched()
         apart = torch.cat([d() for d in singles])
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_decoder_sizes_parameters_and_checks():
+    # ConvDecoder: input at 1/16 size, equal upsampling factors, the last block at full size (no upsampling)
+    assert conv_ladder(91, 117, 6) == [(6, 8), (11, 14), (18, 24), (31, 41), (53, 69), (91, 117), (91, 117)]
+    assert num_parameters(8, 4, 2, architecture="conv") == 4 * (9 * 8 * 8 + 3 * 8) + 16
+    model = DeepDecoder(33, 47, channels=8, blocks=4, out_channels=2, architecture="conv", output="linear")
+    assert sum(p.numel() for p in model.parameters()) == num_parameters(8, 4, 2, architecture="conv")
+    assert model().shape == (1, 2, 33, 47)
+    batched = BatchedDeepDecoder(2, 33, 47, channels=8, blocks=4, architecture="conv")
+    assert batched().shape == (2, 1, 33, 47) and batched.biases.shape == (4, 2, 8)
+    assert not hasattr(BatchedDeepDecoder(2, 33, 47, channels=8, blocks=4), "biases")  # the codec's layout
+    with pytest.raises(ValueError, match="architecture"):
+        DeepDecoder(32, 32, architecture="unet")
 
 
 def test_batched_init_from_generators_equals_single_init():

@@ -55,14 +55,16 @@ def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
         torch.testing.assert_close(together[j : j + 1], alone, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("stopping", ["fixed", "discrepancy", "sure"])
-def test_passes_per_iteration_do_not_change_the_result(stopping):
+@pytest.mark.parametrize("stopping, architecture",
+                         [("fixed", "deep"), ("discrepancy", "deep"), ("sure", "deep"), ("fixed", "conv")])
+def test_passes_per_iteration_do_not_change_the_result(stopping, architecture):
     """CPU cache-sized passes (one decoder per pass) give the one-pass result, weights and stopping points."""
     clean = _images(3, seed=1) * 0
     rng = np.random.default_rng(2)
     y = (0.5 + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
     y[2] = _images(1)[0]  # a structured slice that stops later than the flat ones
-    config = FitConfig(**{**SMALL, "iterations": 300, "ensemble": 2}, stopping=stopping, sure_patience=40)
+    config = FitConfig(**{**SMALL, "iterations": 300, "ensemble": 2}, stopping=stopping, sure_patience=40,
+                       architecture=architecture)
     one = fit(Identity(), y, config, pass_size=12)
     for size in (1, 4):
         many = fit(Identity(), y, config, pass_size=size)
