@@ -165,8 +165,8 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
         report: dict = {}
         dd = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)[0]
         seconds = time.perf_counter() - t0
-        members = f", {max(2, config.ensemble) if config.architecture == 'auto' else config.ensemble} averaged"
-        settings = f"k={config.channels}, {config.iterations} it{members if config.ensemble > 1 else ''}"
+        averaged = max(2, config.ensemble) if config.architecture == "auto" else config.ensemble
+        settings = f"k={config.channels}, {config.iterations} it" + (f", {averaged} averaged" if averaged > 1 else "")
         if config.architecture == "auto":  # both candidates' rows come from the same fits
             for candidate, image in report["candidates"].items():
                 spread = report["disagreement"][candidate][0]

@@ -295,8 +295,12 @@ def fit(
         chosen = {"average": average, "best": best, "last": current}[config.result]
         return chosen.view(batch * members, twins, out_channels, height, width)
 
+    def each_member(current: torch.Tensor) -> torch.Tensor:
+        """Each ensemble member's estimate (twins dropped), ``(B, members, C, H, W)``."""
+        return per_member(current)[:, 0].reshape(batch, members, out_channels, height, width)
+
     def estimate(current: torch.Tensor) -> torch.Tensor:
-        return per_member(current)[:, 0].reshape(batch, members, out_channels, height, width).mean(dim=1)
+        return each_member(current).mean(dim=1)
 
     t0 = time.perf_counter()
     for it in range(config.iterations):
@@ -356,8 +360,7 @@ def fit(
     with torch.no_grad():
         final = model().float() if config.result == "last" else img  # "last": the image of the returned weights
         result = frozen if sure else torch.where(active[:, None, None, None], estimate(final), frozen)
-        kept = per_member(final)[:, 0].reshape(batch, members, out_channels, height, width).cpu() if keep_members \
-            else None
+        kept = each_member(final).cpu() if keep_members else None
     return FitResult(
         image=result.cpu(),
         weights=_merge_state([{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in models]),

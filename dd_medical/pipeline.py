@@ -369,7 +369,8 @@ def reconstruct_volume(
         report["candidates"] = {a: finish(means[a]) for a in AUTO_CANDIDATES}
         log.info("decoder per slice (the one whose decoders disagree least on the unmeasured k-space): %s",
                  ", ".join(f"{a} {report['architecture'].count(a)}" for a in AUTO_CANDIDATES))
-        return np.stack([report["candidates"][a][i] for i, a in enumerate(report["architecture"])])
+        stacked = np.stack([report["candidates"][a] for a in AUTO_CANDIDATES])  # (candidates, D, H, W)
+        return stacked[choice.numpy(), np.arange(stacked.shape[1])]
     if config.architecture == "auto":  # nothing unmeasured to compare decoders on: the paper's decoder
         config = replace(config, architecture="deep")
     report["architecture"] = [config.architecture] * y.shape[0]
