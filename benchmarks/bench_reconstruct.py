@@ -16,14 +16,15 @@ setting shared by all three methods.
     python benchmarks/bench_reconstruct.py --size 128 --shared          # all settings, the README's rows
     python benchmarks/bench_reconstruct.py --size 128 --only mri --shared  # one family
 
-MRI's default decoder is ``architecture="auto"`` (the paper's decoder and ConvDecoder, two of each per slice, the
-kind whose two disagree least on the unmeasured k-space kept); its rows show both candidates and the pick.
+MRI's default decoder is ``architecture="both"`` (the paper's decoder and ConvDecoder, two of each per slice, all
+averaged); its rows show both kinds alone, what ``"auto"`` would keep (the kind whose two disagree least on the
+unmeasured k-space) and the average.
 ``--architectures deep,conv`` gives single-kind rows instead, ``--image`` filters the images, ``--skip-tv`` drops the
 TV grid (it does not depend on the decoder).
 
     python benchmarks/bench_reconstruct.py --size 128 --only mri --shared --skip-tv --image example_mr_sm
 
-Times on the 2-core development CPU at 128 px: MRI about 70 min for both MR slices (the auto default, 5-8 min per
+Times on the 2-core development CPU at 128 px: MRI about 70 min for both MR slices (the default, both kinds, 5-8 min per
 slice and setting on one thread; TV grid about 4 min more), inpainting 1 min, CT about
 95 min with ``--shared`` (12,000 decoder iterations, 10-11 min per slice and view count on one thread, plus the TV
 grid); the default ``--size 256`` takes about 4x as long.
@@ -132,7 +133,7 @@ def scores(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weights, tv_iterations: int,
                 nonnegative: bool, iterations: int | None, architectures: tuple[str, ...] = ("default",),
-                ensemble: int | None = None) -> list[tuple[str, float, float, float]]:
+                ensemble: int | None = None, seed: int = 0) -> list[tuple[str, float, float, float]]:
     sim = simulate(image, kind, modality=modality, **options)
     y, op, ref = sim.measurements, sim.operator, sim.reference[0]
     rows = []
@@ -157,6 +158,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
 
     for architecture in architectures:
         config = default_config(op) if architecture == "default" else default_config(op, architecture=architecture)
+        config = replace(config, seed=seed)
         if iterations:
             config = replace(config, iterations=iterations)
         if ensemble:
@@ -165,14 +167,20 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
         report: dict = {}
         dd = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)[0]
         seconds = time.perf_counter() - t0
-        averaged = max(2, config.ensemble) if config.architecture == "auto" else config.ensemble
+        combined = config.architecture in ("auto", "both")
+        averaged = max(2, config.ensemble) if combined else config.ensemble
         settings = f"k={config.channels}, {config.iterations} it" + (f", {averaged} averaged" if averaged > 1 else "")
-        if config.architecture == "auto":  # both candidates' rows come from the same fits
+        if combined:  # both candidates' rows, and what auto keeps, come from the same fits
             for candidate, image in report["candidates"].items():
                 spread = report["disagreement"][candidate][0]
                 name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[candidate]
                 rows.append((f"{name} ({settings}; disagreement {spread:.3g})", *scores(image[0], ref), float("nan")))
-            rows.append((f"auto: {report['architecture'][0]} ({settings})", *scores(dd, ref), seconds))
+            kept = min(report["disagreement"], key=lambda a: report["disagreement"][a][0])
+            if config.architecture == "both":
+                rows.append((f"auto would keep: {kept}", *scores(report["candidates"][kept][0], ref), float("nan")))
+                rows.append((f"both averaged ({settings} of each kind)", *scores(dd, ref), seconds))
+            else:
+                rows.append((f"auto: {kept} ({settings})", *scores(dd, ref), seconds))
         else:
             name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[config.architecture]
             rows.append((f"{name} ({settings})", *scores(dd, ref), seconds))
@@ -186,11 +194,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="override the decoder's iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--architectures", default="default",
-                        help="decoder rows, comma-separated: default (the reconstruction default: MRI auto, else "
-                             "deep), deep (the paper's), conv (ConvDecoder), auto (default: default)")
+                        help="decoder rows, comma-separated: default (the reconstruction default: MRI both, else "
+                             "deep), deep (the paper's), conv (ConvDecoder), auto, both (default: default)")
     parser.add_argument("--image", default=None, help="only images whose name contains this")
     parser.add_argument("--ensemble", type=int, default=None, help="override the decoders averaged per slice")
     parser.add_argument("--skip-tv", action="store_true", help="no TV rows (the slowest baseline)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="decoders' base seed (FitConfig.seed; MRI results move by up to 4 dB with it, README)")
     parser.add_argument("--shared", action="store_true",
                         help="also the middle slices of the ../shared/data CT series (CT settings) and of its MR "
                              "volume (MRI settings)")
@@ -214,7 +224,7 @@ def main() -> None:
             for method, p, s, seconds in run_setting(image, modality, kind, options, weights,
                                                      0 if args.skip_tv else tv_iterations, nonnegative,
                                                      args.iterations, tuple(args.architectures.split(",")),
-                                                     args.ensemble):
+                                                     args.ensemble, args.seed):
                 print(f"| {name} | {label} | {method} | {p:.2f} | {s:.3f} | {seconds:.1f} |", flush=True)
 
 

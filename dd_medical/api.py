@@ -117,7 +117,8 @@ def derivation_description(config: FitConfig) -> str:
 
     method = {"deep": "Untrained Deep Decoder denoising (Heckel & Hand 2019)",
               "conv": "Untrained ConvDecoder denoising (Darestani & Heckel 2021)",
-              "auto": "Untrained Deep Decoder or ConvDecoder (chosen per slice) denoising"}[config.architecture]
+              "auto": "Untrained Deep Decoder or ConvDecoder (chosen per slice) denoising",
+              "both": "Untrained Deep Decoder and ConvDecoder (averaged) denoising"}[config.architecture]
     return (
         f"{method}, dd-medical {__version__}: k={config.channels}, "
         f"blocks={config.blocks}, iterations<={config.iterations}, Adam lr={config.learning_rate}, "

@@ -207,10 +207,11 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
 @click.option("--real-object", is_flag=True, default=False,
               help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
-@click.option("--architecture", type=click.Choice(["auto", "deep", "conv"]), default=None,
+@click.option("--architecture", type=click.Choice(["both", "auto", "deep", "conv"]), default=None,
               help="Decoder: deep (the paper's 1x1 convolutions), conv (ConvDecoder: 3x3 convolutions, nearest "
-                   "upsampling, ~4x the time) or auto (MRI: both, keeping per slice the one whose two decoders "
-                   "disagree least on the unmeasured k-space; see README) [default: auto for MRI, else deep].")
+                   "upsampling, ~4x the time), both (MRI: two of each kind per slice, all averaged) or auto (MRI: "
+                   "the same fits, keeping per slice the kind whose two decoders disagree least on the unmeasured "
+                   "k-space; see README) [default: both for MRI, else deep].")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,

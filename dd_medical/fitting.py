@@ -51,7 +51,8 @@ class FitConfig:
         architecture: ``"deep"`` (the paper's pixel-wise decoder, default) or ``"conv"`` (ConvDecoder: 3x3
             convolutions, nearest upsampling; see :mod:`dd_medical.decoder`); ``"auto"``, for MRI reconstruction
             only (:func:`~dd_medical.pipeline.reconstruct_volume`), fits both and keeps per slice the one whose
-            ensemble members disagree least on the unmeasured k-space (``"deep"`` for other forward models).
+            ensemble members disagree least on the unmeasured k-space; ``"both"`` (MRI reconstruction only) fits the
+            same decoders and averages all of them (``"deep"`` for other forward models; README "Reconstruction").
         amp: bf16 autocast on CUDA (default; ignored on a CPU). Measured on an NVIDIA H200 (693_UNCR.dcm, sigma
             25/255, 8 slices): 29.58 dB at 512x512 in 11.1 s against 29.58 dB in 17.5 s in float32; 31.96 against
             31.95 dB at 256x256. The reconstruction and codec defaults keep float32 (not measured there).
@@ -88,7 +89,7 @@ class FitConfig:
     sure_epsilon: float = 0.1
     sure_patience: int = 150
     output: Literal["sigmoid", "linear"] = "sigmoid"
-    architecture: Literal["deep", "conv", "auto"] = "deep"
+    architecture: Literal["deep", "conv", "auto", "both"] = "deep"
     amp: bool = True
     compile: bool = False
     loss_every: int = 10
@@ -114,7 +115,7 @@ class FitConfig:
             raise ValueError(f"stopping must be 'fixed', 'discrepancy' or 'sure', got {self.stopping!r}")
         if not self.sure_epsilon > 0 or self.sure_patience < 1:
             raise ValueError("sure_epsilon must be > 0 and sure_patience >= 1")
-        if self.architecture != "auto":
+        if self.architecture not in ("auto", "both"):
             check_architecture(self.architecture)
 
 
@@ -220,8 +221,9 @@ def fit(
             only), e.g. to measure how much independently initialised decoders disagree.
     """
     config = config or FitConfig()
-    if config.architecture == "auto":
-        raise ValueError("architecture='auto' is chosen per slice by reconstruct_volume; fit() needs deep or conv")
+    if config.architecture in ("auto", "both"):
+        raise ValueError(f"architecture={config.architecture!r} combines fits in reconstruct_volume; fit() needs deep "
+                         "or conv")
     if keep_members and config.stopping != "fixed":
         raise ValueError("keep_members needs stopping='fixed' (stopped slices keep only their ensemble mean)")
     device = torch.device(device)

@@ -259,14 +259,14 @@ def denoise_volume(
     return out[0] if squeeze else out
 
 
-#: The decoders ``architecture="auto"`` chooses between (MRI reconstruction).
+#: The decoders ``architecture="both"`` averages and ``"auto"`` chooses between (MRI reconstruction).
 AUTO_CANDIDATES = ("deep", "conv")
 
 
 def _fit_candidates(operator, y: torch.Tensor, config: FitConfig, dev: torch.device, batch_size: int,
                     progress: bool, callback: ProgressCallback | None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """MRI ``architecture="auto"``: fit ``ensemble`` (at least 2) decoders of each candidate architecture per slice.
+    """MRI ``architecture="both"/"auto"``: fit ``ensemble`` (at least 2) decoders of each candidate kind per slice.
     Returns each architecture's ensemble means ``(D, C, H, W)`` and its members' disagreement on the unmeasured
     k-space ``(D,)`` (:meth:`~dd_medical.operators.CartesianFourier.disagreement`)."""
     candidates = AUTO_CANDIDATES
@@ -313,10 +313,10 @@ def reconstruct_volume(
         device, progress, batch_size, callback: as for :func:`denoise_volume`.
         data_consistency: MRI only: the result keeps the measured k-space samples and takes the decoder's k-space
             only where nothing was measured (measured on the benchmark: +0.9 dB at 4x).
-        report: if a dict, filled with ``"architecture"``, the decoder used per slice, and for MRI with
-            ``architecture="auto"`` (the MRI default) also ``"disagreement"`` (per candidate, its members' spread on
-            the unmeasured k-space per slice, the lower one is chosen) and ``"candidates"`` (per candidate, its
-            ``(D, H, W)`` result, as returned).
+        report: if a dict, filled with ``"architecture"``, the decoder used per slice (``"both"``: averaged), and
+            for MRI with ``architecture="both"`` (the MRI default) or ``"auto"`` also ``"disagreement"`` (per
+            candidate, its members' spread on the unmeasured k-space per slice; ``"auto"`` keeps the lower one) and
+            ``"candidates"`` (per candidate, its ``(D, H, W)`` result, as returned).
 
     An MRI config with ``output="sigmoid"`` is fitted with ``output="linear"`` (coil images are signed; not for a
     ``real`` operator, whose object is a non-negative image); every
@@ -361,17 +361,21 @@ def reconstruct_volume(
         return (result.numpy() * scale).astype(np.float32)
 
     report = {} if report is None else report
-    if config.architecture == "auto" and operator_kind(operator) == "mri":
+    if config.architecture in ("auto", "both") and operator_kind(operator) == "mri":
         means, spreads = _fit_candidates(operator, y / scale, config, dev, b, progress, callback)
-        choice = torch.stack([spreads[a] for a in AUTO_CANDIDATES]).argmin(dim=0)  # (D,)
-        report["architecture"] = [AUTO_CANDIDATES[int(c)] for c in choice]
         report["disagreement"] = {a: spreads[a].tolist() for a in AUTO_CANDIDATES}
         report["candidates"] = {a: finish(means[a]) for a in AUTO_CANDIDATES}
+        if config.architecture == "both":  # every member of both kinds averaged (equal ensembles: mean of means)
+            report["architecture"] = ["both"] * y.shape[0]
+            log.info("averaging the decoders of both kinds (%s) on every slice", ", ".join(AUTO_CANDIDATES))
+            return finish(torch.stack([means[a] for a in AUTO_CANDIDATES]).mean(dim=0))
+        choice = torch.stack([spreads[a] for a in AUTO_CANDIDATES]).argmin(dim=0)  # (D,)
+        report["architecture"] = [AUTO_CANDIDATES[int(c)] for c in choice]
         log.info("decoder per slice (the one whose decoders disagree least on the unmeasured k-space): %s",
                  ", ".join(f"{a} {report['architecture'].count(a)}" for a in AUTO_CANDIDATES))
         stacked = np.stack([report["candidates"][a] for a in AUTO_CANDIDATES])  # (candidates, D, H, W)
         return stacked[choice.numpy(), np.arange(stacked.shape[1])]
-    if config.architecture == "auto":  # nothing unmeasured to compare decoders on: the paper's decoder
+    if config.architecture in ("auto", "both"):  # not MRI: the paper's decoder
         config = replace(config, architecture="deep")
     report["architecture"] = [config.architecture] * y.shape[0]
     return finish(fit_in_chunks(operator, y / scale, config, dev, b, progress=progress, callback=callback,

@@ -234,8 +234,8 @@ class DeepDecoderReconstruct(Transform):
         seed: base seed; default: the config's (0).
         config: a full :class:`~dd_medical.fitting.FitConfig`; default: the MRI reconstruction defaults
             (``dd_medical.reconstruction.RECONSTRUCTION_DEFAULTS["mri"]``: linear output, 1000 iterations, the
-            paper's decoder and ConvDecoder both fitted and the one whose two decoders agree best on the unmeasured
-            k-space kept; which one is in ``meta["dd_medical"]["architecture"]``).
+            paper's decoder and ConvDecoder, two of each, all averaged: ``meta["dd_medical"]["architecture"]`` is
+            ``"both"``; with ``architecture="auto"`` the kind kept).
             ``iterations``, ``channels`` and ``seed`` override its fields.
         max_channels: more coils than this is taken for a wrong layout and rejected; default 64.
         progress: show a progress bar (default ``False``).

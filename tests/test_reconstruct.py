@@ -121,8 +121,7 @@ def test_mri_auto_architecture_keeps_the_decoder_whose_members_agree(caplog):
     hu = phantom_hu(depth=2, size=32)
     sim = simulate((hu + 1000) / 1000, "mri", modality="MR", acceleration=3, center_fraction=0.2)
     op, y = sim.operator, sim.measurements
-    assert RECONSTRUCTION_DEFAULTS["mri"].architecture == "auto"
-    config = default_config(op, channels=16, blocks=4, iterations=400, ensemble=1)
+    config = default_config(op, channels=16, blocks=4, iterations=400, ensemble=1, architecture="auto")
     report: dict = {}
     with caplog.at_level("INFO", logger="dd_medical"):
         auto = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)
@@ -140,6 +139,29 @@ def test_mri_auto_architecture_keeps_the_decoder_whose_members_agree(caplog):
     apart[:, 1] += torch.randn(apart[:, 1].shape, generator=torch.Generator().manual_seed(0))
     assert torch.all(op.disagreement(apart) > 0)
     with pytest.raises(ValueError, match="auto"):
+        fit(op, y, replace(config, iterations=1))
+
+
+def test_mri_both_averages_every_decoder_of_both_kinds(caplog):
+    hu = phantom_hu(depth=2, size=32)
+    sim = simulate((hu + 1000) / 1000, "mri", modality="MR", acceleration=3, center_fraction=0.2)
+    op, y = sim.operator, sim.measurements
+    assert RECONSTRUCTION_DEFAULTS["mri"].architecture == "both"
+    config = default_config(op, channels=16, blocks=4, iterations=60, ensemble=2)
+    report: dict = {}
+    with caplog.at_level("INFO", logger="dd_medical"):
+        both = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)
+    assert "averaging the decoders of both kinds" in caplog.text
+    assert report["architecture"] == ["both", "both"]
+    # the mean of the 2 + 2 members, then data consistency, in the measurements' scale
+    scale = float(magnitude_image(op, op.baseline(y)).max())
+    members = [fit(op, y / scale, replace(config, architecture=a), device="cpu", keep_members=True).members
+               for a in ("deep", "conv")]
+    expected = op.consistent_magnitude(torch.cat(members, dim=1).mean(dim=1), y / scale)[:, 0].numpy() * scale
+    np.testing.assert_allclose(both, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+    for kind in ("deep", "conv"):  # neither kind's own result
+        assert np.abs(report["candidates"][kind] - both).max() > 1e-3 * float(both.max())
+    with pytest.raises(ValueError, match="both"):
         fit(op, y, replace(config, iterations=1))
 
 
