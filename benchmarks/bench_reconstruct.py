@@ -175,7 +175,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
                 spread = report["disagreement"][candidate][0]
                 name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[candidate]
                 rows.append((f"{name} ({settings}; disagreement {spread:.3g})", *scores(image[0], ref), float("nan")))
-            kept = min(report["disagreement"], key=lambda a: report["disagreement"][a][0])
+            kept = report["auto"][0]
             if config.architecture == "both":
                 rows.append((f"auto would keep: {kept}", *scores(report["candidates"][kept][0], ref), float("nan")))
                 rows.append((f"both averaged ({settings} of each kind)", *scores(dd, ref), seconds))

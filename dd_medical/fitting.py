@@ -14,6 +14,10 @@ from .decoder import BatchedDeepDecoder, check_architecture, instance_axis
 from .noise import estimate_sigma
 from .operators import mean_squared_residual
 
+#: Architectures that combine fits of both decoder kinds; :func:`~dd_medical.pipeline.reconstruct_volume` (MRI) runs
+#: them, :func:`fit` takes one kind.
+COMBINED_ARCHITECTURES = ("auto", "both")
+
 
 @dataclass
 class FitConfig:
@@ -115,7 +119,7 @@ class FitConfig:
             raise ValueError(f"stopping must be 'fixed', 'discrepancy' or 'sure', got {self.stopping!r}")
         if not self.sure_epsilon > 0 or self.sure_patience < 1:
             raise ValueError("sure_epsilon must be > 0 and sure_patience >= 1")
-        if self.architecture not in ("auto", "both"):
+        if self.architecture not in COMBINED_ARCHITECTURES:
             check_architecture(self.architecture)
 
 
@@ -221,7 +225,7 @@ def fit(
             only), e.g. to measure how much independently initialised decoders disagree.
     """
     config = config or FitConfig()
-    if config.architecture in ("auto", "both"):
+    if config.architecture in COMBINED_ARCHITECTURES:
         raise ValueError(f"architecture={config.architecture!r} combines fits in reconstruct_volume; fit() needs deep "
                          "or conv")
     if keep_members and config.stopping != "fixed":

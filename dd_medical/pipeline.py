@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .decoder import size_ladder
 from .errors import InputError
-from .fitting import FitConfig, fit
+from .fitting import COMBINED_ARCHITECTURES, FitConfig, fit
 from .intensity import Window, default_window
 from .operators import Identity
 
@@ -315,8 +315,9 @@ def reconstruct_volume(
             only where nothing was measured (measured on the benchmark: +0.9 dB at 4x).
         report: if a dict, filled with ``"architecture"``, the decoder used per slice (``"both"``: averaged), and
             for MRI with ``architecture="both"`` (the MRI default) or ``"auto"`` also ``"disagreement"`` (per
-            candidate, its members' spread on the unmeasured k-space per slice; ``"auto"`` keeps the lower one) and
-            ``"candidates"`` (per candidate, its ``(D, H, W)`` result, as returned).
+            candidate, its members' spread on the unmeasured k-space per slice), ``"auto"`` (the kind with the lower
+            spread per slice, the one ``"auto"`` keeps) and ``"candidates"`` (per candidate, its ``(D, H, W)``
+            result, as returned).
 
     An MRI config with ``output="sigmoid"`` is fitted with ``output="linear"`` (coil images are signed; not for a
     ``real`` operator, whose object is a non-negative image); every
@@ -361,21 +362,22 @@ def reconstruct_volume(
         return (result.numpy() * scale).astype(np.float32)
 
     report = {} if report is None else report
-    if config.architecture in ("auto", "both") and operator_kind(operator) == "mri":
+    if config.architecture in COMBINED_ARCHITECTURES and operator_kind(operator) == "mri":
         means, spreads = _fit_candidates(operator, y / scale, config, dev, b, progress, callback)
+        choice = torch.stack([spreads[a] for a in AUTO_CANDIDATES]).argmin(dim=0)  # (D,)
         report["disagreement"] = {a: spreads[a].tolist() for a in AUTO_CANDIDATES}
         report["candidates"] = {a: finish(means[a]) for a in AUTO_CANDIDATES}
+        report["auto"] = [AUTO_CANDIDATES[int(c)] for c in choice]
         if config.architecture == "both":  # every member of both kinds averaged (equal ensembles: mean of means)
             report["architecture"] = ["both"] * y.shape[0]
             log.info("averaging the decoders of both kinds (%s) on every slice", ", ".join(AUTO_CANDIDATES))
             return finish(torch.stack([means[a] for a in AUTO_CANDIDATES]).mean(dim=0))
-        choice = torch.stack([spreads[a] for a in AUTO_CANDIDATES]).argmin(dim=0)  # (D,)
-        report["architecture"] = [AUTO_CANDIDATES[int(c)] for c in choice]
+        report["architecture"] = report["auto"]
         log.info("decoder per slice (the one whose decoders disagree least on the unmeasured k-space): %s",
                  ", ".join(f"{a} {report['architecture'].count(a)}" for a in AUTO_CANDIDATES))
         stacked = np.stack([report["candidates"][a] for a in AUTO_CANDIDATES])  # (candidates, D, H, W)
         return stacked[choice.numpy(), np.arange(stacked.shape[1])]
-    if config.architecture in ("auto", "both"):  # not MRI: the paper's decoder
+    if config.architecture in COMBINED_ARCHITECTURES:  # not MRI: the paper's decoder
         config = replace(config, architecture="deep")
     report["architecture"] = [config.architecture] * y.shape[0]
     return finish(fit_in_chunks(operator, y / scale, config, dev, b, progress=progress, callback=callback,
