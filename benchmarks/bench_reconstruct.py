@@ -39,6 +39,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from dd_medical.fitting import COMBINED_ARCHITECTURES
 from dd_medical.metrics import psnr, ssim
 from dd_medical.pipeline import reconstruct_volume
 from dd_medical.reconstruction import default_config, magnitude_image, simulate, tv_reconstruct
@@ -131,6 +132,10 @@ def scores(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return float(psnr(image[None], reference[None], span)[0]), float(ssim(image[None], reference[None], span)[0])
 
 
+#: Row labels of the decoder kinds.
+KIND_NAMES = {"deep": "Deep Decoder", "conv": "ConvDecoder"}
+
+
 def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weights, tv_iterations: int,
                 nonnegative: bool, iterations: int | None, architectures: tuple[str, ...] = ("default",),
                 ensemble: int | None = None, seed: int = 0) -> list[tuple[str, float, float, float]]:
@@ -167,13 +172,13 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
         report: dict = {}
         dd = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)[0]
         seconds = time.perf_counter() - t0
-        combined = config.architecture in ("auto", "both")
+        combined = config.architecture in COMBINED_ARCHITECTURES
         averaged = max(2, config.ensemble) if combined else config.ensemble
         settings = f"k={config.channels}, {config.iterations} it" + (f", {averaged} averaged" if averaged > 1 else "")
         if combined:  # both candidates' rows, and what auto keeps, come from the same fits
             for candidate, image in report["candidates"].items():
                 spread = report["disagreement"][candidate][0]
-                name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[candidate]
+                name = KIND_NAMES[candidate]
                 rows.append((f"{name} ({settings}; disagreement {spread:.3g})", *scores(image[0], ref), float("nan")))
             kept = report["auto"][0]
             if config.architecture == "both":
@@ -182,7 +187,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
             else:
                 rows.append((f"auto: {kept} ({settings})", *scores(dd, ref), seconds))
         else:
-            name = {"deep": "Deep Decoder", "conv": "ConvDecoder"}[config.architecture]
+            name = KIND_NAMES[config.architecture]
             rows.append((f"{name} ({settings})", *scores(dd, ref), seconds))
     return rows
 
