@@ -17,6 +17,7 @@ downsampled 2x2 to 256x256, pydicom's ``693_UNCR.dcm`` (512x512 CT) downsampled 
 
     python benchmarks/bench_compress.py --quick          # camera only, 300 iterations (a smoke run)
     python benchmarks/bench_compress.py --iterations 1500 --json rd.json
+    python benchmarks/bench_compress.py --full-size --recipe reference --device cuda   # 15,000 steps, a GPU job
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import pywt
 import torch
 
-from dd_medical.compression import DEFAULT_FINAL_LEARNING_RATE, DEFAULT_LEARNING_RATE, DEFAULT_REFINE_FRACTION, compress
+from dd_medical.compression import DEFAULT_REFINE_FRACTION, RECIPES, compress
 from dd_medical.decoder import num_parameters
 from dd_medical.intensity import default_window
 from dd_medical.metrics import ssim
@@ -124,7 +125,8 @@ def jpeg2000_at_size(unit: np.ndarray, max_bytes: int, bits: int) -> tuple[np.nd
 
 
 def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: str, lr: float,
-        final_lr: float | None, refine: int | None = None) -> list[dict]:
+        final_lr: float | None, refine: int | None = None, norm_first: bool = False,
+        input_noise: float = 0.0) -> list[dict]:
     rows = []
     for name, volume, source_bits in images:
         window = default_window(volume.array, volume.modality)
@@ -135,7 +137,8 @@ def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: 
             params = num_parameters(k, BLOCKS, 1)
             t0 = time.perf_counter()
             encoded = compress(volume, channels=k, blocks=BLOCKS, bits=bits, iterations=iterations, device=device,
-                               learning_rate=lr, final_learning_rate=final_lr, refine_iterations=refine)
+                               learning_rate=lr, final_learning_rate=final_lr, refine_iterations=refine,
+                               norm_first=norm_first, input_noise=input_noise)
             encode_s = time.perf_counter() - t0
             decoded = window.to_unit(encoded.volume.array[0]).astype(np.float64)
             nbytes = len(encoded.data)
@@ -177,11 +180,14 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true",
                         help="camera and 693_UNCR at 512x512 (the paper's size; slow on a CPU: ~0.4 s per step at "
                              "k=32 on 2 cores, more at k=64) instead of the 256x256 set")
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="decay",
+                        help="encoder settings (dd_medical.compression.RECIPES); the options below override them")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="[default: 1500 with the decay recipe, 300 with --quick; the reference recipe's 15000]")
     parser.add_argument("--factors", type=float, nargs="+", default=[10.0, 40.0])
-    parser.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE, help="first Adam step size")
-    parser.add_argument("--final-lr", type=float, default=DEFAULT_FINAL_LEARNING_RATE,
-                        help="last Adam step size (geometric decay); 0: constant step size")
+    parser.add_argument("--lr", type=float, default=None, help="first Adam step size [default: the recipe's]")
+    parser.add_argument("--final-lr", type=float, default=None,
+                        help="last Adam step size (geometric decay); 0: constant step size [default: the recipe's]")
     parser.add_argument("--bits", type=int, choices=[8, 16], default=8)
     parser.add_argument("--refine", type=int, default=None,
                         help="quantisation-aware refinement steps [default: compress's, a tenth of --iterations]")
@@ -192,17 +198,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    iterations = 300 if args.quick and args.iterations == 1500 else args.iterations
-    final_lr = args.final_lr or None
+    recipe = RECIPES[args.recipe]
+    iterations = args.iterations or (recipe["iterations"] if args.recipe != "decay" else 300 if args.quick else 1500)
+    lr = args.lr or recipe["learning_rate"]
+    final_lr = recipe["final_learning_rate"] if args.final_lr is None else args.final_lr or None
     refine = int(iterations * DEFAULT_REFINE_FRACTION) if args.refine is None else args.refine
-    print(f"iterations {iterations} (+{refine} quantisation-aware), lr {args.lr} -> {final_lr or args.lr}, "
-          f"{args.bits}-bit weights, {BLOCKS} blocks, "
+    print(f"recipe {args.recipe}: iterations {iterations} (+{refine} quantisation-aware), lr {lr} -> "
+          f"{final_lr or lr}, normalisation {'before' if recipe['norm_first'] else 'after'} ReLU, input noise "
+          f"{recipe['input_noise']}, {args.bits}-bit weights, {BLOCKS} blocks, "
           f"device {args.device}, "
           f"{torch.get_num_threads()} CPU thread(s)\n{HEADER}", flush=True)
     images = [im for im in load_images(args.quick, args.shared, args.full_size)
               if args.only is None or args.only in im[0]]
     rows = run(images, iterations, tuple(args.factors), args.bits, args.device,
-               args.lr, final_lr, args.refine)
+               lr, final_lr, args.refine, recipe["norm_first"], recipe["input_noise"])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

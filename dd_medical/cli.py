@@ -249,8 +249,12 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
 @click.option("--blocks", type=click.IntRange(min=1), default=6, show_default=True, help="Decoder blocks.")
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="Bits per stored weight.")
-@click.option("--iterations", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Adam steps per slice (more: better image, slower encoding).")
+@click.option("--recipe", type=click.Choice(["decay", "reference"]), default="decay", show_default=True,
+              help="Encoder settings: 'decay' (step size 0.01 -> 0.003, 2000 steps) for short fits; 'reference' (the "
+                   "reference code's: normalisation before ReLU, constant step 0.004, decaying input noise, 15000 "
+                   "steps; better for long fits, a GPU job).")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Adam steps per slice (more: better image, slower encoding) [default: the recipe's].")
 @click.option("--refine-iterations", type=click.IntRange(min=0), default=None,
               help="Quantisation-aware refinement steps after the fit (0: none) [default: a tenth of --iterations].")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
@@ -258,14 +262,18 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @_handle_errors
-def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bits: str, iterations: int,
-             refine_iterations: int | None, window: tuple[float, float] | None, device: str, seed: int) -> None:
+def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bits: str, recipe: str,
+             iterations: int | None, refine_iterations: int | None, window: tuple[float, float] | None, device: str,
+             seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
-    from .compression import compress_file
+    from .compression import RECIPES, compress_file
 
+    settings = dict(RECIPES[recipe])
+    if iterations is not None:
+        settings["iterations"] = iterations
     click.echo(compress_file(input_path, output_path, channels=channels, blocks=blocks, bits=int(bits),
-                             iterations=iterations, refine_iterations=refine_iterations, window=window,
-                             device=device, seed=seed))
+                             refine_iterations=refine_iterations, window=window, device=device, seed=seed,
+                             **settings))
 
 
 @cli.command()

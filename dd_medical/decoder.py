@@ -6,7 +6,9 @@ a fixed random input ``Z`` of shape ``(k, H0, W0)``, uniform in [0, 0.1), then `
     1x1 conv (no bias) -> x2 bilinear upsampling (not in the last block) -> ReLU -> channel normalisation
 
 and a final 1x1 conv to the output channels followed by a sigmoid, so images are in [0, 1] (``output="linear"``
-drops the sigmoid, for signed outputs such as the real and imaginary parts of MR coil images).
+drops the sigmoid, for signed outputs such as the real and imaginary parts of MR coil images). ``norm_first=True``
+swaps the last two steps of every block (normalisation, then ReLU): the order of the reference code's compression
+experiments (``bn_before_act``), which the codec's ``reference`` recipe uses (:mod:`dd_medical.compression`).
 
 ``architecture="conv"`` is the ConvDecoder of Darestani & Heckel ("Accelerated MRI with un-trained neural networks",
 2021; MLI-lab/ConvDecoder), the MRI reconstruction candidate: each block is nearest upsampling -> 3x3 conv (zero
@@ -104,6 +106,7 @@ class DeepDecoder(nn.Module):
         generator: CPU generator for the weights and the fixed input (``None``: torch's global one).
         output: ``"sigmoid"`` (images in [0, 1]) or ``"linear"`` (no output activation).
         architecture: ``"deep"`` (the paper's, default) or ``"conv"`` (ConvDecoder; see the module docstring).
+        norm_first: normalise, then ReLU, in every block (default ``False``: ReLU, then normalise).
 
     ``forward()`` returns ``(1, c, H, W)`` in [0, 1].
     """
@@ -118,10 +121,12 @@ class DeepDecoder(nn.Module):
         generator: torch.Generator | None = None,
         output: str = "sigmoid",
         architecture: str = "deep",
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.output = _check_output(output)
         self.architecture = check_architecture(architecture)
+        self.norm_first = bool(norm_first)
         conv = architecture == "conv"
         self.sizes = conv_ladder(height, width, blocks) if conv else size_ladder(height, width, blocks)
         size = 3 if conv else 1
@@ -148,7 +153,7 @@ class DeepDecoder(nn.Module):
                 x = conv(x)
                 if i + 1 < len(self.sizes):
                     x = _upsample(x, self.sizes[i + 1])
-            x = norm(F.relu(x))
+            x = F.relu(norm(x)) if self.norm_first else norm(F.relu(x))
         return _activate(self.out(x), self.output)
 
 
@@ -165,7 +170,7 @@ class BatchedDeepDecoder(nn.Module):
         height, width, channels, blocks, out_channels: as for :class:`DeepDecoder`.
         generators: one CPU generator per instance (so that an instance's initial weights depend on its own
             seed only, not on ``B`` or its position in the batch); ``None`` uses torch's global generator.
-        output, architecture: as for :class:`DeepDecoder`.
+        output, architecture, norm_first: as for :class:`DeepDecoder`.
 
     ``forward()`` returns ``(B, c, H, W)`` in [0, 1].
     """
@@ -181,10 +186,12 @@ class BatchedDeepDecoder(nn.Module):
         generators: list[torch.Generator] | None = None,
         output: str = "sigmoid",
         architecture: str = "deep",
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.output = _check_output(output)
         self.architecture = check_architecture(architecture)
+        self.norm_first = bool(norm_first)
         if generators is not None and len(generators) != batch:
             raise ValueError(f"need one generator per instance: {len(generators)} for a batch of {batch}")
         gens = generators if generators is not None else [None] * batch
@@ -214,7 +221,7 @@ class BatchedDeepDecoder(nn.Module):
         h, w = first.sizes[-1]
         k = first.convs[0].weight.shape[0]
         out = cls(len(decoders), h, w, k, len(first.convs), first.out.weight.shape[0], output=first.output,
-                  architecture=first.architecture)
+                  architecture=first.architecture, norm_first=first.norm_first)
         with torch.no_grad():
             for i in range(len(first.convs)):
                 out.weights[i].copy_(torch.stack([_conv_weight(d.convs[i]) for d in decoders]))
@@ -230,7 +237,7 @@ class BatchedDeepDecoder(nn.Module):
         """``(B, c, H, W)``; ``compiled``: through :func:`compiled_forward` (fused kernels; compiles on first use)."""
         run = compiled_forward() if compiled else batched_forward
         return run(self.net_input, list(self.weights), self.scales, self.shifts, self.out_weight, self.sizes,
-                   self.output, getattr(self, "biases", None))
+                   self.output, getattr(self, "biases", None), self.norm_first)
 
 
 def batched_forward(
@@ -242,11 +249,12 @@ def batched_forward(
     sizes: list[tuple[int, int]],
     output: str,
     biases: torch.Tensor | None = None,
+    norm_first: bool = False,
 ) -> torch.Tensor:
     """:meth:`BatchedDeepDecoder.forward` as a function of its tensors, ``(B, c, H, W)``.
 
     3x3 weights ``(B, k, k, 3, 3)`` with ``biases`` ``(blocks, B, k)`` make it a ConvDecoder (``sizes`` from
-    :func:`conv_ladder`: upsample to the block's size, then convolve).
+    :func:`conv_ladder`: upsample to the block's size, then convolve). ``norm_first``: normalise, then ReLU.
 
     A plain function of tensors (no module state), so that one ``torch.compile`` of it serves every decoder of
     the same shape (:func:`compiled_forward`).
@@ -265,11 +273,13 @@ def batched_forward(
         # Per-instance channel normalisation: instance norm over (1, B*k, h, w) with per-instance affine.
         shape = x.shape
         x = F.instance_norm(
-            F.relu(x).reshape(1, batch * k, *shape[2:]),
+            (x if norm_first else F.relu(x)).reshape(1, batch * k, *shape[2:]),
             weight=scales[i].reshape(-1),
             bias=shifts[i].reshape(-1),
             eps=NORM_EPS,
         ).view(shape)
+        if norm_first:
+            x = F.relu(x)
     return _activate(_pixelwise(out_weight, x), output)
 
 

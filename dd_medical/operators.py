@@ -329,6 +329,11 @@ class ParallelBeamRadon:
         image_size: ``N`` or ``(H, W)`` in pixels (pixel size 1, image centred on the rotation axis).
         detectors: number of detector bins (spacing 1 pixel); default ``ceil(sqrt(H^2 + W^2)) + 1``, so every
             pixel is seen from every angle.
+        subpixels: each pixel is projected as ``subpixels x subpixels`` equal sub-pixels (default 1: its centre
+            only). The centre-only (pixel-driven) projector aliases: a sinogram it makes has a fine moire pattern
+            that FBP turns into streaks. Measured on ``CT_small.dcm`` (128 px, 192 views, ramp FBP of the noise-free
+            sinogram against the image): 30.50 dB with 1, 35.12 dB with 2, 35.03 with 4. Use 2 to *simulate*
+            scans; a fitted reconstruction's own operator can stay at 1 (3.3x cheaper to build, 1.3x the entries).
         precondition: :meth:`data_loss`, the data term a decoder is fitted with, weights the residual's
             frequencies along the detector by ``|f| + PRECONDITION_EPSILON`` (default ``True``), as the ramp filter
             of FBP does: ``A^T R A`` is close to the identity, where ``A^T A`` damps fine detail as ``1 / |f|``, so
@@ -342,7 +347,7 @@ class ParallelBeamRadon:
     PRECONDITION_EPSILON = 0.003
 
     def __init__(self, angles_deg, image_size: int | tuple[int, int], detectors: int | None = None,
-                 precondition: bool = True) -> None:
+                 precondition: bool = True, subpixels: int = 1) -> None:
         angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
         if angles.ndim != 1 or angles.size == 0:
             raise InputError("CT geometry needs at least one view (got zero angles)")
@@ -351,8 +356,11 @@ class ParallelBeamRadon:
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if min(h, w) < 1:
             raise InputError(f"image size must be positive, got {(h, w)}")
+        if int(subpixels) != subpixels or subpixels < 1:
+            raise InputError(f"subpixels must be a whole number >= 1, got {subpixels}")
         self.height, self.width = int(h), int(w)
         self.precondition = bool(precondition)
+        self.subpixels = int(subpixels)
         self.angles_deg = angles
         self.detectors = int(detectors or int(np.ceil(np.hypot(h, w))) + 1)
         rows, cols, values = self._system_entries()
@@ -367,18 +375,37 @@ class ParallelBeamRadon:
         return int(self.angles_deg.size)
 
     def _system_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, column, value) of the non-zero entries; rows are ``view * detectors + bin``, columns pixels."""
-        h, w, n = self.height, self.width, self.detectors
+        """(row, column, value) of the non-zero entries; rows are ``view * detectors + bin``, columns pixels.
+
+        Each (sub-)pixel centre projects onto the detector and its value is split linearly between the two nearest
+        bins; with sub-pixels, each carries ``1 / subpixels^2`` of its pixel and the entries are summed per
+        (bin, pixel).
+        """
+        h, w, n, s = self.height, self.width, self.detectors, self.subpixels
         ys, xs = np.mgrid[0:h, 0:w]
-        xs = (xs - (w - 1) / 2).ravel()
-        ys = ((h - 1) / 2 - ys).ravel()  # row 0 at the top
+        offsets = (np.arange(s) + 0.5) / s - 0.5  # sub-pixel centres, in pixels from the pixel centre
+        off_x, off_y = (o.ravel()[None, :] for o in np.meshgrid(offsets, offsets))
+        xs = (xs - (w - 1) / 2).ravel()[:, None] + off_x  # (pixels, s * s)
+        ys = ((h - 1) / 2 - ys).ravel()[:, None] - off_y  # row 0 at the top
         pixels = np.arange(h * w)
         rows, cols, vals = [], [], []
         for v, theta in enumerate(np.deg2rad(self.angles_deg)):
             u = xs * np.cos(theta) + ys * np.sin(theta) + (n - 1) / 2
             lo = np.floor(u).astype(np.int64)
             frac = u - lo
-            for idx, weight in ((lo, 1 - frac), (lo + 1, frac)):
+            if s == 1:
+                bins, weights = (lo[:, 0], lo[:, 0] + 1), (1 - frac[:, 0], frac[:, 0])
+            else:  # sum the sub-pixels' weights per (pixel, bin): bins lo.min() .. lo.max() + 1 of each pixel
+                first = lo.min(axis=1)
+                span = int((lo.max(axis=1) - first).max()) + 2
+                table = np.zeros((h * w, span))
+                local = lo - first[:, None]
+                np.add.at(table, (np.repeat(pixels, s * s), local.ravel()), (1 - frac).ravel())
+                np.add.at(table, (np.repeat(pixels, s * s), local.ravel() + 1), frac.ravel())
+                table /= s * s
+                bins = tuple(first + j for j in range(span))
+                weights = tuple(table[:, j] for j in range(span))
+            for idx, weight in zip(bins, weights, strict=True):
                 keep = (idx >= 0) & (idx < n) & (weight > 0)
                 rows.append(v * n + idx[keep])
                 cols.append(pixels[keep])

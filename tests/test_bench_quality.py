@@ -26,7 +26,8 @@ def test_bench_quality_quick_writes_rows_figure_and_phantom_fields(tmp_path):
     assert {r["dataset"] for r in rows} == {"ct_small", "phantom"}
     assert {(r["noise"], r["level"]) for r in rows} == {("gaussian", 25.0), ("low-dose", 1e5)}
     for r in rows:
-        assert set(data["columns"]) - {"bias_hu", "bias_tissue", "contrast_hu", "cnr"} <= set(r)
+        optional = {"bias_hu", "bias_tissue", "contrast_hu", "cnr", "psnr_image", "ssim_image"}
+        assert set(data["columns"]) - optional <= set(r)
         if r["status"] == "ok":
             assert math.isfinite(r["psnr"]) and 10 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["seconds"] >= 0
     ran = {r["method"] for r in rows if r["status"] == "ok"}
@@ -38,6 +39,9 @@ def test_bench_quality_quick_writes_rows_figure_and_phantom_fields(tmp_path):
     assert "BM4D" not in ran  # volumes too thin in --quick: reported as skipped
     low_dose = [r for r in rows if r["noise"] == "low-dose" and r["method"] == "noisy"]
     assert all(5 < r["noise_std_hu"] < 100 for r in low_dose)
+    for r in rows:  # low-dose rows are also scored against the image; Gaussian rows' reference is the image already
+        scored = r["status"] == "ok" and r["noise"] == "low-dose"
+        assert ("psnr_image" in r) == scored and (not scored or 10 < r["psnr_image"] < r["psnr"] + 20)
 
     phantom = [r for r in rows if r["dataset"] == "phantom" and r["status"] in ("ok", "reference")]
     for r in phantom:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -16,6 +17,7 @@ from dd_medical.compression import (
     DICOM_METHOD,
     FORMAT_VERSION,
     MAGIC,
+    RECIPES,
     _decode_payload,
     _dequantise,
     _encode_payload,
@@ -101,7 +103,7 @@ def test_header_round_trip(volume, encoded8):
     header, payload = read_header(encoded8.data)
     assert header == encoded8.header and len(payload) == header["payload_bytes"]
     assert header["architecture"] == {"channels": 12, "blocks": 4, "out_channels": 1, "output": "sigmoid",
-                                      "height": 32, "width": 32}
+                                      "height": 32, "width": 32, "norm_first": False}
     assert header["input"] == {"seed": 3, "slice_indices": [0, 1]}
     assert header["window"] == [float(volume.array.min()), float(volume.array.max())]
     assert header["geometry"]["shape"] == [2, 32, 32]
@@ -144,6 +146,29 @@ def test_damaged_files_raise_clear_input_errors(encoded8, tmp_path):
     path.write_bytes(data[:-10])
     with pytest.raises(InputError, match="broken.ddc: truncated"):
         read_ddc(path)
+
+
+def test_reference_recipe_round_trips_and_older_headers_decode_as_relu_first(volume, encoded8):
+    recipe = {**RECIPES["reference"], "iterations": 60}
+    encoded = compress(volume, bits=8, **{**SMALL, **recipe})
+    header = encoded.header
+    assert header["architecture"]["norm_first"] is True and header["encoder"]["input_noise"] == 0.005
+    assert np.array_equal(decompress(encoded.data).array, encoded.volume.array)  # the block order is replayed
+    assert np.all(np.isfinite(encoded.psnr)) and np.all(encoded.psnr > 10)
+    flipped = {**header, "architecture": {**header["architecture"], "norm_first": False}}
+    weights = _decode_payload(read_header(encoded.data)[1], header, None)
+    assert not np.array_equal(_forward(flipped, weights), _forward(header, weights))
+    # a header written before the field existed (version 1 all the same) decodes with the default order
+    older = {**encoded8.header, "architecture": {k: v for k, v in encoded8.header["architecture"].items()
+                                                 if k != "norm_first"}}
+    body = encoded8.data[: -4]
+    text = json.dumps(older, separators=(",", ":"), sort_keys=True).encode()
+    old_file = _with_crc(body[:10] + struct.pack("<I", len(text)) + text + read_header(encoded8.data)[1])
+    assert np.array_equal(decompress(old_file).array, encoded8.volume.array)
+    bad = {**older, "architecture": {**older["architecture"], "norm_first": "yes"}}
+    text = json.dumps(bad, separators=(",", ":"), sort_keys=True).encode()
+    with pytest.raises(InputError, match="header fields are missing or invalid"):
+        read_header(_with_crc(body[:10] + struct.pack("<I", len(text)) + text + read_header(encoded8.data)[1]))
 
 
 def test_deterministic_given_seed():
@@ -238,3 +263,9 @@ def test_cli_compress_decompress_dicom_and_nrrd(volume, tmp_path):
     assert not (tmp_path / "bad.nrrd").exists()
     code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ct.ddc"), "--iterations", "1")
     assert code == 2 and "already exists" in out
+    code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ref.ddc"), "--channels", "8", "--blocks", "4",
+                     "--recipe", "reference", "--iterations", "20", "--device", "cpu")
+    assert code == 0, out
+    encoder = read_ddc(tmp_path / "ref.ddc")[1]["encoder"]
+    assert encoder["iterations"] == 20 and encoder["input_noise"] == 0.005 and encoder["learning_rate"] == 0.004
+    assert read_ddc(tmp_path / "ref.ddc")[1]["architecture"]["norm_first"] is True

@@ -33,10 +33,11 @@ def test_fixed_input_is_uniform_in_0_to_0_1_at_one_32nd_size():
     assert z.min() >= 0 and z.max() < 0.1
 
 
-@pytest.mark.parametrize("architecture", ["deep", "conv"])
-def test_batched_equals_separate_decoders_with_same_weights(architecture):
+@pytest.mark.parametrize("architecture, norm_first", [("deep", False), ("conv", False), ("deep", True)])
+def test_batched_equals_separate_decoders_with_same_weights(architecture, norm_first):
     gens = [slice_generator(0, i) for i in range(3)]
-    singles = [DeepDecoder(40, 36, channels=8, blocks=4, generator=g, architecture=architecture) for g in gens]
+    singles = [DeepDecoder(40, 36, channels=8, blocks=4, generator=g, architecture=architecture, norm_first=norm_first)
+               for g in gens]
     # Give the normalisation non-trivial learned scale/shift so the test covers them.
     for i, d in enumerate(singles):
         with torch.no_grad():
@@ -48,6 +49,26 @@ def test_batched_equals_separate_decoders_with_same_weights(architecture):
         together = batched()
         apart = torch.cat([d() for d in singles])
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_first_swaps_relu_and_normalisation():
+    """norm_first: every block's output is a ReLU's (non-negative); the default's is normalised (zero mean per
+    channel with unit scale and zero shift)."""
+    for norm_first in (False, True):
+        model = DeepDecoder(32, 32, channels=6, blocks=3, generator=slice_generator(1, 0), norm_first=norm_first)
+        seen: list = []
+        model.norms[1].register_forward_hook(lambda module, args, out, seen=seen: seen.append((args[0], out)))
+        with torch.no_grad():
+            model()
+        before, after = seen[0]
+        if norm_first:
+            assert float(before.min()) < 0  # the normalisation sees the convolution's signed output
+        else:
+            assert float(before.min()) >= 0  # it sees the ReLU's
+            torch.testing.assert_close(after.mean(dim=(2, 3)), torch.zeros(1, 6), atol=1e-5, rtol=0)
+    same = [DeepDecoder(32, 32, channels=6, blocks=3, generator=slice_generator(1, 0), norm_first=n)() for n in
+            (False, True)]
+    assert not torch.allclose(same[0], same[1])
 
 
 def test_conv_decoder_sizes_parameters_and_checks():

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,18 @@ def test_discrepancy_rule_stops_each_slice_at_its_noise_level():
     assert float(((result.image - y) ** 2).mean()) > 0.5 * 0.1**2
 
 
+def test_input_noise_is_deterministic_per_slice_and_leaves_the_fixed_input_unchanged():
+    y = _images(2)
+    config = FitConfig(**SMALL, input_noise=0.005, result="last", stopping="fixed")
+    together = fit(Identity(), y, config, slice_indices=[4, 5])
+    alone = fit(Identity(), y[1:], config, slice_indices=[5])
+    torch.testing.assert_close(together.image[1:], alone.image, atol=1e-4, rtol=0)
+    plain = fit(Identity(), y, replace(config, input_noise=0.0), slice_indices=[4, 5])
+    torch.testing.assert_close(together.weights["net_input"], plain.weights["net_input"], atol=0, rtol=0)
+    assert not torch.allclose(together.image, plain.image, atol=1e-4)
+    assert torch.equal(fit(Identity(), y, config, slice_indices=[4, 5]).image, together.image)
+
+
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError):
         FitConfig(iterations=0)
@@ -141,6 +155,8 @@ def test_config_rejects_nonsense():
         FitConfig(result="median")
     with pytest.raises(ValueError):
         FitConfig(learning_rate=-1)
+    with pytest.raises(ValueError):
+        FitConfig(input_noise=-0.1)
 
 
 def test_sure_stopping_returns_a_point_near_the_best_one():

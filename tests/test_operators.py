@@ -137,6 +137,38 @@ def test_radon_dot_product_and_autograd_adjoint(angles):
     torch.testing.assert_close(x.grad, op.adjoint(y))
 
 
+@pytest.mark.parametrize("subpixels", [2, 3])
+def test_supersampled_radon_is_exact_adjoint_and_keeps_each_pixels_mass(subpixels):
+    angles = np.linspace(0, 180, 7, endpoint=False)
+    op = ParallelBeamRadon(angles, (12, 10), subpixels=subpixels)
+    _dot_test(op, (2, 1, 12, 10), (2, 1, 7, op.detectors))
+    per_view = op.matrix.to_dense().reshape(7, op.detectors, 12 * 10).sum(dim=1)  # each pixel's weight per view
+    torch.testing.assert_close(per_view, torch.ones_like(per_view))
+    assert ParallelBeamRadon(angles, (12, 10), subpixels=1).matrix._nnz() < op.matrix._nnz()
+    with pytest.raises(InputError, match="subpixels"):
+        ParallelBeamRadon(angles, 12, subpixels=0)
+
+
+def test_supersampled_projection_of_a_disk_is_closer_to_its_line_integrals():
+    size, radius = 48, 18
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    inside = np.zeros((size, size))
+    for a in range(8):  # anti-aliased disk: the fraction of 8 x 8 sample points of each pixel inside it
+        for b in range(8):
+            inside += (xx + (a + 0.5) / 8 - 0.5) ** 2 + (yy + (b + 0.5) / 8 - 0.5) ** 2 < radius**2
+    disk = torch.tensor(inside / 64, dtype=torch.float32)[None, None]
+    angles = np.linspace(0, 180, 36, endpoint=False)
+    errors = []
+    for subpixels in (1, 2):
+        op = ParallelBeamRadon(angles, size, subpixels=subpixels)
+        offsets = np.linspace(-1, 1, 201)  # the chord length, averaged over a bin's linear (triangle) response
+        u = np.arange(op.detectors)[:, None] - (op.detectors - 1) / 2 + offsets[None, :]
+        triangle = (1 - np.abs(offsets)) / (1 - np.abs(offsets)).sum()
+        chord = (2 * np.sqrt(np.clip(radius**2 - u**2, 0, None)) * triangle).sum(axis=1)
+        errors.append(float(np.sqrt(((op.forward(disk)[0, 0].numpy() - chord[None]) ** 2).mean())))
+    assert errors[1] < 0.5 * errors[0]  # measured: RMS 0.36 -> 0.12 (pixel-driven aliasing, not the disk's edge)
+
+
 def test_fbp_reconstructs_a_disk_from_many_views():
     size = 48
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
