@@ -16,8 +16,9 @@ downsampled 2x2 to 256x256, pydicom's ``693_UNCR.dcm`` (512x512 CT) downsampled 
 ``--full-size``: camera and 693_UNCR at their own 512x512 instead (the paper's image size; a GPU job).
 
     python benchmarks/bench_compress.py --quick          # camera only, 300 iterations (a smoke run)
-    python benchmarks/bench_compress.py --iterations 1500 --json rd.json
-    python benchmarks/bench_compress.py --full-size --recipe reference --device cuda   # 15,000 steps, a GPU job
+    python benchmarks/bench_compress.py --json rd.json   # the codec's defaults (reference recipe, 15,000 steps)
+    python benchmarks/bench_compress.py --recipe decay --iterations 8000 --final-lr 0.001
+    python benchmarks/bench_compress.py --full-size --device cuda   # 512x512, the paper's size: a GPU job
 """
 
 from __future__ import annotations
@@ -180,10 +181,10 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true",
                         help="camera and 693_UNCR at 512x512 (the paper's size; slow on a CPU: ~0.4 s per step at "
                              "k=32 on 2 cores, more at k=64) instead of the 256x256 set")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="decay",
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="reference",
                         help="encoder settings (dd_medical.compression.RECIPES); the options below override them")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="[default: 1500 with the decay recipe, 300 with --quick; the reference recipe's 15000]")
+                        help="[default: the recipe's (reference 15000, decay 2000); 300 with --quick]")
     parser.add_argument("--factors", type=float, nargs="+", default=[10.0, 40.0])
     parser.add_argument("--lr", type=float, default=None, help="first Adam step size [default: the recipe's]")
     parser.add_argument("--final-lr", type=float, default=None,
@@ -199,7 +200,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = RECIPES[args.recipe]
-    iterations = args.iterations or (recipe["iterations"] if args.recipe != "decay" else 300 if args.quick else 1500)
+    iterations = args.iterations or (300 if args.quick else recipe["iterations"])
     lr = args.lr or recipe["learning_rate"]
     final_lr = recipe["final_learning_rate"] if args.final_lr is None else args.final_lr or None
     refine = int(iterations * DEFAULT_REFINE_FRACTION) if args.refine is None else args.refine

@@ -53,26 +53,30 @@ _PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 _MAX_HEADER = 64 << 20
 
-#: Encoding defaults: the measured trade-off on a 2-core CPU (see benchmarks/bench_compress.py).
+#: Encoding defaults: the reference code's compression recipe (see ``RECIPES``), the best measured
+#: (benchmarks/bench_compress.py, README "Compression").
 DEFAULT_CHANNELS = 32
 DEFAULT_BLOCKS = 6
-DEFAULT_ITERATIONS = 2000
-DEFAULT_LEARNING_RATE = 0.01
-DEFAULT_FINAL_LEARNING_RATE = 0.003
+DEFAULT_ITERATIONS = 15000
+DEFAULT_LEARNING_RATE = 0.004
+DEFAULT_FINAL_LEARNING_RATE: float | None = None
+DEFAULT_NORM_FIRST = True
+DEFAULT_INPUT_NOISE = 0.005
 DEFAULT_BITS = 8
 #: Quantisation-aware refinement after the fit (see :func:`refine_for_quantisation`): this fraction of the fit's
 #: steps.
 DEFAULT_REFINE_FRACTION = 0.1
-#: Named encoder settings (:func:`compress` keywords). ``decay`` (the default) suits short fits; ``reference`` is
-#: the reference code's compression recipe (reinhardh/supplement_deep_decoder, ``include/compression.py``:
-#: normalisation before the ReLU, Adam at a constant 0.004, input noise 0.005 shrunk x0.7 every 500 steps, 15,000
-#: steps), better for long fits: camera 256x256, k=32 (10x), unquantised, 15,000 steps: 31.80 dB against 31.34 for
-#: ``decay`` run as long (0.01 -> 0.001); at 2,000 steps it is ~4 dB worse (README "Compression").
+#: Named encoder settings (:func:`compress` keywords). ``reference`` (the default) is the reference code's
+#: compression recipe (reinhardh/supplement_deep_decoder, ``include/compression.py``: normalisation before the ReLU,
+#: Adam at a constant 0.004, input noise 0.005 shrunk x0.7 every 500 steps, 15,000 steps): 8-bit, against ``decay``
+#: at 8,000 steps, camera 256x256 +1.05 dB (10x) and +1.74 dB (42x), CT_small +1.74 / +3.08 dB. ``decay`` (the
+#: default before; step size 0.01 -> 0.003, 2,000 steps) is for short fits, where the input noise costs ~4 dB.
 RECIPES: dict[str, dict] = {
-    "decay": {"iterations": DEFAULT_ITERATIONS, "learning_rate": DEFAULT_LEARNING_RATE,
-              "final_learning_rate": DEFAULT_FINAL_LEARNING_RATE, "norm_first": False, "input_noise": 0.0},
-    "reference": {"iterations": 15000, "learning_rate": 0.004, "final_learning_rate": None, "norm_first": True,
-                  "input_noise": 0.005},
+    "reference": {"iterations": DEFAULT_ITERATIONS, "learning_rate": DEFAULT_LEARNING_RATE,
+                  "final_learning_rate": DEFAULT_FINAL_LEARNING_RATE, "norm_first": DEFAULT_NORM_FIRST,
+                  "input_noise": DEFAULT_INPUT_NOISE},
+    "decay": {"iterations": 2000, "learning_rate": 0.01, "final_learning_rate": 0.003, "norm_first": False,
+              "input_noise": 0.0},
 }
 #: DICOM LossyImageCompressionMethod written on decompressed series (a CS value; DICOM defines no term for it).
 DICOM_METHOD = "DEEP_DECODER"
@@ -345,8 +349,8 @@ def compress(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     final_learning_rate: float | None = DEFAULT_FINAL_LEARNING_RATE,
     refine_iterations: int | None = None,
-    norm_first: bool = False,
-    input_noise: float = 0.0,
+    norm_first: bool = DEFAULT_NORM_FIRST,
+    input_noise: float = DEFAULT_INPUT_NOISE,
     seed: int = 0,
     window: Window | tuple[float, float] | None = None,
     device: str | torch.device = "auto",
@@ -356,15 +360,15 @@ def compress(
     """Encode ``volume`` (``(D, H, W)``, HU for CT) as a ``.ddc`` file's bytes.
 
     Each slice is mapped to [0, 1] with ``window`` (default: the volume's full range, nothing clipped), fitted by
-    its own decoder (``channels`` ``k``, ``blocks``; ``iterations`` Adam steps whose size decays geometrically from
-    ``learning_rate`` to ``final_learning_rate``; no ensemble; the last iterate is kept),
-    whose weights are quantised to ``bits`` (8 or 16) per tensor after ``refine_iterations`` steps of
-    quantisation-aware refinement (:func:`refine_for_quantisation`; default a tenth of ``iterations``; 0
-    quantises the fit directly). ``norm_first`` and ``input_noise`` are :class:`~dd_medical.fitting.FitConfig`'s
-    (``RECIPES["reference"]`` sets them with its step size and length: ``compress(volume, **RECIPES["reference"])``).
-    The result is
-    decoded again from the quantised weights on the CPU and measured: ``Compressed.volume`` and ``.psnr`` are what
-    :func:`decompress` will give. ``callback(done, total)`` counts slice-iterations of the fit.
+    its own decoder (``channels`` ``k``, ``blocks``; ``iterations`` Adam steps of size ``learning_rate``, decaying
+    geometrically to ``final_learning_rate`` when that is set; no ensemble; the last iterate is kept), whose weights
+    are quantised to ``bits`` (8 or 16) per tensor after ``refine_iterations`` steps of quantisation-aware
+    refinement (:func:`refine_for_quantisation`; default a tenth of ``iterations``; 0 quantises the fit directly).
+    ``norm_first`` and ``input_noise`` are :class:`~dd_medical.fitting.FitConfig`'s. The defaults are
+    ``RECIPES["reference"]`` (15,000 steps: minutes per slice on a GPU, tens of minutes on a CPU); for short fits
+    use ``compress(volume, **RECIPES["decay"])``. The result is decoded again from the quantised weights on the
+    CPU and measured: ``Compressed.volume`` and ``.psnr`` are what :func:`decompress` will give.
+    ``callback(done, total)`` counts slice-iterations of the fit.
     """
     from .pipeline import auto_batch_size, check_slices, resolve_device
 

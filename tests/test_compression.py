@@ -103,7 +103,7 @@ def test_header_round_trip(volume, encoded8):
     header, payload = read_header(encoded8.data)
     assert header == encoded8.header and len(payload) == header["payload_bytes"]
     assert header["architecture"] == {"channels": 12, "blocks": 4, "out_channels": 1, "output": "sigmoid",
-                                      "height": 32, "width": 32, "norm_first": False}
+                                      "height": 32, "width": 32, "norm_first": True}
     assert header["input"] == {"seed": 3, "slice_indices": [0, 1]}
     assert header["window"] == [float(volume.array.min()), float(volume.array.max())]
     assert header["geometry"]["shape"] == [2, 32, 32]
@@ -148,27 +148,27 @@ def test_damaged_files_raise_clear_input_errors(encoded8, tmp_path):
         read_ddc(path)
 
 
-def test_reference_recipe_round_trips_and_older_headers_decode_as_relu_first(volume, encoded8):
-    recipe = {**RECIPES["reference"], "iterations": 60}
-    encoded = compress(volume, bits=8, **{**SMALL, **recipe})
-    header = encoded.header
+def test_recipes_round_trip_and_older_headers_decode_as_relu_first(volume, encoded8):
+    header = encoded8.header  # the default recipe, "reference"
     assert header["architecture"]["norm_first"] is True and header["encoder"]["input_noise"] == 0.005
-    assert np.array_equal(decompress(encoded.data).array, encoded.volume.array)  # the block order is replayed
-    assert np.all(np.isfinite(encoded.psnr)) and np.all(encoded.psnr > 10)
+    assert header["encoder"]["learning_rate"] == 0.004 and header["encoder"]["final_learning_rate"] is None
+    weights = _decode_payload(read_header(encoded8.data)[1], header, None)
     flipped = {**header, "architecture": {**header["architecture"], "norm_first": False}}
-    weights = _decode_payload(read_header(encoded.data)[1], header, None)
-    assert not np.array_equal(_forward(flipped, weights), _forward(header, weights))
-    # a header written before the field existed (version 1 all the same) decodes with the default order
-    older = {**encoded8.header, "architecture": {k: v for k, v in encoded8.header["architecture"].items()
-                                                 if k != "norm_first"}}
-    body = encoded8.data[: -4]
+    assert not np.array_equal(_forward(flipped, weights), _forward(header, weights))  # the block order is replayed
+    decay = compress(volume, bits=8, **{**SMALL, **RECIPES["decay"], "iterations": 60})
+    assert decay.header["architecture"]["norm_first"] is False and decay.header["encoder"]["input_noise"] == 0.0
+    assert np.array_equal(decompress(decay.data).array, decay.volume.array)
+    # a header written before the field existed (format version 1 all the same) decodes with ReLU first
+    older = {**decay.header, "architecture": {k: v for k, v in decay.header["architecture"].items()
+                                              if k != "norm_first"}}
+    body, payload = decay.data[: -4], read_header(decay.data)[1]
     text = json.dumps(older, separators=(",", ":"), sort_keys=True).encode()
-    old_file = _with_crc(body[:10] + struct.pack("<I", len(text)) + text + read_header(encoded8.data)[1])
-    assert np.array_equal(decompress(old_file).array, encoded8.volume.array)
+    assert np.array_equal(decompress(_with_crc(body[:10] + struct.pack("<I", len(text)) + text + payload)).array,
+                          decay.volume.array)
     bad = {**older, "architecture": {**older["architecture"], "norm_first": "yes"}}
     text = json.dumps(bad, separators=(",", ":"), sort_keys=True).encode()
     with pytest.raises(InputError, match="header fields are missing or invalid"):
-        read_header(_with_crc(body[:10] + struct.pack("<I", len(text)) + text + read_header(encoded8.data)[1]))
+        read_header(_with_crc(body[:10] + struct.pack("<I", len(text)) + text + payload))
 
 
 def test_deterministic_given_seed():
@@ -264,8 +264,8 @@ def test_cli_compress_decompress_dicom_and_nrrd(volume, tmp_path):
     code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ct.ddc"), "--iterations", "1")
     assert code == 2 and "already exists" in out
     code, out = _run("compress", str(tmp_path / "in"), str(tmp_path / "ref.ddc"), "--channels", "8", "--blocks", "4",
-                     "--recipe", "reference", "--iterations", "20", "--device", "cpu")
+                     "--recipe", "decay", "--iterations", "20", "--device", "cpu")
     assert code == 0, out
     encoder = read_ddc(tmp_path / "ref.ddc")[1]["encoder"]
-    assert encoder["iterations"] == 20 and encoder["input_noise"] == 0.005 and encoder["learning_rate"] == 0.004
-    assert read_ddc(tmp_path / "ref.ddc")[1]["architecture"]["norm_first"] is True
+    assert encoder["iterations"] == 20 and encoder["input_noise"] == 0.0 and encoder["final_learning_rate"] == 0.003
+    assert read_ddc(tmp_path / "ref.ddc")[1]["architecture"]["norm_first"] is False
