@@ -125,9 +125,10 @@ def jpeg2000_at_size(unit: np.ndarray, max_bytes: int, bits: int) -> tuple[np.nd
     return decode(best).astype(np.float64) / top, len(best)
 
 
-def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: str, lr: float,
-        final_lr: float | None, refine: int | None = None, norm_first: bool = False,
-        input_noise: float = 0.0) -> list[dict]:
+def run(images, factors: tuple[float, ...], bits: int, device: str, settings: dict,
+        refine: int | None = None) -> list[dict]:
+    """One row per image and factor; ``settings``: :func:`~dd_medical.compression.compress` keywords (a recipe)."""
+    iterations = settings["iterations"]
     rows = []
     for name, volume, source_bits in images:
         window = default_window(volume.array, volume.modality)
@@ -137,9 +138,8 @@ def run(images, iterations: int, factors: tuple[float, ...], bits: int, device: 
             k = channels_for_factor(pixels, factor)
             params = num_parameters(k, BLOCKS, 1)
             t0 = time.perf_counter()
-            encoded = compress(volume, channels=k, blocks=BLOCKS, bits=bits, iterations=iterations, device=device,
-                               learning_rate=lr, final_learning_rate=final_lr, refine_iterations=refine,
-                               norm_first=norm_first, input_noise=input_noise)
+            encoded = compress(volume, channels=k, blocks=BLOCKS, bits=bits, device=device, refine_iterations=refine,
+                               **settings)
             encode_s = time.perf_counter() - t0
             decoded = window.to_unit(encoded.volume.array[0]).astype(np.float64)
             nbytes = len(encoded.data)
@@ -200,9 +200,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = RECIPES[args.recipe]
-    iterations = args.iterations or (300 if args.quick else recipe["iterations"])
-    lr = args.lr or recipe["learning_rate"]
-    final_lr = recipe["final_learning_rate"] if args.final_lr is None else args.final_lr or None
+    final = recipe["final_learning_rate"] if args.final_lr is None else args.final_lr or None  # 0: constant
+    settings = dict(recipe, iterations=args.iterations or (300 if args.quick else recipe["iterations"]),
+                    learning_rate=args.lr or recipe["learning_rate"], final_learning_rate=final)
+    iterations, lr, final_lr = settings["iterations"], settings["learning_rate"], settings["final_learning_rate"]
     refine = int(iterations * DEFAULT_REFINE_FRACTION) if args.refine is None else args.refine
     print(f"recipe {args.recipe}: iterations {iterations} (+{refine} quantisation-aware), lr {lr} -> "
           f"{final_lr or lr}, normalisation {'before' if recipe['norm_first'] else 'after'} ReLU, input noise "
@@ -211,8 +212,7 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU thread(s)\n{HEADER}", flush=True)
     images = [im for im in load_images(args.quick, args.shared, args.full_size)
               if args.only is None or args.only in im[0]]
-    rows = run(images, iterations, tuple(args.factors), args.bits, args.device,
-               lr, final_lr, args.refine, recipe["norm_first"], recipe["input_noise"])
+    rows = run(images, tuple(args.factors), args.bits, args.device, settings, args.refine)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
