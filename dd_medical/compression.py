@@ -152,6 +152,7 @@ def refine_for_quantisation(
     learning_rate: float = 1e-5,
     device: str | torch.device = "cpu",
     norm_first: bool = False,
+    final_learning_rate: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Quantisation-aware refinement of fitted decoders; returns their new ``state_dict`` (on the CPU).
 
@@ -160,7 +161,8 @@ def refine_for_quantisation(
     forward pass, by its quantised value (per slice and tensor, as the ``.ddc`` payload stores it; the gradient
     passes straight through to the float weights). The weights whose quantised decoder had the lowest error,
     slice by slice, are returned, so the result is never worse than quantising the fit directly (step 0).
-    ``norm_first``: the decoders' block order (:class:`~dd_medical.decoder.DeepDecoder`).
+    ``norm_first``: the decoders' block order (:class:`~dd_medical.decoder.DeepDecoder`). ``final_learning_rate``:
+    the step size decays geometrically from ``learning_rate`` to it over the steps (default: constant).
 
     A converged decoder is sensitive to its weights' last digits: 8-bit rounding of camera 256x256 (k=32, 8000
     steps) cost 1.77 dB (31.00 -> 29.23), mostly in the first blocks' convolutions, whose values have no outliers
@@ -177,6 +179,8 @@ def refine_for_quantisation(
     model.load_state_dict(weights)
     target = unit.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    gamma = (final_learning_rate / learning_rate) ** (1 / max(iterations - 1, 1)) if final_learning_rate else 1.0
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma)
     best = {name: t.detach().clone() for name, t in model.state_dict().items()}
     best_loss = torch.full((batch,), float("inf"), device=device)
     for step in range(iterations + 1):
@@ -199,6 +203,7 @@ def refine_for_quantisation(
         optimiser.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimiser.step()
+        scheduler.step()
     return {name: t.cpu() for name, t in best.items()}
 
 

@@ -197,7 +197,7 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
     config = FitConfig(channels=12, blocks=4, iterations=200, final_learning_rate=0.001, ensemble=1, result="last",
                        stopping="fixed", amp=False)
     fitted = fit(Identity(), unit, config, device="cpu").weights
-    refined = refine_for_quantisation(fitted, unit, bits=8, iterations=100)
+    refined = refine_for_quantisation(fitted, unit, bits=8, iterations=100, learning_rate=1e-4)
     assert set(refined) == set(fitted) and torch.equal(refined["net_input"], fitted["net_input"])
 
     def quantised_psnr(state):
@@ -208,7 +208,13 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
         image = _forward(header, _decode_payload(_encode_payload(tensors, 8), header, None))
         return 10 * np.log10(1 / np.mean((image - unit[:, 0].numpy()) ** 2, axis=(1, 2)))
 
-    assert np.all(quantised_psnr(refined) > quantised_psnr(fitted) + 0.05)
+    before = quantised_psnr(fitted)  # here 8-bit rounding costs only 0.05-0.12 dB (measured, two CPUs)
+    assert np.all(quantised_psnr(refined) > before + 0.05)  # +0.17 and +0.28 dB measured
+    decayed = refine_for_quantisation(fitted, unit, bits=8, iterations=100, learning_rate=1e-4,
+                                      final_learning_rate=1e-6)  # a geometrically decaying step
+    assert np.all(quantised_psnr(decayed) > before + 0.02) and not torch.equal(decayed["scales"], refined["scales"])
+    default = refine_for_quantisation(fitted, unit, bits=8, iterations=20)  # 1e-5: slow, but never worse
+    assert np.all(quantised_psnr(default) >= before - 1e-4)
     assert torch.equal(refine_for_quantisation(fitted, unit, bits=8, iterations=0)["scales"],
                        fitted["scales"])
 

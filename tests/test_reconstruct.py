@@ -15,6 +15,7 @@ from dd_medical.operators import CartesianFourier, GaussianProjection, ParallelB
 from dd_medical.phantom import write_phantom_series
 from dd_medical.pipeline import reconstruct_volume
 from dd_medical.reconstruction import (
+    CT_SUBPIXELS,
     RECONSTRUCTION_DEFAULTS,
     default_config,
     load_kspace,
@@ -212,6 +213,26 @@ def test_simulation_rejects_bad_parameters():
         simulate(hu, "ct", views=0)
     with pytest.raises(InputError, match="negative"):
         simulate(hu, "mri", modality="MR")
+    with pytest.raises(InputError, match="not a multiple of downsample 3"):
+        simulate(hu, "ct", downsample=3)
+    with pytest.raises(InputError, match="CT simulation only"):
+        simulate(hu, "mri", downsample=2)
+    with pytest.raises(InputError, match="whole number"):
+        simulate(hu, "ct", downsample=1.5)
+
+
+def test_ct_simulation_from_a_finer_grid_avoids_the_inverse_crime():
+    fine = phantom_hu(2, 64)
+    sim = simulate(fine, "ct", views=24, downsample=2)
+    assert (sim.operator.height, sim.operator.width, sim.operator.subpixels) == (32, 32, CT_SUBPIXELS)
+    mu = (np.maximum(fine + 1000, 0) / 1000).reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(sim.reference, mu, rtol=1e-5, atol=1e-6)  # the block average of the fine image
+    same = sim.operator.forward(torch.from_numpy(sim.reference)[:, None])  # what the coarse model predicts
+    assert sim.measurements.shape == same.shape
+    # the same object and mass (bins summed in groups of s, / s^2), but not the reconstruction's own discretisation
+    np.testing.assert_allclose(sim.measurements.sum(dim=(-1, -2)), same.sum(dim=(-1, -2)), rtol=1e-4)
+    relative = float((sim.measurements - same).norm() / same.norm())
+    assert 1e-4 < relative < 0.05
 
 
 def test_tv_baseline_improves_on_fbp():
