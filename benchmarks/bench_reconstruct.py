@@ -223,8 +223,8 @@ def main() -> None:
     s = args.ct_downsample
     if s > 1:  # the CT settings' slices at s times the size, measured there and reconstructed at --size
         fine = [ct_slice(args.size * s)] + (shared_ct_slices(args.size * s) if args.shared else [])
-        images["CT fine"] = [(image, f"{name.rsplit(' ', 1)[0]} {args.size}x{args.size} (scanned at "
-                             f"{args.size * s})") for image, name in fine]
+        fine = [(image, f"{name.rsplit(' ', 1)[0]} {args.size}x{args.size} (scanned at {args.size * s})")
+                for image, name in fine]
     print("| image | setting | method | PSNR dB | SSIM | time s |")
     print("|---|---|---|---|---|---|")
     for modality, kind, options, weights, tv_iterations, nonnegative in SETTINGS:
@@ -232,16 +232,17 @@ def main() -> None:
             continue
         if kind == "ct" and args.views and options["views"] not in args.views:
             continue
+        pool = images[modality]
         if kind == "ct" and s > 1:
-            modality, options = "CT fine", dict(options, downsample=s)
+            pool, options = fine, dict(options, downsample=s)
         real = ", real object" if options.get("real_object") else ""
         label = {"mri": f"MRI {options.get('acceleration')}x equispaced{real}",
                  "ct": f"CT {options.get('views')} views",
                  "inpaint": f"inpaint {int(100 * options.get('missing', 0))}% missing"}[kind]
-        for image, name in images[modality] if kind in ("ct", "mri") else images[modality][:1]:
+        for image, name in pool if kind in ("ct", "mri") else pool[:1]:
             if args.image and args.image not in name:
                 continue
-            for method, p, q, seconds in run_setting(image, modality.split()[0], kind, options, weights,
+            for method, p, q, seconds in run_setting(image, modality, kind, options, weights,
                                                      0 if args.skip_tv else tv_iterations, nonnegative,
                                                      args.iterations, tuple(args.architectures.split(",")),
                                                      args.ensemble, args.seed):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .compression import RECIPES
 from .errors import DDMedicalError
 from .fitting import PRESETS, FitConfig, preset
 
@@ -249,7 +250,7 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
 @click.option("--blocks", type=click.IntRange(min=1), default=6, show_default=True, help="Decoder blocks.")
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="Bits per stored weight.")
-@click.option("--recipe", type=click.Choice(["reference", "decay"]), default="reference", show_default=True,
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="reference", show_default=True,
               help="Encoder settings: 'reference' (the reference code's: normalisation before ReLU, constant step "
                    "0.004, decaying input noise, 15000 steps; the best images, minutes per slice on a GPU); 'decay' "
                    "(step size 0.01 -> 0.003, 2000 steps) for short fits.")
@@ -266,7 +267,7 @@ def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bi
              iterations: int | None, refine_iterations: int | None, window: tuple[float, float] | None, device: str,
              seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
-    from .compression import RECIPES, compress_file
+    from .compression import compress_file
 
     settings = dict(RECIPES[recipe])
     if iterations is not None:

@@ -333,7 +333,8 @@ class ParallelBeamRadon:
             only). The centre-only (pixel-driven) projector aliases: a sinogram it makes has a fine moire pattern
             that FBP turns into streaks. Measured on ``CT_small.dcm`` (128 px, 192 views, ramp FBP of the noise-free
             sinogram against the image): 30.50 dB with 1, 35.12 dB with 2, 35.03 with 4. Use 2 to *simulate*
-            scans; a fitted reconstruction's own operator can stay at 1 (3.3x cheaper to build, 1.3x the entries).
+            scans, and to reconstruct data that were not made by this same operator (real sinograms, scans
+            simulated on a finer grid: :data:`dd_medical.reconstruction.CT_SUBPIXELS`); it has 1.3x the entries.
         precondition: :meth:`data_loss`, the data term a decoder is fitted with, weights the residual's
             frequencies along the detector by ``|f| + PRECONDITION_EPSILON`` (default ``True``), as the ramp filter
             of FBP does: ``A^T R A`` is close to the identity, where ``A^T A`` damps fine detail as ``1 / |f|``, so
