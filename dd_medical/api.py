@@ -123,6 +123,7 @@ def derivation_description(config: FitConfig) -> str:
         f"{method}, dd-medical {__version__}: k={config.channels}, "
         f"blocks={config.blocks}, iterations<={config.iterations}, Adam lr={config.learning_rate}, "
         f"stopping={config.stopping}, result={config.result}, seed={config.seed}"
+        + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
     )
 
 

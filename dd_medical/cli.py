@@ -13,6 +13,7 @@ from . import __version__
 from .compression import RECIPES
 from .errors import DDMedicalError
 from .fitting import PRESETS, FitConfig, preset
+from .reconstruction import CT_TV_WEIGHT
 
 log = logging.getLogger("dd_medical")
 
@@ -213,17 +214,21 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
                    "upsampling, ~4x the time), both (MRI: two of each kind per slice, all averaged) or auto (MRI: "
                    "the same fits, keeping per slice the kind whose two decoders disagree least on the unmeasured "
                    "k-space; see README) [default: both for MRI, else deep].")
+@click.option("--tv-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of a total-variation penalty on the decoder's image, added to the data term (0: none; "
+                   f"see FitConfig.tv_weight) [default: {CT_TV_WEIGHT:g} for CT, 0 otherwise].")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
-                image_size: int | None, real_object: bool, architecture: str | None) -> None:
+                image_size: int | None, real_object: bool, architecture: str | None,
+                tv_weight: float | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
     DICOM series measured retrospectively. OUTPUT is a folder (derived DICOM series) or an image file. Without
     --preset the decoder settings are the reconstruction defaults for the modality (RECONSTRUCTION_DEFAULTS),
-    with --iterations/--channels/--blocks/--ensemble applied on top.
+    with --iterations/--channels/--blocks/--ensemble/--tv-weight applied on top.
     """
     from .reconstruction import reconstruct_file
 
@@ -233,6 +238,8 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
     overrides = {n: getattr(config, n) for n in given - {"preset_name"}} | {"seed": config.seed}
     if architecture is not None:
         overrides["architecture"] = architecture
+    if tv_weight is not None:
+        overrides["tv_weight"] = tv_weight
     summary = reconstruct_file(
         input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
         overrides=overrides, acceleration=acceleration,

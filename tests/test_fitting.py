@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dd_medical.fitting import FitConfig, fit
+from dd_medical.fitting import FitConfig, fit, total_variation
 from dd_medical.operators import Identity
 
 SMALL = dict(channels=8, blocks=4, iterations=60, loss_every=5, ensemble=1)
@@ -157,6 +157,30 @@ def test_config_rejects_nonsense():
         FitConfig(learning_rate=-1)
     with pytest.raises(ValueError):
         FitConfig(input_noise=-0.1)
+    with pytest.raises(ValueError):
+        FitConfig(tv_weight=-0.01)
+    with pytest.raises(ValueError):
+        FitConfig(tv_weight=float("nan"))
+
+
+def test_total_variation_sums_the_absolute_differences_of_neighbours():
+    step = torch.zeros(2, 1, 5, 6)
+    step[0, :, :, 3:] = 0.5  # one vertical edge of 5 pixels, height 0.5
+    step[1, :, 2:, :] = -2.0  # one horizontal edge of 6 pixels, height 2
+    torch.testing.assert_close(total_variation(step), torch.tensor([2.5, 12.0]))
+    assert float(total_variation(torch.full((1, 2, 4, 4), 0.3)).max()) == 0.0
+    two = torch.cat([step[:1], 3 * step[:1]], dim=1)  # channels are summed
+    torch.testing.assert_close(total_variation(two), torch.tensor([10.0]))
+
+
+def test_tv_weight_trades_misfit_for_a_flatter_image():
+    y = _images(1, seed=2)
+    config = FitConfig(**SMALL, stopping="fixed")
+    plain = fit(Identity(), y, config)
+    flat = fit(Identity(), y, replace(config, tv_weight=0.001))
+    assert float(total_variation(flat.image)) < 0.8 * float(total_variation(plain.image))
+    assert flat.loss_history[-1, 0] > plain.loss_history[-1, 0]  # the history is the data misfit alone
+    assert torch.equal(fit(Identity(), y, replace(config, tv_weight=0.001)).image, flat.image)
 
 
 def test_sure_stopping_returns_a_point_near_the_best_one():
