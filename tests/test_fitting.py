@@ -169,8 +169,8 @@ def test_total_variation_sums_the_absolute_differences_of_neighbours():
     step[1, :, 2:, :] = -2.0  # one horizontal edge of 6 pixels, height 2
     torch.testing.assert_close(total_variation(step), torch.tensor([2.5, 12.0]))
     assert float(total_variation(torch.full((1, 2, 4, 4), 0.3)).max()) == 0.0
-    two = torch.cat([step[:1], 3 * step[:1]], dim=1)  # channels are summed
-    torch.testing.assert_close(total_variation(two), torch.tensor([10.0]))
+    two = torch.cat([step[:1], 3 * step[:1]], dim=1)  # channels are averaged
+    torch.testing.assert_close(total_variation(two), torch.tensor([5.0]))
 
 
 def test_tv_weight_trades_misfit_for_a_flatter_image():
