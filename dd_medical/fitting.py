@@ -363,8 +363,9 @@ def fit(
         optimiser.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             image = model()
-        losses = data_loss(operator.forward(image.float()), y_members)
-        objective = losses + config.tv_weight * total_variation(image.float()) if config.tv_weight > 0 else losses
+        predicted = image.float()
+        losses = data_loss(operator.forward(predicted), y_members)
+        objective = losses + config.tv_weight * total_variation(predicted) if config.tv_weight > 0 else losses
         objective.sum().backward()
         optimiser.step()
         with torch.no_grad():
