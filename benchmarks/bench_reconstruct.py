@@ -139,7 +139,8 @@ KIND_NAMES = {"deep": "Deep Decoder", "conv": "ConvDecoder"}
 
 def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weights, tv_iterations: int,
                 nonnegative: bool, iterations: int | None, architectures: tuple[str, ...] = ("default",),
-                ensemble: int | None = None, seed: int = 0) -> list[tuple[str, float, float, float]]:
+                ensemble: int | None = None, seed: int = 0,
+                device: str = "cpu") -> list[tuple[str, float, float, float]]:
     sim = simulate(image, kind, modality=modality, **options)
     y, op, ref = sim.measurements, sim.operator, sim.reference[0]
     rows = []
@@ -154,7 +155,8 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
     best = None
     for weight in weights if tv_iterations else ():
         t0 = time.perf_counter()
-        tv = magnitude_image(op, tv_reconstruct(op, y / scale, weight, tv_iterations, nonnegative))[0].numpy() * scale
+        tv = tv_reconstruct(op, (y / scale).to(device), weight, tv_iterations, nonnegative)
+        tv = magnitude_image(op, tv.cpu())[0].numpy() * scale
         seconds = time.perf_counter() - t0
         result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
         if best is None or result[1] > best[1]:
@@ -171,7 +173,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
             config = replace(config, ensemble=ensemble)
         t0 = time.perf_counter()
         report: dict = {}
-        dd = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)[0]
+        dd = reconstruct_volume(y, op, config, device=device, progress=False, report=report)[0]
         seconds = time.perf_counter() - t0
         combined = config.architecture in COMBINED_ARCHITECTURES
         averaged = max(2, config.ensemble) if combined else config.ensemble
@@ -199,6 +201,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["mri", "ct", "inpaint"], default=None)
     parser.add_argument("--iterations", type=int, default=None, help="override the decoder's iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the decoders and TV-PDHG run: cpu (default; the recorded tables), cuda, auto")
     parser.add_argument("--architectures", default="default",
                         help="decoder rows, comma-separated: default (the reconstruction default: MRI both, else "
                              "deep), deep (the paper's), conv (ConvDecoder), auto, both (default: default)")
@@ -245,7 +249,7 @@ def main() -> None:
             for method, p, q, seconds in run_setting(image, modality, kind, options, weights,
                                                      0 if args.skip_tv else tv_iterations, nonnegative,
                                                      args.iterations, tuple(args.architectures.split(",")),
-                                                     args.ensemble, args.seed):
+                                                     args.ensemble, args.seed, args.device):
                 print(f"| {name} | {label} | {method} | {p:.2f} | {q:.3f} | {seconds:.1f} |", flush=True)
 
 
