@@ -42,7 +42,7 @@ import torch
 
 from dd_medical.fitting import COMBINED_ARCHITECTURES
 from dd_medical.metrics import psnr, ssim
-from dd_medical.pipeline import reconstruct_volume
+from dd_medical.pipeline import reconstruct_volume, resolve_device
 from dd_medical.reconstruction import default_config, magnitude_image, simulate, tv_reconstruct
 
 #: The best weight is 0.003-0.02 on the benchmark's MR slices (0.003 for the real-object fit of example_mr_sm), so
@@ -155,7 +155,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
     best = None
     for weight in weights if tv_iterations else ():
         t0 = time.perf_counter()
-        tv = tv_reconstruct(op, (y / scale).to(device), weight, tv_iterations, nonnegative)
+        tv = tv_reconstruct(op, (y / scale).to(resolve_device(device)), weight, tv_iterations, nonnegative)
         tv = magnitude_image(op, tv.cpu())[0].numpy() * scale
         seconds = time.perf_counter() - t0
         result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
