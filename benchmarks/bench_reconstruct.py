@@ -152,10 +152,11 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
                  time.perf_counter() - t0))
 
     scale = float(base.max())
+    scaled = (y / scale).to(resolve_device(device))  # TV-PDHG's input, moved once for every weight
     best = None
     for weight in weights if tv_iterations else ():
         t0 = time.perf_counter()
-        tv = tv_reconstruct(op, (y / scale).to(resolve_device(device)), weight, tv_iterations, nonnegative)
+        tv = tv_reconstruct(op, scaled, weight, tv_iterations, nonnegative)
         tv = magnitude_image(op, tv.cpu())[0].numpy() * scale
         seconds = time.perf_counter() - t0
         result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
