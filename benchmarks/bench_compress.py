@@ -3,7 +3,7 @@
 For each test image (scaled to [0, 1] by its full intensity range) and for decoders whose parameter count gives a
 compression factor (pixels / parameters, the paper's definition) of about 10x and 40x:
 
-- the decoder: :func:`dd_medical.compression.compress` (8-bit weights), measured after quantisation, with the real
+- the decoder: :func:`dd_medical.api.compress` (8-bit weights), measured after quantisation, with the real
   ``.ddc`` file size (header included) and the encode time;
 - wavelet thresholding keeping as many coefficients as the decoder has parameters (the paper's baseline; pywt,
   ``haar`` and ``bior4.4``, periodised, full depth; the coefficient positions are not counted);
@@ -26,15 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pywt
 import torch
 
-from dd_medical.compression import DEFAULT_REFINE_FRACTION, RECIPES, compress
-from dd_medical.decoder import num_parameters
-from dd_medical.intensity import default_window
+from dd_medical import api, presets
+from dd_medical.codec.encode import REFINE_FRACTION
+from dd_medical.core.config import FitConfig
+from dd_medical.core.decoder import num_parameters
+from dd_medical.core.intensity import default_window
 from dd_medical.metrics import ssim
 from dd_medical.volume import Volume
 
@@ -125,10 +128,11 @@ def jpeg2000_at_size(unit: np.ndarray, max_bytes: int, bits: int) -> tuple[np.nd
     return decode(best).astype(np.float64) / top, len(best)
 
 
-def run(images, factors: tuple[float, ...], bits: int, device: str, settings: dict,
+def run(images, factors: tuple[float, ...], bits: int, device: str, config: FitConfig,
         refine: int | None = None) -> list[dict]:
-    """One row per image and factor; ``settings``: :func:`~dd_medical.compression.compress` keywords (a recipe)."""
-    iterations = settings["iterations"]
+    """One row per image and factor; ``config``: the encoder's settings (a ``compress`` preset of
+    :mod:`dd_medical.presets`, e.g. with other iterations), its ``channels`` set per factor, ``BLOCKS`` blocks."""
+    iterations = config.iterations
     rows = []
     for name, volume, source_bits in images:
         window = default_window(volume.array, volume.modality)
@@ -138,8 +142,8 @@ def run(images, factors: tuple[float, ...], bits: int, device: str, settings: di
             k = channels_for_factor(pixels, factor)
             params = num_parameters(k, BLOCKS, 1)
             t0 = time.perf_counter()
-            encoded = compress(volume, channels=k, blocks=BLOCKS, bits=bits, device=device, refine_iterations=refine,
-                               **settings)
+            encoded = api.compress(volume, config=config, channels=k, blocks=BLOCKS, bits=bits, device=device,
+                                   refine_iterations=refine, progress=False)
             encode_s = time.perf_counter() - t0
             decoded = window.to_unit(encoded.volume.array[0]).astype(np.float64)
             nbytes = len(encoded.data)
@@ -181,8 +185,9 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true",
                         help="camera and 693_UNCR at 512x512 (the paper's size; slow on a CPU: ~0.4 s per step at "
                              "k=32 on 2 cores, more at k=64) instead of the 256x256 set")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="reference",
-                        help="encoder settings (dd_medical.compression.RECIPES); the options below override them")
+    parser.add_argument("--recipe", choices=sorted(presets.PRESETS["compress"]), default="reference",
+                        help="encoder settings (dd_medical.presets.PRESETS['compress']); the options below override "
+                             "them")
     parser.add_argument("--iterations", type=int, default=None,
                         help="[default: the recipe's (reference 15000, decay 2000); 300 with --quick]")
     parser.add_argument("--factors", type=float, nargs="+", default=[10.0, 40.0])
@@ -199,20 +204,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = RECIPES[args.recipe]
-    final = recipe["final_learning_rate"] if args.final_lr is None else args.final_lr or None  # 0: constant
-    settings = dict(recipe, iterations=args.iterations or (300 if args.quick else recipe["iterations"]),
-                    learning_rate=args.lr or recipe["learning_rate"], final_learning_rate=final)
-    iterations, lr, final_lr = settings["iterations"], settings["learning_rate"], settings["final_learning_rate"]
-    refine = int(iterations * DEFAULT_REFINE_FRACTION) if args.refine is None else args.refine
+    recipe = presets.PRESETS["compress"][args.recipe]
+    final = recipe.final_learning_rate if args.final_lr is None else args.final_lr or None  # 0: constant
+    config = replace(recipe, iterations=args.iterations or (300 if args.quick else recipe.iterations),
+                     learning_rate=args.lr or recipe.learning_rate, final_learning_rate=final)
+    iterations, lr, final_lr = config.iterations, config.learning_rate, config.final_learning_rate
+    refine = int(iterations * REFINE_FRACTION) if args.refine is None else args.refine
     print(f"recipe {args.recipe}: iterations {iterations} (+{refine} quantisation-aware), lr {lr} -> "
-          f"{final_lr or lr}, normalisation {'before' if recipe['norm_first'] else 'after'} ReLU, input noise "
-          f"{recipe['input_noise']}, {args.bits}-bit weights, {BLOCKS} blocks, "
+          f"{final_lr or lr}, normalisation {'before' if config.norm_first else 'after'} ReLU, input noise "
+          f"{config.input_noise}, {args.bits}-bit weights, {BLOCKS} blocks, "
           f"device {args.device}, "
           f"{torch.get_num_threads()} CPU thread(s)\n{HEADER}", flush=True)
     images = [im for im in load_images(args.quick, args.shared, args.full_size)
               if args.only is None or args.only in im[0]]
-    rows = run(images, tuple(args.factors), args.bits, args.device, settings, args.refine)
+    rows = run(images, tuple(args.factors), args.bits, args.device, config, args.refine)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -26,8 +26,9 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
-from dd_medical.fitting import FitConfig, preset
-from dd_medical.intensity import Window
+from dd_medical import presets
+from dd_medical.core.config import FitConfig
+from dd_medical.core.intensity import Window
 from dd_medical.metrics import psnr, ssim
 from dd_medical.pipeline import denoise_volume
 
@@ -88,7 +89,7 @@ def methods(clean: np.ndarray, device: str, quick: bool) -> dict[str, Callable[[
     from scipy.ndimage import gaussian_filter
     from skimage.restoration import denoise_tv_chambolle
 
-    ours, best, reference = FitConfig(), preset("quality"), REFERENCE
+    ours, best, reference = FitConfig(), presets.resolve("denoise", "quality"), REFERENCE
     if quick:
         ours = replace(ours, iterations=60)
         best = replace(best, iterations=60)

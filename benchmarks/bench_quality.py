@@ -15,8 +15,8 @@ Noise:
 * Gaussian, ``--sigmas`` (default 15 25 50, in 1/255) on the window [-1000, 1000] HU mapped to [0, 1], seed 0,
   clipped to [0, 1] (as ``bench_denoise.py``). The clean reference is the windowed image.
 * Simulated low-dose CT, ``--photons`` (default 1e5 2e4 incident photons per detector bin and view): HU ->
-  attenuation relative to water (:func:`~dd_medical.reconstruction.hu_to_attenuation`) -> parallel-beam sinogram
-  (:class:`~dd_medical.operators.ParallelBeamRadon`, ``ceil(1.5 N)`` views over 180 degrees for an ``N x N``
+  attenuation relative to water (:func:`~dd_medical.core.operators.hu_to_attenuation`) -> parallel-beam sinogram
+  (:class:`~dd_medical.core.operators.ParallelBeamRadon`, ``ceil(1.5 N)`` views over 180 degrees for an ``N x N``
   image, detector bins 1 pixel wide, ``subpixels=2``) -> line integrals ``p = sinogram * MU_WATER_PER_MM *
   pixel_mm`` (water 0.02 / mm, about 70 keV; ``pixel_mm`` from the DICOM PixelSpacing) -> counts
   ``Poisson(I0 exp(-p))``, clipped to >= 1 -> ``-log(counts / I0)`` -> filtered back-projection
@@ -33,7 +33,7 @@ slice by slice):
 * ``dd-medical volumetric``: the package defaults with ``slab=5`` (``--slab 5``; 2.5D, each decoder fits 5
   adjacent slices; volumes only, on a single slice it is the 2D row).
 * ``BM3D``: ``bm3d.bm3d`` with the true sigma (Gaussian rows) or the one estimated by
-  :func:`dd_medical.noise.estimate_sigma` (low-dose rows, where it is not known).
+  :func:`dd_medical.core.noise.estimate_sigma` (low-dose rows, where it is not known).
 * ``BM4D``: ``bm4d.bm4d`` (volumes only; skipped in ``--quick`` and for volumes thinner than its blocks), sigma as
   for BM3D.
 * ``NLM``: as in ``bench_denoise.py`` (skimage, h = 0.8 x the estimated sigma).
@@ -88,12 +88,11 @@ from pydicom.pixels import apply_rescale
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SHARED, WINDOW, decoder_method, gaussian_noise, nlm, oracle  # noqa: E402
 
-from dd_medical.fitting import FitConfig  # noqa: E402
+from dd_medical.core.config import FitConfig  # noqa: E402
+from dd_medical.core.noise import estimate_sigma  # noqa: E402
+from dd_medical.core.operators import ParallelBeamRadon, attenuation_to_hu, hu_to_attenuation  # noqa: E402
 from dd_medical.metrics import psnr, ssim  # noqa: E402
-from dd_medical.noise import estimate_sigma  # noqa: E402
-from dd_medical.operators import ParallelBeamRadon  # noqa: E402
 from dd_medical.phantom import PIXEL_MM, TISSUE_HU, make_phantom  # noqa: E402
-from dd_medical.reconstruction import attenuation_to_hu, hu_to_attenuation  # noqa: E402
 
 #: Linear attenuation of water in 1/mm (about 70 keV): scales the sinogram (pixel units) to line integrals.
 MU_WATER_PER_MM = 0.02

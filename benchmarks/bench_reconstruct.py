@@ -18,8 +18,8 @@ setting shared by all three methods. ``--ct-downsample 2`` avoids it for CT: eac
     python benchmarks/bench_reconstruct.py --size 128 --only mri --shared  # one family
 
 MRI's default decoder is ``architecture="both"`` (the paper's decoder and ConvDecoder, two of each per slice, all
-averaged); its rows show both kinds alone, what ``"auto"`` would keep (the kind whose two disagree least on the
-unmeasured k-space) and the average.
+averaged); its rows show both kinds alone (each kind fitted once, timed on its own: what ``architecture="deep"`` or
+``"conv"`` gives) and their average (what ``"both"`` gives, timed as both fits together; :func:`decoder_results`).
 ``--architectures deep,conv`` gives single-kind rows instead, ``--image`` filters the images, ``--skip-tv`` drops the
 TV grid (it does not depend on the decoder).
 
@@ -34,16 +34,23 @@ grid); the default ``--size 256`` takes about 4x as long.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dd_medical.fitting import COMBINED_ARCHITECTURES
-from dd_medical.metrics import psnr, ssim
-from dd_medical.pipeline import reconstruct_volume, resolve_device
-from dd_medical.reconstruction import default_config, magnitude_image, simulate, tv_reconstruct
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import tv_reconstruct  # noqa: E402
+
+from dd_medical import presets  # noqa: E402
+from dd_medical.core.config import FitConfig  # noqa: E402
+from dd_medical.core.operators import ForwardModel  # noqa: E402
+from dd_medical.metrics import psnr, ssim  # noqa: E402
+from dd_medical.pipeline import Tracker, auto_batch_size, fit_slices, on_device, resolve_device  # noqa: E402
+from dd_medical.simulation import simulate  # noqa: E402
 
 #: The best weight is 0.003-0.02 on the benchmark's MR slices (0.003 for the real-object fit of example_mr_sm), so
 #: the grid reaches down to 0.001.
@@ -135,6 +142,51 @@ def scores(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 #: Row labels of the decoder kinds.
 KIND_NAMES = {"deep": "Deep Decoder", "conv": "ConvDecoder"}
+#: The kinds ``architecture="both"`` fits and averages.
+BOTH = ("deep", "conv")
+
+
+def decoder_results(measurements, operator: ForwardModel, config: FitConfig,
+                    device: str = "cpu") -> dict[str, tuple[np.ndarray, float]]:
+    """``{architecture: ((D, H, W) result, seconds)}``: for ``config.architecture="both"`` each kind of
+    :data:`BOTH` and ``"both"``, from one fit per kind; else that one kind.
+
+    Each entry equals ``reconstruct_volume(measurements, operator, replace(config, architecture=a), device)``
+    (data consistency on): the pipeline's steps (:func:`~dd_medical.pipeline.reconstruct_volume`, one batch of
+    slices), with the fitted images kept per kind so that the average of both kinds (taken, as the pipeline does,
+    before data consistency and the magnitude) needs no second fit. A kind's seconds are its fit and finish; "both"'s
+    are every kind's fit and its own finish.
+    """
+    y = operator.prepare(measurements)
+    dev = resolve_device(device)
+    kinds = BOTH if config.architecture == "both" else (config.architecture,)
+    with on_device(operator, dev), torch.no_grad():
+        scale = float(operator.to_image(operator.baseline(y.to(dev))).max())
+        _, height, width = operator.image_shape(y)
+        batch = auto_batch_size(y.shape[0], height, width, config, dev)
+        tracker = Tracker(y.shape[0] * len(kinds), "reconstructing", False)
+
+        def finish(images: torch.Tensor) -> np.ndarray:
+            part = operator.finalize(images.to(dev), (y / scale).to(dev))
+            return (operator.to_image(part).cpu().numpy() * scale).astype(np.float32)
+
+        images, fit_seconds, out = {}, {}, {}
+        try:
+            for kind in kinds:
+                t0 = time.perf_counter()
+                with torch.enable_grad():
+                    images[kind] = fit_slices(operator, y / scale, replace(config, architecture=kind), dev, batch,
+                                              tracker)
+                fit_seconds[kind] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                out[kind] = (finish(images[kind]), fit_seconds[kind] + time.perf_counter() - t0)
+        finally:
+            tracker.close()
+        if len(kinds) > 1:
+            t0 = time.perf_counter()
+            mean = torch.stack([images[k] for k in kinds]).mean(dim=0)
+            out["both"] = (finish(mean), sum(fit_seconds.values()) + time.perf_counter() - t0)
+    return out
 
 
 def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weights, tv_iterations: int,
@@ -147,52 +199,34 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        base = magnitude_image(op, op.baseline(y))[0].numpy()
+        base = op.to_image(op.baseline(y))[0].numpy()
     rows.append(({"mri": "zero-filled", "ct": "FBP (ramp)"}.get(kind, "masked image"), *scores(base, ref),
                  time.perf_counter() - t0))
 
     scale = float(base.max())
-    scaled = (y / scale).to(resolve_device(device))  # TV-PDHG's input, moved once for every weight
+    dev = resolve_device(device)
+    scaled = (y / scale).to(dev)  # TV-PDHG's input, moved once for every weight
     best = None
-    for weight in weights if tv_iterations else ():
-        t0 = time.perf_counter()
-        tv = tv_reconstruct(op, scaled, weight, tv_iterations, nonnegative)
-        tv = magnitude_image(op, tv.cpu())[0].numpy() * scale
-        seconds = time.perf_counter() - t0
-        result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
-        if best is None or result[1] > best[1]:
-            best = result
+    with on_device(op, dev):
+        for weight in weights if tv_iterations else ():
+            t0 = time.perf_counter()
+            tv = tv_reconstruct(op, scaled, weight, tv_iterations, nonnegative)
+            tv = op.to_image(tv)[0].cpu().numpy() * scale
+            seconds = time.perf_counter() - t0
+            result = (f"TV-PDHG (w={weight:g})", *scores(tv, ref), seconds)
+            if best is None or result[1] > best[1]:
+                best = result
     if best is not None:
         rows.append(best)
 
     for architecture in architectures:
-        config = default_config(op) if architecture == "default" else default_config(op, architecture=architecture)
-        config = replace(config, seed=seed)
-        if iterations:
-            config = replace(config, iterations=iterations)
-        if ensemble:
-            config = replace(config, ensemble=ensemble)
-        t0 = time.perf_counter()
-        report: dict = {}
-        dd = reconstruct_volume(y, op, config, device=device, progress=False, report=report)[0]
-        seconds = time.perf_counter() - t0
-        combined = config.architecture in COMBINED_ARCHITECTURES
-        averaged = max(2, config.ensemble) if combined else config.ensemble
-        settings = f"k={config.channels}, {config.iterations} it" + (f", {averaged} averaged" if averaged > 1 else "")
-        if combined:  # both candidates' rows, and what auto keeps, come from the same fits
-            for candidate, image in report["candidates"].items():
-                spread = report["disagreement"][candidate][0]
-                name = KIND_NAMES[candidate]
-                rows.append((f"{name} ({settings}; disagreement {spread:.3g})", *scores(image[0], ref), float("nan")))
-            kept = report["auto"][0]
-            if config.architecture == "both":
-                rows.append((f"auto would keep: {kept}", *scores(report["candidates"][kept][0], ref), float("nan")))
-                rows.append((f"both averaged ({settings} of each kind)", *scores(dd, ref), seconds))
-            else:
-                rows.append((f"auto: {kept} ({settings})", *scores(dd, ref), seconds))
-        else:
-            name = KIND_NAMES[config.architecture]
-            rows.append((f"{name} ({settings})", *scores(dd, ref), seconds))
+        config = presets.resolve("reconstruct/" + op.kind, seed=seed, iterations=iterations, ensemble=ensemble,
+                                 architecture=None if architecture == "default" else architecture)
+        settings = (f"k={config.channels}, {config.iterations} it"
+                    + (f", {config.ensemble} averaged" if config.ensemble > 1 else ""))
+        for kind, (dd, seconds) in decoder_results(y, op, config, device).items():
+            name = f"both averaged ({settings} of each kind)" if kind == "both" else f"{KIND_NAMES[kind]} ({settings})"
+            rows.append((name, *scores(dd[0], ref), seconds))
     return rows
 
 
@@ -206,7 +240,8 @@ def main() -> None:
                         help="where the decoders and TV-PDHG run: cpu (default; the recorded tables), cuda, auto")
     parser.add_argument("--architectures", default="default",
                         help="decoder rows, comma-separated: default (the reconstruction default: MRI both, else "
-                             "deep), deep (the paper's), conv (ConvDecoder), auto, both (default: default)")
+                             "deep), deep (the paper's), conv (ConvDecoder), both (each kind, and their average; "
+                             "default: default)")
     parser.add_argument("--image", default=None, help="only images whose name contains this")
     parser.add_argument("--ensemble", type=int, default=None, help="override the decoders averaged per slice")
     parser.add_argument("--skip-tv", action="store_true", help="no TV rows (the slowest baseline)")
@@ -221,6 +256,11 @@ def main() -> None:
                         help="also the middle slices of the ../shared/data CT series (CT settings) and of its MR "
                              "volume (MRI settings)")
     args = parser.parse_args()
+    architectures = tuple(args.architectures.split(","))
+    unknown = sorted(set(architectures) - {"default", "deep", "conv", "both"})
+    if unknown:
+        parser.error(f"--architectures {','.join(unknown)}: choose from default, deep, conv, both (auto was removed: "
+                     "both gives each kind's rows and their average)")
     torch.set_num_threads(args.threads)
 
     images = {"CT": [ct_slice(args.size)] + (shared_ct_slices(args.size) if args.shared else []),
@@ -249,7 +289,7 @@ def main() -> None:
                 continue
             for method, p, q, seconds in run_setting(image, modality, kind, options, weights,
                                                      0 if args.skip_tv else tv_iterations, nonnegative,
-                                                     args.iterations, tuple(args.architectures.split(",")),
+                                                     args.iterations, architectures,
                                                      args.ensemble, args.seed, args.device):
                 print(f"| {name} | {label} | {method} | {p:.2f} | {q:.3f} | {seconds:.1f} |", flush=True)
 

@@ -2,11 +2,13 @@
 
 Rows, at each ``--sizes`` (256: a centre crop of pydicom's 693_UNCR.dcm; 512: the full slice), on ``--device``:
 
-* ``sequential``: the reference way, ``denoise_volume(..., strategy="sequential")`` with the reference config
-  (k=64, 6 blocks, Adam 0.01, the lowest-loss iterate of a fixed run of ``--sequential-iterations``; the paper's
-  2,000 by default): one decoder per slice, one slice after another, fp32.
+* ``sequential``: the reference way (:func:`denoise` with ``strategy="sequential"``: ``denoise_volume`` with
+  ``batch_size=1`` and ``amp=False``) with the reference config (k=64, 6 blocks, Adam 0.01, the lowest-loss iterate
+  of a fixed run of ``--sequential-iterations``; the paper's 2,000 by default): one decoder per slice, one slice
+  after another, fp32.
 * ``fast``: the package defaults, ``FitConfig()`` (batched, 2-decoder ensemble, moving average, discrepancy stop;
-  ``--fast-iterations`` caps its budget; bf16 autocast on CUDA), ``strategy="batched"``, slice by slice
+  ``--fast-iterations`` caps its budget; bf16 autocast on CUDA), ``strategy="batched"`` (the package's automatic
+  batch size), slice by slice
   (``slab=1``: the ``--slices`` copies of one slice share their anatomy exactly, which would flatter 2.5D slabs).
 * one more row per ``--variant NAME:key=value,...`` (the fast config with those fields, e.g. ``fp32:amp=false``).
 * ``--sequential-slices N`` fits only N slices in the sequential row: one slice after another does the same work
@@ -52,6 +54,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -64,9 +67,9 @@ from pydicom.pixels import apply_rescale
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SIGMA, WINDOW, gaussian_noise  # noqa: E402
 
-from dd_medical.decoder import num_parameters, size_ladder  # noqa: E402
-from dd_medical.fitting import FitConfig  # noqa: E402
-from dd_medical.intensity import Window  # noqa: E402
+from dd_medical.core.config import FitConfig  # noqa: E402
+from dd_medical.core.decoder import num_parameters, size_ladder  # noqa: E402
+from dd_medical.core.intensity import Window  # noqa: E402
 from dd_medical.metrics import psnr  # noqa: E402
 from dd_medical.pipeline import denoise_volume, resolve_device  # noqa: E402
 
@@ -114,8 +117,8 @@ def iteration_times(size: int, batches: list[int], modes: dict[str, dict], dev: 
     and ``2 * steps`` iterations; the difference over ``steps`` removes the set-up (decoder construction, first
     call, compilation).
     """
-    from dd_medical.fitting import fit
-    from dd_medical.operators import Identity
+    from dd_medical.core.fit import fit
+    from dd_medical.core.operators import Identity
 
     rows = []
     for name, overrides in modes.items():
@@ -149,6 +152,25 @@ def iteration_times(size: int, batches: list[int], modes: dict[str, dict], dev: 
     return rows
 
 
+STRATEGIES = ("batched", "sequential")
+
+
+def denoise(noisy: np.ndarray, config: FitConfig, dev: torch.device, strategy: str,
+            progress: bool | Callable[[float], None] = False) -> np.ndarray:
+    """``noisy`` ``(D, H, W)`` in [0, 1] denoised by :func:`~dd_medical.pipeline.denoise_volume` (window [0, 1]).
+
+    ``strategy``: ``"batched"``, the package's way (``batch_size`` slices per pass, chosen from the free memory);
+    ``"sequential"``, the reference way kept here as a baseline: one decoder per slice, one slice after another
+    (``batch_size=1``), fp32 (``config.amp`` ignored), through the same fitting loop.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    batch_size = None
+    if strategy == "sequential":
+        config, batch_size = replace(config, amp=False), 1
+    return denoise_volume(noisy, config, dev, window=Window(0.0, 1.0), batch_size=batch_size, progress=progress)
+
+
 def run_row(spec: dict) -> dict:
     """One row, in this process: fit, time, PSNR, peak memory (see the module docstring)."""
     dev = resolve_device(spec["device"])
@@ -162,8 +184,8 @@ def run_row(spec: dict) -> dict:
     done = [0.0]
 
     def watch(fraction: float) -> None:  # a volume run past its deadline is stopped (it has missed its bar)
-        done[0] = fraction
-        if deadline is not None and time.perf_counter() - t0 > deadline:
+        done[0] = fraction  # the pipeline also reports 0 before the first step: the projection needs some progress
+        if deadline is not None and fraction > 0 and time.perf_counter() - t0 > deadline:
             raise _DeadlineError
 
     def timed(cfg: FitConfig) -> tuple[float, float]:
@@ -171,8 +193,7 @@ def run_row(spec: dict) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        out = denoise_volume(noisy, cfg, device=dev, progress=False, window=Window(0.0, 1.0),
-                             strategy=spec["strategy"], callback=watch if deadline is not None else None)
+        out = denoise(noisy, cfg, dev, spec["strategy"], progress=watch if deadline is not None else False)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0, float(np.mean(psnr(np.clip(out, 0, 1), clean)))

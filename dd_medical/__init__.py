@@ -1,4 +1,5 @@
-"""dd-medical: the untrained Deep Decoder (Heckel & Hand, ICLR 2019) for CT/MR denoising and reconstruction.
+"""dd-medical: the untrained Deep Decoder (Heckel & Hand, ICLR 2019) for CT/MR denoising, reconstruction and
+compression. No training data, no downloaded weights.
 
 ```python
 import dd_medical
@@ -10,17 +11,18 @@ volume = dd_medical.denoise("path/to/ct_series")   # a DICOM folder or NIfTI/NRR
 
 from __future__ import annotations
 
-from .api import denoise
-from .decoder import BatchedDeepDecoder, DeepDecoder, num_parameters
+from .api import baseline, compress, decompress, denoise, estimate_noise, reconstruct, simulate
+from .core.config import FitConfig
+from .core.decoder import BatchedDeepDecoder, DeepDecoder, num_parameters
+from .core.fit import FitResult, fit
+from .core.intensity import Window, default_window
 from .errors import DDMedicalError, InputError
-from .fitting import FitConfig, FitResult, fit
-from .intensity import Window, default_window
-from .pipeline import denoise_volume
+from .presets import STRENGTHS, resolve
+from .version import __version__
 from .volume import Volume
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "STRENGTHS",
     "BatchedDeepDecoder",
     "DDMedicalError",
     "DeepDecoder",
@@ -30,9 +32,15 @@ __all__ = [
     "Volume",
     "Window",
     "__version__",
+    "baseline",
+    "compress",
+    "decompress",
     "default_window",
     "denoise",
-    "denoise_volume",
+    "estimate_noise",
     "fit",
     "num_parameters",
+    "reconstruct",
+    "resolve",
+    "simulate",
 ]

@@ -1,197 +1,189 @@
-"""One-call API: ``dd_medical.denoise(array_or_path, ...)``."""
+"""One function per job: :func:`denoise`, :func:`reconstruct`, :func:`compress`, :func:`decompress`.
+
+Arrays in give arrays out; paths in give a :class:`~dd_medical.volume.Volume` out. Settings come from
+:func:`dd_medical.presets.resolve`: a ``preset`` name, or a full ``config``, with ``FitConfig`` fields as keyword
+overrides (``iterations=500``, ``seed=3``, ...). ``progress``: ``None`` a bar on a terminal only, ``True`` always,
+``False`` never, or ``callback(fraction_done)``.
+
+```python
+import dd_medical
+
+clean_hu = dd_medical.denoise(noisy_hu)                         # (H, W) or (D, H, W) HU -> same shape, HU
+volume = dd_medical.denoise("ct_series/", "high", seed=1)        # a DICOM folder or NIfTI/NRRD/MHA -> Volume
+image = dd_medical.reconstruct(kspace, CartesianFourier(mask))   # (D, coils, H, W, 2) -> (D, H, W) magnitude
+```
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .codec.encode import Compressed
+from .codec.encode import compress as encode_volume
+from .codec.encode import decompress as decode_bytes
+from .core.config import FitConfig
+from .core.intensity import Window
+from .core.noise import estimate_sigma
+from .core.operators import ForwardModel
 from .errors import InputError
-from .fitting import FitConfig
-from .intensity import Window
-from .pipeline import denoise_volume
+from .io import read_volume
+from .io.raw import read_raw
+from .pipeline import Progress, denoise_volume, on_device, reconstruct_volume, resolve_device
+from .presets import resolve
+from .simulation import Simulation, simulate
 from .volume import Volume
+
+__all__ = ["Compressed", "Simulation", "baseline", "compress", "decompress", "denoise", "estimate_noise",
+           "reconstruct", "simulate"]
+
+ImageInput = np.ndarray | torch.Tensor | Volume | str | Path
+
+
+def _as_volume_or_array(image: ImageInput) -> Volume | np.ndarray:
+    if isinstance(image, (str, Path)):
+        return read_volume(image)
+    if isinstance(image, Volume):
+        return image
+    return image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
 
 
 def denoise(
-    image: np.ndarray | torch.Tensor | Volume | str | Path,
+    image: ImageInput,
+    preset: str | None = None,
     *,
     config: FitConfig | None = None,
-    iterations: int | None = None,
-    channels: int | None = None,
-    seed: int | None = None,
     device: str = "auto",
+    progress: Progress = None,
     window: tuple[float, float] | Window | None = None,
     modality: str | None = None,
     batch_size: int | None = None,
-    progress: bool = False,
+    **overrides,
 ) -> np.ndarray | Volume:
-    """Denoise a CT/MR slice or volume with untrained Deep Decoders (one per slice).
+    """Denoise a CT/MR slice or volume with untrained Deep Decoders (Heckel & Hand 2019), one per slice.
 
     Args:
-        image: ``(H, W)`` or ``(D, H, W)`` array in HU (CT) or stored values (MR); a :class:`Volume`; or a path
-            to a DICOM series folder or a NIfTI/NRRD/MHA file. Never modified.
-        config: full :class:`FitConfig`; ``iterations``, ``channels`` and ``seed`` override its fields.
-        device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
-        window: ``(low, high)`` in HU mapped to [0, 1]; default: the volume's full range (CT), percentiles (MR).
-        modality: ``"CT"`` or ``"MR"``; default the volume's own, else CT.
-        batch_size: slices fitted at once (default: from free device memory).
-        progress: show a progress bar.
+        image: ``(H, W)`` or ``(D, H, W)`` array in HU (CT) or stored values (MR); a :class:`Volume`; or a path to a
+            DICOM series folder or a NIfTI/NRRD/MHA file. Never modified.
+        preset: a ``denoise`` preset (:func:`dd_medical.presets.presets`; default ``"medium"``), or ``config``.
+        device: ``"auto"`` (CUDA if present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        window: ``(low, high)`` mapped to [0, 1] for the fit (HU for CT); default: the full range (CT), robust
+            percentiles (MR).
+        modality: ``"CT"`` or ``"MR"``; default: the volume's own, else CT.
+        batch_size: slices fitted at once (memory only; default from free device memory).
+        overrides: :class:`FitConfig` fields.
 
-    Returns a float32 array of the input's shape for array input, else a :class:`Volume` with the same geometry.
+    Returns float32 of the input's shape and units for an array, else a :class:`Volume` with the same geometry.
     """
-    config = config or FitConfig()
-    overrides = {k: v for k, v in (("iterations", iterations), ("channels", channels), ("seed", seed)) if v is not None}
-    config = replace(config, **overrides)
-    if isinstance(window, tuple):
-        window = Window(*window)
-    if isinstance(image, (str, Path)):
-        from .io import read_volume
-
-        image = read_volume(image)
+    config = resolve("denoise", preset, config, **overrides)
+    window = Window(*window) if isinstance(window, (tuple, list)) else window
+    image = _as_volume_or_array(image)
     if isinstance(image, Volume):
-        out = denoise_volume(
-            image.array, config, device, progress, window=window, modality=modality or image.modality,
-            batch_size=batch_size,
-        )
-        return image.with_array(out)
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    return denoise_volume(array, config, device, progress, window=window, modality=modality or "CT",
-                          batch_size=batch_size)
+        return image.with_array(denoise_volume(image.array, config, device, window=window, batch_size=batch_size,
+                                               modality=modality or image.modality, progress=progress))
+    return denoise_volume(image, config, device, window=window, modality=modality or "CT", batch_size=batch_size,
+                          progress=progress)
 
 
-def denoise_file(
-    input_path: str | Path,
-    output_path: str | Path,
+def reconstruct(
+    measurements: np.ndarray | torch.Tensor | str | Path,
+    operator: ForwardModel | None = None,
+    preset: str | None = None,
+    *,
     config: FitConfig | None = None,
-    *,
     device: str = "auto",
+    progress: Progress = None,
+    data_consistency: bool = True,
     batch_size: int | None = None,
-    window: tuple[float, float] | None = None,
-    progress: bool = True,
-) -> str:
-    """Read ``input_path`` (DICOM folder/file or image file), denoise it, write ``output_path``; returns a summary.
-
-    ``output_path`` with an image extension (.nii.gz, .nrrd, .mha, ...) is written as that format; otherwise it is
-    a folder that receives a derived DICOM series. It must not exist yet (or be an empty folder): this is checked
-    before any fitting. The output appears only once complete; the input is never modified.
-    """
-    from .io import is_image_path, read_volume, write_image, write_series
-    from .noise import estimate_sigma
-
-    config = config or FitConfig()
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and (output_path.is_file() or any(output_path.iterdir())):
-        raise InputError("output already exists (refusing to overwrite)", output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise InputError("output is the input (inputs are never modified)", output_path)
-    volume = read_volume(input_path)
-    t0 = time.perf_counter()
-    result = denoise(volume, config=config, device=device, window=window, batch_size=batch_size, progress=progress)
-    seconds = time.perf_counter() - t0
-    if is_image_path(output_path):
-        write_image(result, output_path)
-    else:
-        write_series(
-            result, output_path,
-            series_description=f"DD denoised (k={config.channels}, {config.ensemble} decoders)",
-            derivation_description=derivation_description(config),
-        )
-    units = "HU" if volume.modality == "CT" else "units"
-    before = float(estimate_sigma(volume.array[:, None]).median())
-    after = float(estimate_sigma(result.array[:, None]).median())
-    depth, height, width = volume.shape
-    return (
-        f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate {before:.1f} -> "
-        f"{after:.1f} {units}; wrote {output_path}"
-    )
-
-
-def derivation_description(config: FitConfig) -> str:
-    """What was done, for DICOM DerivationDescription: method, version and parameters."""
-    from . import __version__
-
-    method = {"deep": "Untrained Deep Decoder denoising (Heckel & Hand 2019)",
-              "conv": "Untrained ConvDecoder denoising (Darestani & Heckel 2021)",
-              "auto": "Untrained Deep Decoder or ConvDecoder (chosen per slice) denoising",
-              "both": "Untrained Deep Decoder and ConvDecoder (averaged) denoising"}[config.architecture]
-    return (
-        f"{method}, dd-medical {__version__}: k={config.channels}, "
-        f"blocks={config.blocks}, iterations<={config.iterations}, Adam lr={config.learning_rate}, "
-        f"stopping={config.stopping}, result={config.result}, seed={config.seed}"
-        + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
-    )
-
-
-def denoise_array(
-    array: np.ndarray,
-    spacing: tuple[float, float, float],
-    *,
-    strength: str = "medium",
-    iterations: int | None = None,
-    channels: int | None = None,
-    blocks: int | None = None,
-    ensemble: int | None = None,
-    slab: int | None = None,
-    fp32: bool = False,
-    compile: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    modality: str = "CT",
-    callback: Callable[[float], None] | None = None,
-) -> np.ndarray:
-    """Denoise a ``(D, H, W)`` volume given as numpy with its voxel spacing: the entry point of the 3D Slicer plugin.
-
-    ``array`` is in Slicer's KJI order (``slicer.util.arrayFromVolume``: slice, row, column), HU for CT and
-    stored values for MR; it is not modified. ``spacing`` is ``(x, y, z)`` in mm (column, row, slice, as
-    ``volumeNode.GetSpacing()``); it must be three positive numbers and is checked, but the denoising is per slice.
+    **overrides,
+) -> np.ndarray | Volume:
+    """Reconstruct slices from undersampled measurements, untrained decoders as the prior (Heckel &
+    Soltanolkotabi 2020; Darestani & Heckel 2021).
 
     Args:
-        strength: ``"low"``, ``"medium"`` or ``"high"``: the :func:`dd_medical.fitting.preset` of that name
-            (fitting stops once the residual is 0.92x / 0.96x / 1.0x the estimated noise variance).
-        iterations, channels, blocks, ensemble, slab: override the preset's :class:`FitConfig` fields when not
-            ``None`` (``slab``: odd number of adjacent slices each decoder fits together, 2.5D; 1 is slice by slice).
-        fp32: on CUDA, fit in float32 instead of the default bf16 autocast (no effect on a CPU).
-        compile: on CUDA, fuse the decoder's kernels with ``torch.compile`` (``FitConfig.compile``; no effect on a
-            CPU).
-        device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
-        seed: base seed; the same seed, input and device give the same output.
-        modality: ``"CT"`` or ``"MR"`` (chooses the default intensity window).
-        callback: ``callback(fraction_done)`` with values rising in [0, 1], for progress bars.
+        measurements: batched over slices (first axis ``D``): MRI k-space ``(D, coils, H, W, 2)`` or complex
+            ``(D, coils, H, W)``; a CT sinogram ``(D, 1, views, detectors)``; masked images ``(D, C, H, W)``;
+            compressive measurements ``(D, m)``. Or a path to raw data (:func:`dd_medical.io.raw.read_raw`:
+            fastMRI ``.h5``, ``.npy`` k-space or sinogram), whose forward model is built from the file.
+        operator: the forward model (:mod:`dd_medical.core.operators`); required for arrays.
+        preset, config, overrides: settings of the task ``"reconstruct/" + operator.kind``.
+        data_consistency: the operator's ``finalize`` (MRI: keep the measured k-space samples).
 
-    Returns a ``(D, H, W)`` float32 array in the input's units. Raises :class:`InputError` for a wrong shape,
-    spacing, strength or decoder setting (an even ``slab``, for one).
+    Returns ``(D, H, W)`` float32 in the measurements' scale (MRI: RSS magnitude; CT: attenuation), or a
+    :class:`Volume` for a path.
     """
-    from .fitting import preset
+    modality = None
+    if isinstance(measurements, (str, Path)):
+        if operator is not None:
+            raise InputError("a raw file brings its own forward model; pass the measurements as an array to use "
+                             "another operator", measurements)
+        measurements, operator, modality = read_raw(measurements)
+    if operator is None:
+        raise InputError("reconstruct needs the forward model of the measurements (operator=...)")
+    config = resolve(f"reconstruct/{operator.kind}", preset, config, **overrides)
+    result = reconstruct_volume(measurements, operator, config, device, batch_size=batch_size, progress=progress,
+                                data_consistency=data_consistency)
+    return result if modality is None else Volume(result, modality=modality)
 
-    strengths = ("low", "medium", "high")
-    if strength not in strengths:
-        raise InputError(f"strength must be one of {', '.join(strengths)}, got {strength!r}")
-    values = np.asarray(array)
-    if values.ndim != 3:
-        raise InputError(f"expected a (D, H, W) volume, got shape {values.shape}")
-    try:
-        spacing_mm = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"spacing must be three numbers (x, y, z) in mm, got {spacing!r}") from err
-    if len(spacing_mm) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing_mm):
-        raise InputError(f"spacing must be three positive numbers (x, y, z) in mm, got {spacing!r}")
-    overrides = {
-        name: value
-        for name, value in (("iterations", iterations), ("channels", channels), ("blocks", blocks),
-                            ("ensemble", ensemble), ("slab", slab))
-        if value is not None
-    }
-    if fp32:
-        overrides["amp"] = False
-    if compile:
-        overrides["compile"] = True
-    try:
-        config = preset(strength, seed=int(seed), **overrides)
-    except ValueError as err:
-        raise InputError(str(err)) from err
-    return denoise_volume(values, config, device, False, modality=modality, callback=callback)
+
+def baseline(measurements: np.ndarray | torch.Tensor, operator: ForwardModel, device: str = "cpu") -> np.ndarray:
+    """The forward model's cheap reconstruction (zero-filled RSS for MRI, ramp FBP for CT), ``(D, H, W)`` float32 in
+    the scale :func:`reconstruct` returns."""
+    y = operator.prepare(measurements)
+    dev = resolve_device(device)
+    with torch.no_grad(), on_device(operator, dev):
+        return operator.to_image(operator.baseline(y.to(dev))).cpu().numpy().astype(np.float32)
+
+
+def compress(
+    image: Volume | np.ndarray | str | Path,
+    preset: str | None = None,
+    *,
+    config: FitConfig | None = None,
+    bits: int = 8,
+    refine_iterations: int | None = None,
+    window: tuple[float, float] | Window | None = None,
+    device: str = "auto",
+    progress: Progress = None,
+    batch_size: int | None = None,
+    **overrides,
+) -> Compressed:
+    """Encode a volume as a ``.ddc`` file's bytes (lossy; :mod:`dd_medical.codec`): one fitted decoder per slice,
+    ``bits``-bit (8 or 16) weights after ``refine_iterations`` of quantisation-aware refinement (default a tenth of
+    the fit's steps).
+
+    ``image``: a :class:`Volume`, a ``(D, H, W)`` array (HU for CT) or a path. ``preset``: ``"reference"`` (the
+    default: the reference code's recipe, 15,000 steps) or ``"decay"`` (2,000 steps, for quick encodes).
+    ``window``: the intensity window encoded (default: the full range). Returns :class:`Compressed` (``.data``
+    the file's bytes, ``.volume`` the decoded volume, ``.psnr`` per slice on the window).
+    """
+    config = resolve("compress", preset, config, **overrides)
+    image = _as_volume_or_array(image)
+    volume = image if isinstance(image, Volume) else Volume(image, modality="CT")
+    return encode_volume(volume, config, bits=bits, refine_iterations=refine_iterations, window=window,
+                         device=device, batch_size=batch_size, progress=progress)
+
+
+def decompress(data: bytes | str | Path, *, device: str = "cpu") -> Volume:
+    """Decode a ``.ddc`` file (its bytes or its path) into a :class:`Volume` (HU for CT, geometry restored).
+
+    ``device="cpu"`` (default) reproduces exactly the image :func:`compress` measured; a GPU is faster, equal to
+    float rounding. A damaged, truncated or unknown-version file raises :class:`InputError` naming it.
+    """
+    path = None
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.is_file():
+            raise InputError("no such .ddc file" if not path.exists() else "not a file", path)
+        data = path.read_bytes()
+    return decode_bytes(data, path=path, device=device)
+
+
+def estimate_noise(image: Volume | np.ndarray) -> float:
+    """The median over slices of the white-noise standard deviation estimated from each (wavelet MAD; Donoho
+    1995), in the image's units (HU for CT)."""
+    values = image.array if isinstance(image, Volume) else np.asarray(image, dtype=np.float32)
+    stack = values[None, None] if values.ndim == 2 else values[:, None]
+    return float(estimate_sigma(stack).median())

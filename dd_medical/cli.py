@@ -1,21 +1,29 @@
-"""``dd-medical`` command line: a front-end over :mod:`dd_medical.pipeline` and :mod:`dd_medical.io`."""
+"""``dd-medical`` command line: a door over :mod:`dd_medical.api`, :mod:`dd_medical.presets` and :mod:`.io`."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
-from . import __version__
-from .compression import RECIPES
-from .errors import DDMedicalError
-from .fitting import PRESETS, FitConfig, preset
-from .reconstruction import CT_TV_WEIGHT
+from . import api, presets
+from .errors import DDMedicalError, InputError
+from .io import atomic_output_file, check_output, derivation_description, read_volume, write_volume
+from .version import __version__
+from .volume import Volume
 
 log = logging.getLogger("dd_medical")
+
+#: Options that left the package, with what to use instead (a one-line error names it).
+REMOVED_CHOICES = {
+    ("architecture", "auto"): "'auto' was removed (it kept the worse decoder kind in 3 of 6 measured fits); use "
+                              "'both' (the MRI default: both kinds averaged), 'deep' or 'conv'",
+}
 
 
 def _fail(message: str) -> None:
@@ -40,14 +48,37 @@ def _handle_errors(func):
     return wrapper
 
 
-def _fit_options(default_preset: str = "default"):
-    """Options shared by the fitting commands; the command receives them as ``config=FitConfig``."""
+def _choice(name: str, choices: list[str]):
+    """A click choice that also answers a removed value with what to use instead."""
+
+    def check(ctx, param, value):
+        if value is None or value in choices:
+            return value
+        removed = REMOVED_CHOICES.get((name, value))
+        raise click.BadParameter(removed or f"{value!r} is not one of {', '.join(choices)}")
+
+    return dict(type=click.STRING, callback=check, metavar="[" + "|".join(choices) + "]")
+
+
+class Settings(NamedTuple):
+    """What the fit options asked for: a preset name (``None``: the task's default) and ``FitConfig`` overrides."""
+
+    preset: str | None
+    overrides: dict
+
+    def resolve(self, task: str, **more) -> presets.FitConfig:
+        return presets.resolve(task, self.preset, **self.overrides, **more)
+
+
+def _fit_options(task: str, default_preset: str | None = None):
+    """Options shared by the fitting commands; the command receives them as ``settings=Settings``."""
+    choices = presets.presets(task)
+    shown = default_preset or presets.DEFAULT_PRESET[task]
     options = [
-        click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default=default_preset,
-                     show_default=True,
-                     help="Named settings (fast: quicker, a little less quality; speed: GPU volumes, see README)."),
+        click.option("--preset", "preset_name", type=click.Choice(choices), default=default_preset,
+                     help=f"Named settings (dd_medical.presets) [default: {shown}]."),
         click.option("--iterations", type=click.IntRange(min=1), default=None,
-                     help="Maximum Adam steps per slice [default: the preset's; fitting stops at the noise level]."),
+                     help="Maximum Adam steps per slice [default: the preset's]."),
         click.option("--channels", type=click.IntRange(min=1), default=None,
                      help="Decoder channels k per block [default: the preset's, 64]."),
         click.option("--blocks", type=click.IntRange(min=1), default=None,
@@ -55,17 +86,14 @@ def _fit_options(default_preset: str = "default"):
         click.option("--ensemble", type=click.IntRange(min=1), default=None,
                      help="Decoders averaged per slice [default: the preset's]."),
         click.option("--slab", type=click.IntRange(min=1), default=None,
-                     help="2.5D: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
-                          "[default: the preset's, 1]. Denoising only; see README for what it gains and costs."),
-        click.option("--fp32", is_flag=True,
-                     help="On CUDA, fit in float32 instead of bf16 autocast (bf16 measured equal within 0.01 dB, "
-                          "1.6x faster, on an H200). No effect on a CPU."),
+                     help="2.5D denoising: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
+                          "[default: 1]."),
+        click.option("--fp32", is_flag=True, help="On CUDA, fit in float32 instead of bf16 autocast."),
         click.option("--compile", "compile_", is_flag=True,
-                     help="On CUDA, fuse the decoder's kernels with torch.compile (20-30 s to compile per batch "
-                          "shape, then 1.7x per iteration at 512x512 on an H200; the speed preset has it). "
-                          "No effect on a CPU."),
+                     help="On CUDA, fuse the decoder's kernels with torch.compile (each new batch shape is compiled "
+                          "first). No effect on a CPU."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Slices fitted at once [default: from free device memory]."),
+                     help="Slices fitted at once (memory only) [default: from free device memory]."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same output)."),
@@ -75,13 +103,9 @@ def _fit_options(default_preset: str = "default"):
         @functools.wraps(func)
         def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, slab, fp32, compile_, seed,
                     **kwargs):
-            given = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
-                         seed=seed, amp=False if fp32 else None, compile=True if compile_ else None)
-            try:
-                config = preset(preset_name, **{k: v for k, v in given.items() if v is not None})
-            except ValueError as err:
-                raise click.BadParameter(str(err)) from err
-            return func(*args, config=config, **kwargs)
+            overrides = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
+                             seed=seed, amp=False if fp32 else None, compile=True if compile_ else None)
+            return func(*args, settings=Settings(preset_name, overrides), **kwargs)
 
         for option in reversed(options):
             wrapper = option(wrapper)
@@ -101,21 +125,29 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
-@_fit_options()
+@_fit_options("denoise")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
               help="Intensity window in HU mapped to [0,1] [default: the volume's full range, nothing clipped].")
 @_handle_errors
-def denoise(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
+def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
             window: tuple[float, float] | None) -> None:
     """Denoise INPUT (a DICOM series folder or a NIfTI/NRRD/MHA file) into OUTPUT.
 
     OUTPUT is a folder for a derived DICOM series, or a file whose extension (.nii.gz, .nrrd, .mha) gives the
     format. Nothing is written until the result is complete; INPUT is never modified.
     """
-    from .api import denoise_file
-
-    summary = denoise_file(input_path, output_path, config, device=device, batch_size=batch_size, window=window)
-    click.echo(summary)
+    config = settings.resolve("denoise")
+    check_output(output_path, input_path)
+    volume = read_volume(input_path)
+    t0 = time.perf_counter()
+    result = api.denoise(volume, config=config, device=device, window=window, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {config.ensemble} "
+                 "decoders)", derivation_description=derivation_description(config))
+    units = "HU" if volume.modality == "CT" else "units"
+    depth, height, width = volume.shape
+    click.echo(f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate "
+               f"{api.estimate_noise(volume):.1f} -> {api.estimate_noise(result):.1f} {units}; wrote {output_path}")
 
 
 @cli.command()
@@ -123,16 +155,15 @@ def denoise(input_path: Path, output_path: Path, config: FitConfig, batch_size: 
               show_default=True, help="Folder for the derived DICOM series and the PNG panel.")
 @click.option("--noise-hu", type=float, default=None,
               help="Gaussian noise added, in HU [default: 25/255 of a 2000 HU window, ~196 HU].")
-@_fit_options(default_preset="fast")
+@_fit_options("denoise", default_preset="fast")
 @_handle_errors
-def demo(output_dir: Path, noise_hu: float | None, config: FitConfig, batch_size: int | None, device: str) -> None:
+def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_size: int | None, device: str) -> None:
     """Denoise the shipped CT phantom series with known added noise, and measure the result."""
     from .demo import DEMO_NOISE_HU, run_demo
 
-    report = run_demo(
-        output_dir, noise_hu=DEMO_NOISE_HU if noise_hu is None else noise_hu,
-        config=config, device=device, batch_size=batch_size, seed=config.seed,
-    )
+    config = settings.resolve("denoise")
+    report = run_demo(output_dir, noise_hu=DEMO_NOISE_HU if noise_hu is None else noise_hu, config=config,
+                      device=device, batch_size=batch_size, seed=config.seed)
     click.echo(report)
 
 
@@ -156,13 +187,13 @@ def demo(output_dir: Path, noise_hu: float | None, config: FitConfig, batch_size
               help="--engine ray: reruns of a task whose worker died (killed, out of memory, node lost).")
 @click.option("--chunk-slices", type=click.IntRange(min=1), default=None,
               help="--engine ray: split series with more slices into chunks of this many, one task each.")
-@_fit_options()
+@_fit_options("denoise")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
               help="Intensity window in HU mapped to [0,1] [default: each volume's full range].")
 @_handle_errors
 def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, org_root: str | None, engine: str,
           ray_address: str | None, gpus_per_task: float | None, max_retries: int, chunk_slices: int | None,
-          config: FitConfig, batch_size: int | None, device: str, window: tuple[float, float] | None) -> None:
+          settings: Settings, batch_size: int | None, device: str, window: tuple[float, float] | None) -> None:
     """Process every DICOM image series under INPUT_ROOT into derived series under OUTPUT_ROOT.
 
     OUTPUT_ROOT gets manifest.sqlite (status per series), series/<hash>/ (one derived series each), report.html
@@ -177,6 +208,7 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
                 if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
     if engine == "serial" and ray_only:
         _fail(f"{', '.join(ray_only)} only apply with --engine ray")
+    config = settings.resolve("denoise")
     executor = engine
     if engine == "ray":
         executor = RayExecutor(ray_address, gpus_per_task=gpus_per_task, max_retries=max_retries,
@@ -191,7 +223,7 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
-@_fit_options()
+@_fit_options("reconstruct/ct")
 @click.option("--simulate", "simulate_kind", type=click.Choice(["mri", "ct", "inpaint"]), default=None,
               help="Simulate measurements from INPUT (an image or DICOM series) and report PSNR/SSIM against it.")
 @click.option("--acceleration", type=float, default=4.0, show_default=True, help="MRI undersampling factor (>= 1).")
@@ -209,16 +241,15 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
 @click.option("--real-object", is_flag=True, default=False,
               help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
-@click.option("--architecture", type=click.Choice(["both", "auto", "deep", "conv"]), default=None,
+@click.option("--architecture", default=None, **_choice("architecture", ["both", "deep", "conv"]),
               help="Decoder: deep (the paper's 1x1 convolutions), conv (ConvDecoder: 3x3 convolutions, nearest "
-                   "upsampling, ~4x the time), both (MRI: two of each kind per slice, all averaged) or auto (MRI: "
-                   "the same fits, keeping per slice the kind whose two decoders disagree least on the unmeasured "
-                   "k-space; see README) [default: both for MRI, else deep].")
+                   "upsampling, ~4x the time) or both (each kind fitted, all averaged) [default: both for MRI, "
+                   "else deep].")
 @click.option("--tv-weight", type=click.FloatRange(min=0), default=None,
-              help="Weight of a total-variation penalty on the decoder's image, added to the data term (0: none; "
-                   f"see FitConfig.tv_weight) [default: {CT_TV_WEIGHT:g} for CT, 0 otherwise].")
+              help="Weight of a total-variation penalty on the decoder's image, added to the data term (0: none) "
+                   "[default: the preset's: 0.02 for CT, 0 otherwise].")
 @_handle_errors
-def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_size: int | None, device: str,
+def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
                 image_size: int | None, real_object: bool, architecture: str | None,
@@ -226,40 +257,68 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
-    DICOM series measured retrospectively. OUTPUT is a folder (derived DICOM series) or an image file. Without
-    --preset the decoder settings are the reconstruction defaults for the modality (RECONSTRUCTION_DEFAULTS),
-    with --iterations/--channels/--blocks/--ensemble/--tv-weight applied on top.
+    DICOM series measured retrospectively. OUTPUT is a folder (derived DICOM series) or an image file. The
+    decoder settings are the reconstruction preset of the modality (dd_medical.presets), with the options above
+    applied on top.
     """
-    from .reconstruction import reconstruct_file
+    from .io.raw import is_raw_path, load_mask, read_raw
 
-    ctx = click.get_current_context()
-    given = {n for n in ("iterations", "channels", "blocks", "ensemble", "seed", "preset_name")
-             if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
-    overrides = {n: getattr(config, n) for n in given - {"preset_name"}} | {"seed": config.seed}
-    if architecture is not None:
-        overrides["architecture"] = architecture
-    if tv_weight is not None:
-        overrides["tv_weight"] = tv_weight
-    summary = reconstruct_file(
-        input_path, output_path, simulate_kind=simulate_kind, config=config if "preset_name" in given else None,
-        overrides=overrides, acceleration=acceleration,
-        center_fraction=center_fraction, mask_type=mask_type, mask_path=mask_path, views=views, arc_deg=arc_deg,
-        missing=missing, image_size=image_size, device=device, batch_size=batch_size, real_object=real_object,
-    )
-    click.echo(summary)
+    check_output(output_path, input_path)
+    if not input_path.exists():
+        raise InputError("path does not exist", input_path)
+    raw = is_raw_path(input_path)
+    if simulate_kind is None and not raw:
+        raise InputError("not raw measurements (.h5/.npy); to simulate from an image use --simulate mri|ct|inpaint",
+                         input_path)
+    if simulate_kind is not None and raw:
+        raise InputError("--simulate needs an image or DICOM series, not raw measurements", input_path)
+    like = read_volume(input_path) if simulate_kind else None
+    if like is not None:
+        sim = api.simulate(like.array, simulate_kind, modality=like.modality, acceleration=acceleration,
+                           center_fraction=center_fraction, mask_type=mask_type,
+                           mask=load_mask(mask_path) if mask_path else None, views=60 if views is None else views,
+                           arc_deg=arc_deg, missing=missing, seed=settings.overrides["seed"], real_object=real_object)
+        measurements, operator = sim.measurements, sim.operator
+    else:
+        measurements, operator, modality = read_raw(input_path, mask_path=mask_path, views=views, arc_deg=arc_deg,
+                                                    image_size=image_size)
+    config = settings.resolve(f"reconstruct/{operator.kind}", architecture=architecture, tv_weight=tv_weight)
+    t0 = time.perf_counter()
+    result = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    quality = ""
+    if like is not None:
+        quality = _quality(result, api.baseline(measurements, operator), sim.reference)
+        out_volume = like.with_array(sim.to_input_units(result))
+    else:
+        out_volume = Volume(result, modality=modality)
+    write_volume(out_volume, output_path, series_description="DD reconstruction",
+                 derivation_description=derivation_description(config, f"reconstruction ({operator.kind})"))
+    depth, height, width = out_volume.shape
+    click.echo(f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s (decoder: "
+               f"{config.architecture}){quality}; wrote {output_path}")
+
+
+def _quality(result, baseline, reference) -> str:
+    """``"; PSNR .. dB, SSIM .. (baseline .. dB, ..)"`` against the simulation's reference, on its range."""
+    from .metrics import psnr, ssim
+
+    span = float(reference.max() - reference.min()) or 1.0
+    return (f"; PSNR {psnr(result, reference, span).mean():.2f} dB, SSIM {ssim(result, reference, span).mean():.3f} "
+            f"(baseline {psnr(baseline, reference, span).mean():.2f} dB, {ssim(baseline, reference, span).mean():.3f})")
 
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUT.ddc", type=click.Path(path_type=Path))
-@click.option("--channels", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Decoder channels k (more: larger file, better image).")
-@click.option("--blocks", type=click.IntRange(min=1), default=6, show_default=True, help="Decoder blocks.")
+@click.option("--channels", type=click.IntRange(min=1), default=None,
+              help="Decoder channels k (more: larger file, better image) [default: the recipe's, 32].")
+@click.option("--blocks", type=click.IntRange(min=1), default=None, help="Decoder blocks [default: 6].")
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="Bits per stored weight.")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="reference", show_default=True,
-              help="Encoder settings: 'reference' (the reference code's: normalisation before ReLU, constant step "
-                   "0.004, decaying input noise, 15000 steps; the best images, minutes per slice on a GPU); 'decay' "
+@click.option("--recipe", type=click.Choice(presets.presets("compress")), default=None,
+              help="Encoder settings: 'reference' (the default; the reference code's: normalisation before ReLU, "
+                   "constant step 0.004, decaying input noise, 15000 steps; minutes per slice on a GPU); 'decay' "
                    "(step size 0.01 -> 0.003, 2000 steps) for short fits.")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Adam steps per slice (more: better image, slower encoding) [default: the recipe's].")
@@ -270,18 +329,25 @@ def reconstruct(input_path: Path, output_path: Path, config: FitConfig, batch_si
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @_handle_errors
-def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bits: str, recipe: str,
-             iterations: int | None, refine_iterations: int | None, window: tuple[float, float] | None, device: str,
-             seed: int) -> None:
+def compress(input_path: Path, output_path: Path, channels: int | None, blocks: int | None, bits: str,
+             recipe: str | None, iterations: int | None, refine_iterations: int | None,
+             window: tuple[float, float] | None, device: str, seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
-    from .compression import compress_file
-
-    settings = dict(RECIPES[recipe])
-    if iterations is not None:
-        settings["iterations"] = iterations
-    click.echo(compress_file(input_path, output_path, channels=channels, blocks=blocks, bits=int(bits),
-                             refine_iterations=refine_iterations, window=window, device=device, seed=seed,
-                             **settings))
+    config = presets.resolve("compress", recipe, channels=channels, blocks=blocks, iterations=iterations, seed=seed)
+    if output_path.exists():
+        raise InputError("output file already exists (refusing to overwrite)", output_path)
+    volume = read_volume(input_path)
+    encoded = api.compress(volume, config=config, bits=int(bits), refine_iterations=refine_iterations,
+                           window=window, device=device)
+    with atomic_output_file(output_path) as tmp:
+        tmp.write_bytes(encoded.data)
+    depth, height, width = volume.shape
+    click.echo(
+        f"compressed {depth} slice(s) of {height}x{width} into {len(encoded.data)} bytes "
+        f"({8 * len(encoded.data) / volume.array.size:.3f} bits/pixel, {encoded.ratio:.1f}:1 against 16-bit pixels) "
+        f"in {encoded.seconds:.1f} s; PSNR {sum(encoded.psnr) / len(encoded.psnr):.2f} dB on the window "
+        f"[{encoded.header['window'][0]:g}, {encoded.header['window'][1]:g}]; wrote {output_path}"
+    )
 
 
 @cli.command()
@@ -292,9 +358,21 @@ def compress(input_path: Path, output_path: Path, channels: int, blocks: int, bi
 @_handle_errors
 def decompress(input_path: Path, output_path: Path, device: str) -> None:
     """Decompress IN.ddc into OUTPUT: a folder (new DICOM series marked lossy) or an image file (.nrrd, .nii.gz)."""
-    from .compression import decompress_file
+    from .codec.format import DICOM_METHOD, compression_ratio, read_header
+    from .io import is_image_path, write_image, write_lossy_series
 
-    click.echo(decompress_file(input_path, output_path, device=device))
+    volume = api.decompress(input_path, device=device)
+    if is_image_path(output_path):
+        write_image(volume, output_path)
+    else:
+        header, _ = read_header(input_path.read_bytes(), input_path)
+        arch, bits = header["architecture"], header["quantisation"]["bits"]
+        ratio = compression_ratio(header, input_path.stat().st_size)
+        write_lossy_series(volume, output_path, ratio=ratio, method=DICOM_METHOD,
+                           series_description=f"DD decompressed (k={arch['channels']})",
+                           derivation_description=f"Lossy compression by dd-medical .ddc: one Deep Decoder per slice "
+                           f"(k={arch['channels']}, {arch['blocks']} blocks), {bits}-bit weights, ratio {ratio:.1f}:1")
+    click.echo(f"decompressed {volume.shape[0]} slice(s) of {volume.shape[1]}x{volume.shape[2]}; wrote {output_path}")
 
 
 def main() -> None:

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .api import denoise, derivation_description
+from .api import denoise
+from .core.config import FitConfig
+from .core.intensity import Window
 from .errors import InputError
-from .fitting import FitConfig
-from .intensity import Window
+from .io import derivation_description
 from .metrics import psnr, ssim
+from .presets import resolve
 
 DEMO_NOISE_HU = 2000 * 25 / 255  # sigma = 25/255 of the [-1000, 1000] HU evaluation window (~196 HU)
 EVAL_WINDOW = Window(-1000.0, 1000.0)  # PSNR/SSIM are computed on this window mapped to [0, 1]
@@ -91,7 +93,7 @@ def run_demo(
     rng = np.random.default_rng(seed)
     noisy = clean.with_array(clean.array + rng.normal(0.0, noise_hu, clean.shape).astype(np.float32))
     t0 = time.perf_counter()
-    config = config or FitConfig()
+    config = config or resolve("denoise")
     result = denoise(noisy, config=config, device=device, batch_size=batch_size, progress=True)
     seconds = time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ pipeline = Compose([
 ])
 ```
 
-This module only adapts MONAI's channel-first layout to :mod:`dd_medical.pipeline` (axes, types, metadata); all
+This module only adapts MONAI's channel-first layout to :mod:`dd_medical.api` (axes, types, metadata); all
 numerical work happens there. Importing it also registers :class:`dd_medical.monai_writer.DicomSeriesWriter` as
 MONAI's writer for the ``"dcm"`` extension.
 """
@@ -20,7 +20,7 @@ MONAI's writer for the ``"dcm"`` extension.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,14 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from . import monai_writer  # noqa: F401  (registers the "dcm" writer for SaveImage)
+from . import api, monai_writer  # noqa: F401  (monai_writer registers the "dcm" writer for SaveImage)
+from .core.config import FitConfig
+from .core.intensity import Window
+from .core.operators import CartesianFourier
 from .errors import InputError
-from .fitting import FitConfig
-from .fitting import preset as named_preset
-from .intensity import Window
+from .io import derivation_description
+from .presets import resolve
+from .version import __version__
 
 __all__ = [
     "META_KEY",
@@ -57,24 +60,13 @@ META_KEY = "dd_medical"
 _MODALITY_KEYS = ("Modality", "modality", "0008|0060", "00080060")
 
 
-def _fit_config(
-    config: FitConfig | None, preset: str, iterations: int | None, channels: int | None, seed: int | None
-) -> FitConfig:
-    base = config if config is not None else named_preset(preset)
-    overrides = {k: v for k, v in (("iterations", iterations), ("channels", channels), ("seed", seed)) if v is not None}
-    return replace(base, **overrides)
-
-
-def _record(method: str, config: FitConfig, **extra: Any) -> dict[str, Any]:
+def _record(method: str, config: FitConfig, job: str = "denoising", **extra: Any) -> dict[str, Any]:
     """What was applied, as plain strings/numbers (it must survive DataLoader collation and pickling)."""
-    from . import __version__
-    from .api import derivation_description
-
     parameters = {k: v for k, v in asdict(config).items() if isinstance(v, (bool, int, float, str))}
     return {
         "method": method,
         "version": __version__,
-        "description": derivation_description(config),
+        "description": derivation_description(config, job),
         **parameters,
         **extra,
     }
@@ -126,7 +118,7 @@ def _check_layout(img: NdarrayOrTensor, max_channels: int) -> None:
 class DeepDecoderDenoise(Transform):
     """
     Denoise a channel-first CT/MR image with untrained Deep Decoders, one per 2D slice
-    (Heckel & Hand, "Deep Decoder", ICLR 2019), through :func:`dd_medical.pipeline.denoise_volume`.
+    (Heckel & Hand, "Deep Decoder", ICLR 2019), through :func:`dd_medical.api.denoise`.
 
     The input is ``(C, H, W)`` (each channel one slice) or ``(C, H, W, D)`` (each channel a stack of slices taken
     along ``slice_axis``), as ``LoadImage(ensure_channel_first=True)`` returns it; numpy or torch, in HU for CT or
@@ -136,18 +128,19 @@ class DeepDecoderDenoise(Transform):
     Nothing is appended to ``applied_operations``: denoising has no inverse.
 
     Args:
-        iterations: Adam steps per slice; default: the preset's (``"default"``: 500).
-        channels: decoder channels ``k``; default: the preset's (``"default"``: 64).
+        iterations: Adam steps per slice (an upper bound: the fit stops at the noise level); default: the
+            preset's (2000).
+        channels: decoder channels ``k``; default: the preset's (64).
         slice_axis: spatial axis of a ``(C, H, W, D)`` input that indexes the slices (1, 2, 3 or -1, -2, -3;
             default -1, the last: axial slices for images loaded from an axial DICOM series). Ignored for 2D input.
         device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0). The same seed, input and device give the same output.
-        preset: named :class:`~dd_medical.fitting.FitConfig` (``default``, ``fast``, ``low``, ``medium``,
-            ``high``); used when ``config`` is ``None``.
+        preset: a ``denoise`` preset of :mod:`dd_medical.presets` (default ``"medium"``; the strengths ``low``,
+            ``medium``, ``high``, and ``fast``, ``quality``, ``sure``, ``speed``); used when ``config`` is ``None``.
         window: ``(low, high)`` in HU (or a :class:`~dd_medical.intensity.Window`) mapped to [0, 1]; default:
             the channel's full range for CT, robust percentiles for MR (see :func:`dd_medical.default_window`).
         modality: ``"CT"`` or ``"MR"``; default: from the metadata (``Modality`` / DICOM tag 0008,0060), else CT.
-        config: a full :class:`~dd_medical.fitting.FitConfig`; ``iterations``, ``channels`` and ``seed`` override
+        config: a full :class:`~dd_medical.core.config.FitConfig`; ``iterations``, ``channels`` and ``seed`` override
             its fields.
         batch_size: slices fitted at once; default: from free device memory.
         max_channels: more channels than this is taken for a wrong layout (channel-last or no channel axis)
@@ -164,7 +157,7 @@ class DeepDecoderDenoise(Transform):
         slice_axis: int = -1,
         device: str = "auto",
         seed: int | None = None,
-        preset: str = "default",
+        preset: str | None = None,
         window: tuple[float, float] | Window | None = None,
         modality: str | None = None,
         config: FitConfig | None = None,
@@ -172,7 +165,8 @@ class DeepDecoderDenoise(Transform):
         max_channels: int = 16,
         progress: bool = False,
     ) -> None:
-        self.config = _fit_config(config, preset, iterations, channels, seed)
+        self.config = resolve("denoise", None if config is not None else preset, config, iterations=iterations,
+                              channels=channels, seed=seed)
         if slice_axis not in (1, 2, 3, -1, -2, -3):
             raise InputError(f"slice_axis must be a spatial axis of (C, H, W, D) (1, 2, 3 or -1, -2, -3): {slice_axis}")
         self.slice_axis = slice_axis
@@ -185,8 +179,6 @@ class DeepDecoderDenoise(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """``img``: ``(C, H, W)`` or ``(C, H, W, D)`` channel-first, HU (CT) or stored values (MR)."""
-        from .pipeline import denoise_volume
-
         _check_layout(img, self.max_channels)
         img_t = convert_to_tensor(img, track_meta=get_track_meta())
         values = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
@@ -198,10 +190,8 @@ class DeepDecoderDenoise(Transform):
             # (H, W) or the volume with its slice axis moved first: (D, H', W'); back again afterwards.
             stack = values[c] if values.ndim == 3 else np.moveaxis(values[c], axis - 1, 0)
             try:
-                denoised = denoise_volume(
-                    stack, self.config, self.device, self.progress, window=self.window, modality=modality,
-                    batch_size=self.batch_size,
-                )
+                denoised = api.denoise(stack, config=self.config, device=self.device, progress=self.progress,
+                                       window=self.window, modality=modality, batch_size=self.batch_size)
             except InputError as err:
                 raise InputError(f"channel {c} of image {tuple(values.shape)}: {err.problem}", err.path) from err
             out[c] = denoised if values.ndim == 3 else np.moveaxis(denoised, 0, axis - 1)
@@ -218,7 +208,7 @@ class DeepDecoderDenoise(Transform):
 class DeepDecoderReconstruct(Transform):
     """
     Reconstruct an MR image from undersampled Cartesian k-space by fitting an untrained Deep Decoder through
-    the forward model :class:`dd_medical.operators.CartesianFourier` (:func:`dd_medical.pipeline.reconstruct_volume`).
+    the forward model :class:`dd_medical.core.operators.CartesianFourier` (:func:`dd_medical.api.reconstruct`).
 
     The input is k-space in MONAI's layout ``(C, H, W, 2)`` (``C`` coils, last axis real/imaginary, centred
     orthonormal FFT as ``monai.data.fft_utils``), numpy or torch, with a sampling ``mask`` of shape ``(W,)``
@@ -232,10 +222,9 @@ class DeepDecoderReconstruct(Transform):
         channels: decoder channels ``k``; default: the preset's.
         device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0).
-        config: a full :class:`~dd_medical.fitting.FitConfig`; default: the MRI reconstruction defaults
-            (``dd_medical.reconstruction.RECONSTRUCTION_DEFAULTS["mri"]``: linear output, 1000 iterations, the
-            paper's decoder and ConvDecoder, two of each, all averaged: ``meta["dd_medical"]["architecture"]`` is
-            ``"both"``; with ``architecture="auto"`` the kind kept).
+        config: a full :class:`~dd_medical.core.config.FitConfig`; default: the ``reconstruct/mri`` preset of
+            :mod:`dd_medical.presets` (1000 iterations, the paper's decoder and ConvDecoder, two of each, all
+            averaged: ``meta["dd_medical"]["architecture"]`` is ``"both"``).
             ``iterations``, ``channels`` and ``seed`` override its fields.
         max_channels: more coils than this is taken for a wrong layout and rejected; default 64.
         progress: show a progress bar (default ``False``).
@@ -254,19 +243,14 @@ class DeepDecoderReconstruct(Transform):
         max_channels: int = 64,
         progress: bool = False,
     ) -> None:
-        from .reconstruction import RECONSTRUCTION_DEFAULTS
-
         self.mask = mask
-        self.config = _fit_config(config or RECONSTRUCTION_DEFAULTS["mri"], "default", iterations, channels, seed)
+        self.config = resolve("reconstruct/mri", config=config, iterations=iterations, channels=channels, seed=seed)
         self.device = device
         self.max_channels = max_channels
         self.progress = progress
 
     def __call__(self, kspace: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
         """``kspace``: ``(C, H, W, 2)``; ``mask``: ``(W,)`` or ``(H, W)`` (default: the one given at construction)."""
-        from .operators import CartesianFourier
-        from .pipeline import reconstruct_volume
-
         mask = self.mask if mask is None else mask
         shape = tuple(kspace.shape)
         if len(shape) != 4 or shape[-1] != 2:
@@ -287,13 +271,13 @@ class DeepDecoderReconstruct(Transform):
         values = kspace_t.as_tensor() if isinstance(kspace_t, MetaTensor) else kspace_t
         measurements = values.detach().cpu().float().numpy()[None]  # (D=1, coils, H, W, 2)
         operator = CartesianFourier(mask_np, coils=shape[0])
-        report: dict = {}
-        image = reconstruct_volume(measurements, operator, self.config, self.device, self.progress, report=report)
+        image = api.reconstruct(measurements, operator, config=self.config, device=self.device,
+                                progress=self.progress)
         out_t = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, shape[1], shape[2])
         result, *_ = convert_to_dst_type(out_t, dst=kspace, dtype=out_t.dtype)
         return _with_record(result, _record("DeepDecoderReconstruct", self.config, coils=shape[0],
                                             sampled_fraction=float(mask_np.mean()),
-                                            architecture=report["architecture"][0]))
+                                            job="reconstruction (mri)"))
 
 
 class DeepDecoderDenoised(MapTransform):
@@ -316,7 +300,7 @@ class DeepDecoderDenoised(MapTransform):
         slice_axis: int = -1,
         device: str = "auto",
         seed: int | None = None,
-        preset: str = "default",
+        preset: str | None = None,
         window: tuple[float, float] | Window | None = None,
         modality: str | None = None,
         config: FitConfig | None = None,

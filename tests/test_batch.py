@@ -22,8 +22,8 @@ from test_dicom_tree import SECRET_NAME, build_tree
 
 from dd_medical.batch import MANIFEST_NAME, REPORT_NAME, SERIES_DIR, check_roots, run_batch
 from dd_medical.cli import cli
+from dd_medical.core.fit import FitConfig
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig
 from dd_medical.io import read_volume, validate_derived, write_series
 from dd_medical.phantom import phantom_volume, write_phantom_series
 

@@ -9,7 +9,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 pywt = pytest.importorskip("pywt")
 import bench_compress  # noqa: E402
 
-from dd_medical.decoder import num_parameters  # noqa: E402
+from dd_medical import presets  # noqa: E402
+from dd_medical.core.decoder import num_parameters  # noqa: E402
 from dd_medical.volume import Volume  # noqa: E402
 
 
@@ -57,8 +58,8 @@ def test_run_measures_the_real_file_against_both_baselines():
     pytest.importorskip("openjpeg")
     image = _smooth_image() * 1000 - 500  # "HU"
     volume = Volume(image[None].astype(np.float32), modality="CT")
-    settings = {"iterations": 30, "learning_rate": 0.01, "final_learning_rate": None, "norm_first": True,
-                "input_noise": 0.005}
+    settings = presets.resolve("compress", "reference", iterations=30, learning_rate=0.01)
+    assert settings.final_learning_rate is None and settings.norm_first and settings.input_noise == 0.005
     rows = bench_compress.run([("test 64", volume, 16)], (10.0,), 8, "cpu", settings, refine=3)
     (row,) = rows
     assert row["k"] == bench_compress.channels_for_factor(64 * 64, 10.0)

@@ -114,15 +114,35 @@ def test_console_script_help_and_version():
     assert code == 0 and "--iterations" in out and "--device" in out
 
 
-def test_fit_options_reach_the_config(monkeypatch):
+def test_fit_options_reach_the_config(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr("dd_medical.api.denoise_file", lambda src, dst, config, **kw: seen.append(config) or "done")
-    assert run("denoise", "in", "out", "--preset", "fast", "--slab", "3", "--fp32")[0] == 0
-    assert run("denoise", "in", "out")[0] == 0
-    assert run("denoise", "in", "out", "--compile")[0] == 0
-    assert run("denoise", "in", "out", "--preset", "speed", "--iterations", "600")[0] == 0
+
+    def denoise(volume, preset=None, *, config, **kwargs):  # records the settings; no fit
+        seen.append(config)
+        return volume
+
+    monkeypatch.setattr("dd_medical.api.denoise", denoise)
+    src = str(write_image(_noisy_phantom(depth=1), tmp_path / "in.nrrd"))
+    out = iter(str(tmp_path / f"out{i}.nrrd") for i in range(4))
+    assert run("denoise", src, next(out), "--preset", "fast", "--slab", "3", "--fp32")[0] == 0
+    assert run("denoise", src, next(out))[0] == 0
+    assert run("denoise", src, next(out), "--compile")[0] == 0
+    assert run("denoise", src, next(out), "--preset", "speed", "--iterations", "600")[0] == 0
     flagged, default, compiled, speed = seen
     assert (flagged.amp, flagged.slab, flagged.channels) == (False, 3, 32)  # fast preset's k=32
     assert (default.amp, default.slab, default.channels) == (True, 1, 64)  # bf16 on CUDA unless --fp32
     assert not default.compile and compiled.compile and compiled.ensemble == 2
     assert (speed.compile, speed.ensemble, speed.iterations) == (True, 1, 600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["denoise", "{src}", "{out}", "--device", "gpu"], "unknown device 'gpu'"),
+    (["denoise", "{src}", "{out}", "--preset", "extreme"], "'extreme' is not one of"),
+    (["reconstruct", "{src}", "{out}", "--simulate", "ct", "--preset", "fast"], "'fast' is not 'default'"),
+])
+def test_bad_settings_exit_2_before_fitting(tmp_path, args, message):
+    src = write_image(_noisy_phantom(depth=1), tmp_path / "in.nrrd")
+    out = tmp_path / "out.nrrd"
+    result = CliRunner().invoke(cli, [a.format(src=src, out=out) for a in args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

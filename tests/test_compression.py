@@ -1,10 +1,12 @@
-"""dd_medical.compression: the .ddc codec (fit, quantise, store, decode), its damage checks and its CLI."""
+"""dd_medical.codec: the .ddc codec (fit, quantise, store, decode), its damage checks and its CLI."""
 
 from __future__ import annotations
 
 import json
 import struct
 import zlib
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -12,33 +14,34 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dd_medical.api import compress, decompress
 from dd_medical.cli import cli
-from dd_medical.compression import (
+from dd_medical.codec.encode import REFINE_LEARNING_RATE, FakeQuantisation, _slice_tensors, decode
+from dd_medical.codec.format import (
     DICOM_METHOD,
     FORMAT_VERSION,
     MAGIC,
-    RECIPES,
-    _decode_payload,
-    _dequantise,
-    _encode_payload,
-    _fake_quantise,
-    _forward,
-    _quantise,
-    _slice_tensors,
-    compress,
-    decompress,
-    read_ddc,
+    decode_payload,
+    dequantise,
+    encode_payload,
+    quantise,
     read_header,
-    refine_for_quantisation,
 )
+from dd_medical.core.fit import FitConfig, fit
+from dd_medical.core.intensity import default_window
+from dd_medical.core.operators import Identity
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig, fit
-from dd_medical.intensity import default_window
 from dd_medical.io import read_volume, write_series
-from dd_medical.operators import Identity
 from dd_medical.phantom import phantom_volume
+from dd_medical.presets import resolve
+from dd_medical.volume import Volume
 
 SMALL = dict(channels=12, blocks=4, iterations=80, device="cpu", seed=3)
+
+
+def read_ddc(path: Path) -> tuple[Volume, dict]:
+    """A .ddc file decoded (on the CPU) and its header."""
+    return decompress(path), read_header(Path(path).read_bytes(), path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +155,10 @@ def test_recipes_round_trip_and_older_headers_decode_as_relu_first(volume, encod
     header = encoded8.header  # the default recipe, "reference"
     assert header["architecture"]["norm_first"] is True and header["encoder"]["input_noise"] == 0.005
     assert header["encoder"]["learning_rate"] == 0.004 and header["encoder"]["final_learning_rate"] is None
-    weights = _decode_payload(read_header(encoded8.data)[1], header, None)
+    weights = decode_payload(read_header(encoded8.data)[1], header, None)
     flipped = {**header, "architecture": {**header["architecture"], "norm_first": False}}
-    assert not np.array_equal(_forward(flipped, weights), _forward(header, weights))  # the block order is replayed
-    decay = compress(volume, bits=8, **{**SMALL, **RECIPES["decay"], "iterations": 60})
+    assert not np.array_equal(decode(flipped, weights), decode(header, weights))  # the block order is replayed
+    decay = compress(volume, "decay", bits=8, **{**SMALL, "iterations": 60})
     assert decay.header["architecture"]["norm_first"] is False and decay.header["encoder"]["input_noise"] == 0.0
     assert np.array_equal(decompress(decay.data).array, decay.volume.array)
     # a header written before the field existed (format version 1 all the same) decodes with ReLU first
@@ -179,14 +182,32 @@ def test_deterministic_given_seed():
     assert compress(one, seed=8, **options).data != first.data
 
 
+def test_compress_refines_with_the_fitting_loop_and_checks_its_settings():
+    """The stored weights are those of ``fit`` from the fitted weights with fake-quantised weights (the best
+    quantised iterate of ``refine_iterations`` steps at ``REFINE_LEARNING_RATE``), quantised."""
+    one = phantom_volume(depth=1, size=32)
+    encoded = compress(one, bits=8, refine_iterations=5, channels=8, blocks=4, iterations=25, device="cpu", seed=2)
+    config = resolve("compress", channels=8, blocks=4, iterations=25, seed=2)
+    unit = torch.from_numpy(default_window(one.array, one.modality).to_unit(one.array))[:, None]
+    fitted = fit(Identity(), unit, config, device="cpu").weights
+    refine = replace(config, iterations=6, learning_rate=REFINE_LEARNING_RATE, final_learning_rate=None,
+                     input_noise=0.0, result="best")
+    refined = fit(Identity(), unit, refine, device="cpu", initial_weights=fitted, weight_hook=FakeQuantisation(8))
+    assert read_header(encoded.data)[1] == encode_payload([_slice_tensors(refined.weights, 0, 4)], 8)
+    with pytest.raises(InputError, match="compress stores one 'deep' decoder"):
+        compress(one, ensemble=2, **SMALL)
+    with pytest.raises(InputError, match="unknown preset"):
+        compress(one, "quality", **SMALL)
+
+
 def test_fake_quantisation_is_what_the_file_stores():
     rng = np.random.default_rng(0)
     values = rng.normal(0, 0.3, (3, 12, 12)).astype(np.float32)
     values[1] = 0.25  # a constant tensor: step 1, codes 0
     for bits in (8, 16):
-        fake = _fake_quantise(torch.from_numpy(values), (1, 2), bits).numpy()
+        fake = FakeQuantisation(bits)("weights", torch.from_numpy(values)).numpy()  # one range per slice's tensor
         for b in range(3):
-            assert np.array_equal(fake[b], _dequantise(*_quantise(values[b], bits)))
+            assert np.array_equal(fake[b], dequantise(*quantise(values[b], bits)))
 
 
 def test_quantisation_aware_refinement_recovers_rounding_loss():
@@ -197,7 +218,16 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
     config = FitConfig(channels=12, blocks=4, iterations=200, final_learning_rate=0.001, ensemble=1, result="last",
                        stopping="fixed", amp=False)
     fitted = fit(Identity(), unit, config, device="cpu").weights
-    refined = refine_for_quantisation(fitted, unit, bits=8, iterations=100, learning_rate=1e-4)
+
+    def refine_for_quantisation(weights, iterations, learning_rate=REFINE_LEARNING_RATE):
+        """The codec's refinement: ``iterations`` steps (``iterations + 1`` iterates) from the fitted weights with
+        every weight fake-quantised, the best quantised iterate kept."""
+        refine = replace(config, iterations=iterations + 1, learning_rate=learning_rate, final_learning_rate=None,
+                         input_noise=0.0, result="best")
+        return fit(Identity(), unit, refine, device="cpu", initial_weights=weights,
+                   weight_hook=FakeQuantisation(8)).weights
+
+    refined = refine_for_quantisation(fitted, iterations=100, learning_rate=1e-4)
     assert set(refined) == set(fitted) and torch.equal(refined["net_input"], fitted["net_input"])
 
     def quantised_psnr(state):
@@ -205,18 +235,14 @@ def test_quantisation_aware_refinement_recovers_rounding_loss():
                                    "height": 48, "width": 48},
                   "input": {"seed": 0, "slice_indices": [0, 1]}, "quantisation": {"bits": 8}}
         tensors = [_slice_tensors(state, b, 4) for b in range(2)]
-        image = _forward(header, _decode_payload(_encode_payload(tensors, 8), header, None))
+        image = decode(header, decode_payload(encode_payload(tensors, 8), header, None))
         return 10 * np.log10(1 / np.mean((image - unit[:, 0].numpy()) ** 2, axis=(1, 2)))
 
     before = quantised_psnr(fitted)  # here 8-bit rounding costs only 0.05-0.12 dB (measured, two CPUs)
     assert np.all(quantised_psnr(refined) > before + 0.05)  # +0.17 and +0.28 dB measured
-    decayed = refine_for_quantisation(fitted, unit, bits=8, iterations=100, learning_rate=1e-4,
-                                      final_learning_rate=1e-6)  # a geometrically decaying step
-    assert np.all(quantised_psnr(decayed) > before + 0.02) and not torch.equal(decayed["scales"], refined["scales"])
-    default = refine_for_quantisation(fitted, unit, bits=8, iterations=20)  # 1e-5: slow, but never worse
+    default = refine_for_quantisation(fitted, iterations=20)  # 1e-5: slow, but never worse
     assert np.all(quantised_psnr(default) >= before - 1e-4)
-    assert torch.equal(refine_for_quantisation(fitted, unit, bits=8, iterations=0)["scales"],
-                       fitted["scales"])
+    assert torch.equal(refine_for_quantisation(fitted, iterations=0)["scales"], fitted["scales"])
 
 
 def _run(*args: str):

@@ -1,7 +1,7 @@
 """The CUDA path: batching, passes, bf16 autocast, torch.compile and out-of-memory handling on a GPU.
 
 Skipped where no CUDA GPU is present (CI); run on a GPU machine with ``pytest tests/test_cuda.py``. The same code
-paths (``fit``, ``fit_in_chunks``, ``BatchedDeepDecoder``) are exercised on the CPU by the rest of the suite.
+paths (``fit``, ``fit_slices``, ``BatchedDeepDecoder``) are exercised on the CPU by the rest of the suite.
 
 On the CPU a slice's result equals its unbatched fit to 1e-4 (``test_fitting.py``). On CUDA it does not, and these
 tests compare quality and mean differences instead: cuBLAS picks its matrix kernels (and their summation order) by
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from dd_medical.fitting import FitConfig, fit
-from dd_medical.intensity import Window
+from dd_medical.core.fit import FitConfig, fit
+from dd_medical.core.intensity import Window
+from dd_medical.core.operators import Identity
 from dd_medical.metrics import psnr
-from dd_medical.operators import Identity
-from dd_medical.pipeline import denoise_volume, fit_in_chunks
+from dd_medical.pipeline import Tracker, denoise_volume, fit_slices
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -30,6 +30,15 @@ def _same_quality(a: torch.Tensor, b: torch.Tensor, clean: torch.Tensor, mean_ab
     assert float((a - b).abs().mean()) < mean_abs
     pa, pb = (psnr(x.numpy(), clean.numpy()) for x in (a, b))
     assert np.abs(pa - pb).max() < 0.1
+
+
+def _fit_slices(y: torch.Tensor, config: FitConfig, batch_size: int) -> torch.Tensor:
+    """Every slice of ``y`` fitted on CUDA, ``batch_size`` at a time (halved on out-of-memory), no progress bar."""
+    tracker = Tracker(y.shape[0], "fitting", False)
+    try:
+        return fit_slices(Identity(), y, config, torch.device("cuda"), batch_size, tracker)
+    finally:
+        tracker.close()
 
 
 def _noisy(batch: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +93,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(caplog):
     torch.cuda.empty_cache()
     used = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    reference = fit_in_chunks(Identity(), y, config, torch.device("cuda"), 1, progress=False)
+    reference = _fit_slices(y, config, 1)
     one = torch.cuda.max_memory_allocated() - used  # what one slice needs
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction((used + 2.5 * one) / total)  # 8 and 4 slices fail, 2 fit
     try:
         with caplog.at_level("WARNING", logger="dd_medical.pipeline"):
-            halved = fit_in_chunks(Identity(), y, config, torch.device("cuda"), 8, progress=False)
+            halved = _fit_slices(y, config, 8)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()

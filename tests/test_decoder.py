@@ -3,8 +3,14 @@ import shutil
 import pytest
 import torch
 
-from dd_medical.decoder import BatchedDeepDecoder, DeepDecoder, conv_ladder, num_parameters, size_ladder
-from dd_medical.fitting import slice_generator
+from dd_medical.core.decoder import (
+    BatchedDeepDecoder,
+    DeepDecoder,
+    conv_ladder,
+    num_parameters,
+    size_ladder,
+    slice_generator,
+)
 
 
 def test_num_parameters_matches_reference_count():

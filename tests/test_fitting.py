@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dd_medical.fitting import FitConfig, fit, total_variation
-from dd_medical.operators import Identity
+from dd_medical.core.fit import FitConfig, fit, total_variation
+from dd_medical.core.operators import Identity
 
 SMALL = dict(channels=8, blocks=4, iterations=60, loss_every=5, ensemble=1)
 
@@ -39,7 +39,7 @@ def test_same_seed_same_output_other_seed_other_output():
 
 
 def test_compile_is_a_cuda_setting_and_changes_nothing_on_a_cpu(monkeypatch):
-    import dd_medical.decoder as decoder
+    import dd_medical.core.decoder as decoder
 
     monkeypatch.setattr(decoder, "compiled_forward", lambda: pytest.fail("compiled on a CPU"))
     y = _images(1)
@@ -80,7 +80,7 @@ def test_passes_per_iteration_do_not_change_the_result(stopping, architecture):
 
 
 def test_passes_stay_cache_sized_on_cpu_and_fill_the_gpu_on_cuda():
-    from dd_medical.fitting import CPU_PASS_ELEMENTS, CUDA_PASS_ELEMENTS, instances_per_pass
+    from dd_medical.core.fit import CPU_PASS_ELEMENTS, CUDA_PASS_ELEMENTS, instances_per_pass
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # the rule only reads the device type
     assert instances_per_pass(8, 64, 256, 256, cpu) == 1
@@ -96,8 +96,7 @@ def test_passes_stay_cache_sized_on_cpu_and_fill_the_gpu_on_cuda():
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_average_is_a_moving_average_whose_window_grows(warmup):
     """result="average": a_0 = x_0, a_t = d_t a_(t-1) + (1 - d_t) x_t with d_t = min(decay, t / (t + warmup))."""
-    from dd_medical.decoder import BatchedDeepDecoder
-    from dd_medical.fitting import slice_generator
+    from dd_medical.core.decoder import BatchedDeepDecoder, slice_generator
 
     y = _images(1)
     n, decay = 5, 0.6
@@ -161,6 +160,10 @@ def test_config_rejects_nonsense():
         FitConfig(tv_weight=-0.01)
     with pytest.raises(ValueError):
         FitConfig(tv_weight=float("nan"))
+    with pytest.raises(ValueError, match="architecture"):
+        FitConfig(architecture="auto")  # removed: "both" (reconstruction) replaces it
+    with pytest.raises(ValueError, match="'deep' or 'conv'"):
+        fit(Identity(), _images(1), FitConfig(**SMALL, architecture="both"))  # "both" is the pipeline's
 
 
 def test_total_variation_sums_the_absolute_differences_of_neighbours():
@@ -185,7 +188,7 @@ def test_tv_weight_trades_misfit_for_a_flatter_image():
 
 def test_sure_stopping_returns_a_point_near_the_best_one():
     """Monte-Carlo SURE, with the noise level estimated from the slice, lands near the best stopping point."""
-    from dd_medical.intensity import Window
+    from dd_medical.core.intensity import Window
     from dd_medical.phantom import make_phantom
 
     clean = torch.from_numpy(Window(-1000.0, 1000.0).to_unit(make_phantom(depth=1, size=64, seed=0).hu[0]))
@@ -203,7 +206,7 @@ def test_sure_stopping_returns_a_point_near_the_best_one():
 
 
 def test_sure_stopping_needs_image_shaped_measurements():
-    from dd_medical.operators import GaussianProjection
+    from dd_medical.core.operators import GaussianProjection
 
     op = GaussianProjection(64, (16, 16), seed=0)
     y = op.forward(torch.rand(1, 1, 16, 16))

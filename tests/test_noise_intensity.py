@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dd_medical.intensity import Window, default_window
-from dd_medical.noise import estimate_sigma
+from dd_medical.core.intensity import Window, default_window
+from dd_medical.core.noise import estimate_sigma
 
 
 @pytest.mark.parametrize("sigma", [0.02, 0.05, 0.1])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import dd_medical
+from dd_medical.core.fit import FitConfig
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig
 from dd_medical.metrics import psnr
 from dd_medical.pipeline import auto_batch_size, denoise_volume, resolve_device, slab_indices
 
@@ -48,8 +48,8 @@ def test_result_does_not_depend_on_batch_size():
 def test_progress_callback_rises_to_one():
     _, noisy = phantom_hu(depth=2, size=32)
     seen: list[float] = []
-    denoise_volume(noisy, FitConfig(channels=4, blocks=3, iterations=10, ensemble=1), device="cpu", progress=False,
-                   callback=seen.append)
+    denoise_volume(noisy, FitConfig(channels=4, blocks=3, iterations=10, ensemble=1), device="cpu",
+                   progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
 
 
@@ -83,20 +83,23 @@ def test_device_choice_and_batch_size():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(InputError, match="CUDA"):
             resolve_device("cuda")
+    for bad in ("gpu", "cuda0", "tpu"):
+        with pytest.raises(InputError, match="unknown device"):
+            resolve_device(bad)
     b = auto_batch_size(300, 512, 512, FitConfig(), torch.device("cpu"))
     assert 1 <= b <= 16
 
 
-def test_sequential_strategy_equals_batched():
+def test_sequential_baseline_equals_batched():
+    """The sequential baseline (one slice at a time, float32: ``batch_size=1``, ``amp=False``) gives the batched
+    result."""
     _, noisy = phantom_hu(depth=2, size=32)
     config = FitConfig(channels=8, blocks=4, iterations=40, ensemble=1, result="best", stopping="fixed")
-    sequential = denoise_volume(noisy, config, device="cpu", progress=False, strategy="sequential")
-    batched = denoise_volume(noisy, config, device="cpu", progress=False, strategy="batched", batch_size=2)
+    sequential = denoise_volume(noisy, replace(config, amp=False), device="cpu", progress=False, batch_size=1)
+    batched = denoise_volume(noisy, config, device="cpu", progress=False, batch_size=2)
     span = noisy.max() - noisy.min()
     assert np.abs(sequential - batched).max() / span < 1e-4
     assert np.abs(sequential - noisy).max() / span > 1e-3  # the fit did change the slices
-    with pytest.raises(ValueError, match="strategy"):
-        denoise_volume(noisy, config, device="cpu", progress=False, strategy="parallel")
 
 
 def test_slab_indices_are_mirrored_at_the_ends():
@@ -113,11 +116,11 @@ def test_slab_subset_equals_the_same_slices_of_the_whole_volume():
     whole = denoise_volume(noisy, config, device="cpu", progress=False)
     span = noisy.max() - noisy.min()
     for (start, stop), batch in [((0, 2), 1), ((2, 5), 2), ((4, 5), None)]:
-        part = denoise_volume(noisy, config, device="cpu", progress=False, subset=(start, stop), batch_size=batch)
+        part = denoise_volume(noisy, config, device="cpu", progress=False, slices=(start, stop), batch_size=batch)
         assert part.shape == (stop - start, 32, 32)
         assert np.abs(part - whole[start:stop]).max() / span < 1e-4
-    with pytest.raises(ValueError, match="subset"):
-        denoise_volume(noisy, config, device="cpu", progress=False, subset=(3, 3))
+    with pytest.raises(ValueError, match="slices"):
+        denoise_volume(noisy, config, device="cpu", progress=False, slices=(3, 3))
 
 
 def test_slabs_use_the_neighbouring_slices():
@@ -129,3 +132,25 @@ def test_slabs_use_the_neighbouring_slices():
         out = denoise_volume(noisy, replace(FAST, slab=slab), device="cpu", progress=False)
         scores[slab] = float(psnr(to_unit(out), to_unit(clean)).mean())
     assert scores[3] > scores[1] + 0.5, scores
+
+
+def test_presets_resolve_names_overrides_and_combinations():
+    from dd_medical.presets import PRESETS, STRENGTHS, presets, resolve
+
+    assert STRENGTHS == ("low", "medium", "high") and set(STRENGTHS) <= set(PRESETS["denoise"])
+    assert resolve("denoise") == resolve("denoise", "default") == PRESETS["denoise"]["medium"]
+    assert presets("denoise")[0] == "medium" and "default" in presets("denoise")
+    assert resolve("denoise", "fast", iterations=7, seed=None).iterations == 7  # None overrides are ignored
+    config = FitConfig(channels=8)
+    assert resolve("denoise", config=config, ensemble=1) == replace(config, ensemble=1)
+    for call, message in [(lambda: resolve("denoise", "extreme"), "unknown preset 'extreme'"),
+                          (lambda: resolve("denoise", colour=1), "unknown setting"),
+                          (lambda: resolve("denoise", "fast", config=config), "not both"),
+                          (lambda: resolve("denoise", architecture="both"), "architecture='both'"),
+                          (lambda: resolve("reconstruct/ct", slab=3), "slab=3"),
+                          (lambda: resolve("denoise", iterations=0), "iterations"),
+                          (lambda: resolve("segment"), "unknown task")]:
+        with pytest.raises(InputError, match=message):
+            call()
+    with pytest.raises(InputError, match="unknown preset"):
+        dd_medical.denoise(np.zeros((16, 16), np.float32), "extreme", device="cpu")

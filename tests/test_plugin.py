@@ -1,5 +1,5 @@
 """The 3D Slicer plugin (plugin/): CLI module description, the CLI run as Slicer runs it, the scripted module's
-files, the extension packaging, and ``dd_medical.api.denoise_array`` (the function the plugin calls).
+files, the extension packaging, and ``dd_medical.api.denoise`` called as the plugin calls it.
 
 No Slicer install is needed: the CLI runs as a subprocess on temporary .nrrd files, the XML is checked with the
 CTK schema and the ``ctk-cli`` package, the scripted module is compiled and inspected with ``ast``.
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dd_medical.api import denoise_array
+from dd_medical.api import denoise
 from dd_medical.errors import InputError
 from dd_medical.metrics import psnr
+from dd_medical.presets import STRENGTHS
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "plugin"
@@ -141,6 +142,7 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
         assert params[name].defaultExtension() == ".nrrd"  # what Slicer writes and reads
     assert params["strength"].typ == "string-enumeration"
     assert (params["strength"].default, params["strength"].elements) == ("medium", ["low", "medium", "high"])
+    assert tuple(params["strength"].elements) == STRENGTHS  # the denoising strengths of dd_medical.presets
     assert (params["device"].default, params["device"].elements) == ("auto", ["auto", "cpu", "cuda"])
     for name in ("iterations", "channels", "blocks", "ensemble", "slab", "seed"):
         assert params[name].typ == "integer" and params[name].default == 0
@@ -152,8 +154,10 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     assert (args.inputVolume, args.outputVolume, args.strength, args.iterations) == ("a.nrrd", "b.nrrd", "high", 0)
     for flag in ("fp32", "compile"):
         assert (params[flag].typ, params[flag].longflag, params[flag].default) == ("boolean", f"--{flag}", False)
-    # The script's own parser takes the same command lines, the boolean as a bare flag.
+    # The script's own parser takes the same command lines, the boolean as a bare flag, and its choices are the XML's.
     cli = load_cli_module()
+    for name in ("strength", "device", "modality"):
+        assert list(cli.xml_choices(name)) == params[name].elements
     for fp32 in ("false", "true"):
         for compile_ in ("false", "true"):
             parsed = cli.parse_args(slicer_command_line({"slab": "3", "fp32": fp32, "compile": compile_},
@@ -308,7 +312,7 @@ def _class(tree: ast.Module, name: str) -> ast.ClassDef:
 def test_logic_calls_only_the_public_dd_medical_api():
     tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     imports = _dd_medical_imports(tree)
-    assert ("dd_medical.api", "denoise_array") in imports
+    assert ("dd_medical.api", "denoise") in imports
     for module_name, name in imports:
         assert module_name in ("dd_medical", "dd_medical.api"), module_name
         if name is not None:
@@ -318,7 +322,7 @@ def test_logic_calls_only_the_public_dd_medical_api():
             assert not node.attr.startswith("_") and hasattr(importlib.import_module("dd_medical"), node.attr)
     logic = _class(tree, "DeepDecoderLogic")
     calls = {n.func.id for n in ast.walk(logic) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert "denoise_array" in calls
+    assert "denoise" in calls
     numeric = {"numpy", "torch", "SimpleITK", "scipy"}
     for node in ast.walk(logic):  # no numerical code of its own
         if isinstance(node, ast.Import):
@@ -349,7 +353,7 @@ def test_ui_widgets_match_the_parameter_node_and_the_cli():
     constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                  for t in n.targets if isinstance(t, ast.Name) and t.id in ("STRENGTHS", "DEVICES")}
     params = {p.name: p for p in CLIModule(str(XML)).parameters()}
-    assert constants["STRENGTHS"] == params["strength"].elements
+    assert constants["STRENGTHS"] == params["strength"].elements == list(STRENGTHS)
     assert constants["DEVICES"] == params["device"].elements
     # The background run passes only parameters the CLI declares.
     method = next(n for n in _class(tree, "DeepDecoderLogic").body
@@ -397,15 +401,22 @@ def test_icons_are_png_images(path):
     assert sitk.ReadImage(str(path)).GetSize() == (128, 128)
 
 
-# --- the numpy entry point ------------------------------------------------------------------------------------
+# --- the numpy entry point, called as the plugin calls it ------------------------------------------------------
 
 
-def test_denoise_array_improves_psnr_and_reports_progress():
+def plugin_denoise(array, strength="medium", *, fp32=False, compile=False, callback=None, device="cpu", seed=0,
+                   **fitting):
+    """``dd_medical.api.denoise`` as the scripted module and the CLI call it: the strength as the preset, the progress
+    callback, ``amp=False`` for ``fp32``, ``compile=True`` for ``compile``, the decoder settings as overrides."""
+    return denoise(array, strength, device=device, progress=callback or False, seed=seed,
+                   amp=False if fp32 else None, compile=True if compile else None, **fitting)
+
+
+def test_denoise_improves_psnr_and_reports_progress():
     clean, noisy = phantom_hu(depth=2, size=48)
     original = noisy.copy()
     seen: list[float] = []
-    out = denoise_array(noisy, SPACING, strength="medium", iterations=300, channels=24, blocks=4, ensemble=1,
-                        device="cpu", callback=seen.append)
+    out = plugin_denoise(noisy, "medium", iterations=300, channels=24, blocks=4, ensemble=1, callback=seen.append)
     assert out.shape == noisy.shape and out.dtype == np.float32
     np.testing.assert_array_equal(noisy, original)
     assert psnr_hu(out, clean) > psnr_hu(noisy, clean) + 2.0
@@ -413,42 +424,36 @@ def test_denoise_array_improves_psnr_and_reports_progress():
 
 
 @pytest.mark.parametrize("strength", ["low", "high"])
-def test_denoise_array_is_deterministic_for_each_strength(strength):
+def test_denoise_is_deterministic_for_each_strength(strength):
     _, noisy = phantom_hu(depth=1, size=32)
-    settings = dict(strength=strength, iterations=20, channels=8, blocks=3, ensemble=1, device="cpu", seed=5)
-    first = denoise_array(noisy, (0.5, 0.5, 3.0), **settings)
-    np.testing.assert_array_equal(first, denoise_array(noisy, (0.5, 0.5, 3.0), **settings))
-    assert not np.array_equal(first, denoise_array(noisy, (0.5, 0.5, 3.0), **{**settings, "seed": 6}))
+    settings = dict(iterations=20, channels=8, blocks=3, ensemble=1, seed=5)
+    first = plugin_denoise(noisy, strength, **settings)
+    np.testing.assert_array_equal(first, plugin_denoise(noisy, strength, **settings))
+    assert not np.array_equal(first, plugin_denoise(noisy, strength, **{**settings, "seed": 6}))
 
 
 @pytest.mark.parametrize(
-    "array_shape, spacing, strength, message",
+    "array_shape, strength, message",
     [
-        ((2, 32, 32), (1.0, 1.0), "medium", "spacing"),
-        ((2, 32, 32), (1.0, 0.0, 1.0), "medium", "spacing"),
-        ((2, 32, 32), (1.0, float("nan"), 1.0), "medium", "spacing"),
-        ((2, 32, 32), "abc", "medium", "spacing"),
-        ((32, 32), (1.0, 1.0, 1.0), "medium", r"\(D, H, W\)"),
-        ((1, 2, 32, 32), (1.0, 1.0, 1.0), "medium", r"\(D, H, W\)"),
-        ((2, 32, 32), (1.0, 1.0, 1.0), "extreme", "strength"),
+        ((1, 2, 32, 32), "medium", r"\(D, H, W\)"),
+        ((2, 32, 32), "extreme", "unknown preset 'extreme'"),
     ],
 )
-def test_denoise_array_rejects_bad_arguments(array_shape, spacing, strength, message):
+def test_denoise_rejects_bad_arguments(array_shape, strength, message):
     with pytest.raises(InputError, match=message):
-        denoise_array(np.zeros(array_shape, np.float32), spacing, strength=strength, iterations=1, channels=4,
-                      device="cpu")
+        plugin_denoise(np.zeros(array_shape, np.float32), strength, iterations=1, channels=4)
 
 
-def test_denoise_array_slab_fp32_and_compile():
+def test_denoise_slab_fp32_and_compile():
     clean, noisy = phantom_hu(depth=3, size=32)
-    settings = dict(strength="medium", iterations=60, channels=8, blocks=3, ensemble=1, device="cpu", seed=2)
-    flat = denoise_array(noisy, SPACING, **settings)
-    slab = denoise_array(noisy, SPACING, slab=3, **settings)
+    settings = dict(iterations=60, channels=8, blocks=3, ensemble=1, seed=2)
+    flat = plugin_denoise(noisy, "medium", **settings)
+    slab = plugin_denoise(noisy, "medium", slab=3, **settings)
     assert slab.shape == noisy.shape and np.isfinite(slab).all()
     assert not np.allclose(slab, flat)  # slab 3 fits other decoders (3 output channels each)
-    np.testing.assert_array_equal(slab, denoise_array(noisy, SPACING, slab=3, **settings))
+    np.testing.assert_array_equal(slab, plugin_denoise(noisy, "medium", slab=3, **settings))
     # float32 is already what a CPU fits: the flag changes nothing there.
-    np.testing.assert_array_equal(flat, denoise_array(noisy, SPACING, fp32=True, **settings))
-    np.testing.assert_array_equal(flat, denoise_array(noisy, SPACING, compile=True, **settings))  # CUDA only
+    np.testing.assert_array_equal(flat, plugin_denoise(noisy, "medium", fp32=True, **settings))
+    np.testing.assert_array_equal(flat, plugin_denoise(noisy, "medium", compile=True, **settings))  # CUDA only
     with pytest.raises(InputError, match="slab must be an odd number"):
-        denoise_array(noisy, SPACING, slab=4, **settings)
+        plugin_denoise(noisy, "medium", slab=4, **settings)

@@ -26,16 +26,15 @@ from dd_medical.batch import (
     RAY_INSTALL_HINT,
     RECEIPT_DIR,
     SERIES_DIR,
-    TASK_HOOK_DIR_ENV,
-    TASK_HOOK_SLEEP_ENV,
     RayExecutor,
     SeriesTask,
     folder_checksum,
     process_series,
     run_batch,
 )
+from dd_medical.batch.tasks import SliceChunk
 from dd_medical.cli import cli
-from dd_medical.fitting import FitConfig
+from dd_medical.core.fit import FitConfig
 from dd_medical.io import scan_dicom
 from dd_medical.phantom import write_phantom_series
 
@@ -50,15 +49,13 @@ def ray_cluster():
 
     Token authentication stays on (the default of a new local instance since Ray 2.5x) with a throwaway token in
     the environment, so nothing is written to ~/.ray/auth_token; drivers started as subprocesses inherit it. The
-    workers inherit the test hook's variables; the hook is active only while its folder exists.
+    hook folder is where :func:`_marking_wrapper`'s tasks mark their workers.
     """
     temp = tempfile.mkdtemp(prefix="ddray", dir="/tmp")  # short: Ray's socket paths must stay < 108 characters
     hooks = Path(temp) / "hooks"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "token")
         patch.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
-        patch.setenv(TASK_HOOK_DIR_ENV, str(hooks))
-        patch.setenv(TASK_HOOK_SLEEP_ENV, "1.0")
         ray = pytest.importorskip("ray", reason=NO_RAY_REASON)
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
         try:
@@ -140,15 +137,35 @@ def test_ray_batch_equals_serial_and_chunks_change_nothing(ray_cluster: tuple, t
 def test_killed_worker_is_retried_and_its_series_completes_once(ray_cluster: tuple, tmp_path: Path) -> None:
     _write_inputs(tmp_path / "in", count=2, depth=2)
     hooks, out = ray_cluster[1], tmp_path / "out"
-    hooks.mkdir()  # tasks now mark their worker's PID at start and when finished, and wait 1 s after each mark
+    hooks.mkdir()  # the tasks mark their worker's PID at start and when finished, and wait 1 s after each mark
     try:
         _run_killing_workers(tmp_path / "in", out, hooks)
     finally:
         shutil.rmtree(hooks)
 
 
+def _marking_wrapper(hooks: Path, pause: float = 1.0):
+    """A ``RayExecutor`` task wrapper: in the worker, write ``<stage>-<folder>[.<start>]-<pid>`` into ``hooks`` at
+    "start" and "finished" (so the test can kill that worker there), and sleep ``pause`` seconds after each mark.
+    A nested function: Ray's cloudpickle ships it by value."""
+
+    def wrapper(fn, item):
+        def mark(stage: str) -> None:
+            series = item.task if isinstance(item, SliceChunk) else item
+            name = Path(series.output_dir).name + (f".{item.start}" if isinstance(item, SliceChunk) else "")
+            Path(hooks, f"{stage}-{name}-{os.getpid()}").write_text(str(os.getpid()))
+            time.sleep(pause)
+
+        mark("start")
+        result = fn(item)
+        mark("finished")
+        return result
+
+    return wrapper
+
+
 def _run_killing_workers(inp: Path, out: Path, hooks: Path) -> None:
-    executor = RayExecutor(gpus_per_task=0, max_retries=2)
+    executor = RayExecutor(gpus_per_task=0, max_retries=2, task_wrapper=_marking_wrapper(hooks))
     results: list = []
     driver = threading.Thread(target=lambda: results.append(
         run_batch(inp, out, config=TINY, device="cpu", progress=False, executor=executor)))

@@ -6,25 +6,27 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import dd_medical
 from dd_medical.cli import cli
+from dd_medical.core.fit import FitConfig, fit
+from dd_medical.core.operators import (
+    SUBPIXELS,
+    CartesianFourier,
+    GaussianProjection,
+    ParallelBeamRadon,
+    equispaced_mask,
+)
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig, fit
 from dd_medical.io import read_volume, write_image
+from dd_medical.io.raw import load_kspace
 from dd_medical.metrics import psnr
-from dd_medical.operators import CartesianFourier, GaussianProjection, ParallelBeamRadon, equispaced_mask
 from dd_medical.phantom import write_phantom_series
 from dd_medical.pipeline import reconstruct_volume
-from dd_medical.reconstruction import (
-    CT_SUBPIXELS,
-    RECONSTRUCTION_DEFAULTS,
-    default_config,
-    load_kspace,
-    magnitude_image,
-    prepare_measurements,
-    simulate,
-    tv_reconstruct,
-)
+from dd_medical.presets import PRESETS, resolve
+from dd_medical.simulation import simulate
 from dd_medical.volume import Volume
+
+CT_TV_WEIGHT = PRESETS["reconstruct/ct"]["default"].tv_weight
 
 SMALL = FitConfig(channels=16, blocks=4, iterations=150, ensemble=1, stopping="fixed")
 
@@ -42,6 +44,11 @@ def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(psnr(image, reference, float(reference.max() - reference.min()))))
 
 
+def default_config(operator, **overrides) -> FitConfig:
+    """The reconstruction preset of ``operator``'s kind with ``overrides``."""
+    return resolve("reconstruct/" + operator.kind, **overrides)
+
+
 def test_sparse_view_ct_beats_fbp_and_keeps_the_attenuation_scale():
     sim = simulate(phantom_hu(1, 48), "ct", views=20)
     before = sim.measurements.clone()
@@ -49,7 +56,7 @@ def test_sparse_view_ct_beats_fbp_and_keeps_the_attenuation_scale():
     out = reconstruct_volume(sim.measurements, sim.operator, config, device="cpu", progress=False)
     assert out.shape == (1, 48, 48) and out.dtype == np.float32
     torch.testing.assert_close(sim.measurements, before)  # not modified
-    fbp = magnitude_image(sim.operator, sim.operator.fbp(sim.measurements)).numpy()
+    fbp = sim.operator.to_image(sim.operator.fbp(sim.measurements)).numpy()
     assert _psnr(out, sim.reference) > _psnr(fbp, sim.reference) + 3
     body = sim.reference > 0.5
     assert abs(out[body].mean() / sim.reference[body].mean() - 1) < 0.05
@@ -70,9 +77,10 @@ def test_mri_recovers_a_fully_sampled_multicoil_image_and_keeps_the_scale():
     ramp = torch.linspace(0.5, 1.0, 32)
     coils = torch.cat([mu * ramp, torch.zeros_like(mu), mu * ramp.flip(0), 0.3 * mu], dim=1)  # two complex coils
     full = CartesianFourier(np.ones(32), coils=2)
-    config = FitConfig(channels=16, blocks=4, iterations=150, ensemble=1, output="linear")
+    assert full.output == "linear"  # the operator decides: signed coil images
+    config = FitConfig(channels=16, blocks=4, iterations=150, ensemble=1, stopping="fixed")
     out = reconstruct_volume(full.forward(coils), full, config, device="cpu", progress=False, data_consistency=False)
-    rss = magnitude_image(full, coils).numpy()
+    rss = full.to_image(coils).numpy()
     assert _psnr(out, rss) > 15
     # fully sampled: data consistency returns the measured image itself
     exact = reconstruct_volume(full.forward(coils), full, config, device="cpu", progress=False)
@@ -80,9 +88,10 @@ def test_mri_recovers_a_fully_sampled_multicoil_image_and_keeps_the_scale():
 
     op = CartesianFourier(equispaced_mask(32, 4, 0.1), coils=1)
     y = op.forward(torch.cat([mu, torch.zeros_like(mu)], dim=1))
-    assert RECONSTRUCTION_DEFAULTS["mri"].output == "linear"
-    out4 = reconstruct_volume(y.numpy(), op, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1),
-                              device="cpu", progress=False)  # sigmoid config: fitted linear
+    assert op.output == "linear"
+    out4 = reconstruct_volume(y.numpy(), op, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1,
+                                                       stopping="fixed"),
+                              device="cpu", progress=False)  # fitted linear: the operator's output
     assert out4.shape == (1, 32, 32) and np.isfinite(out4).all()
     assert 0.5 < out4.max() / float(mu.max()) < 2  # in the measurements' scale
 
@@ -93,11 +102,14 @@ def test_mri_of_a_real_object_fits_a_non_negative_image():
     op = sim.operator
     assert op.real and op.image_shape(sim.measurements) == (1, 32, 32)
     config = default_config(op, channels=16, blocks=4, iterations=200)
-    assert config.output == "sigmoid" and RECONSTRUCTION_DEFAULTS["mri"].output == "linear"
+    assert op.output == "sigmoid" and CartesianFourier(op.mask[0]).output == "linear"
     out = reconstruct_volume(sim.measurements, op, config, device="cpu", progress=False)
-    zero_filled = magnitude_image(op, op.baseline(sim.measurements)).numpy()
+    zero_filled = op.to_image(op.baseline(sim.measurements)).numpy()
     assert out.shape == (1, 32, 32) and np.isfinite(out).all() and out.min() >= 0
     assert _psnr(out, sim.reference) > _psnr(zero_filled, sim.reference) + 3
+
+
+CLI_FIT = ["--iterations", "10", "--channels", "8", "--blocks", "3", "--device", "cpu"]
 
 
 def test_conv_decoder_reconstructs_mri_beyond_zero_filling():
@@ -106,11 +118,11 @@ def test_conv_decoder_reconstructs_mri_beyond_zero_filling():
     # as on the benchmark's example_mr_sm slice, the 1x1 decoder is no better than zero filling here (measured:
     # zero-filled 18.4 dB, deep 18.6, conv 21.1)
     config = default_config(sim.operator, channels=16, blocks=4, iterations=400, architecture="conv")
-    assert config.output == "linear"
+    assert sim.operator.output == "linear"
     out = reconstruct_volume(sim.measurements, sim.operator, config, device="cpu", progress=False)
     deep = reconstruct_volume(sim.measurements, sim.operator, replace(config, architecture="deep"), device="cpu",
                               progress=False)
-    zero_filled = magnitude_image(sim.operator, sim.operator.baseline(sim.measurements)).numpy()
+    zero_filled = sim.operator.to_image(sim.operator.baseline(sim.measurements)).numpy()
     assert out.shape == (1, 32, 32) and np.isfinite(out).all()
     assert _psnr(out, sim.reference) > _psnr(zero_filled, sim.reference) + 1.5
     assert _psnr(out, sim.reference) > _psnr(deep, sim.reference) + 1
@@ -118,50 +130,44 @@ def test_conv_decoder_reconstructs_mri_beyond_zero_filling():
         default_config(sim.operator, architecture="unet")
 
 
-def test_mri_auto_architecture_keeps_the_decoder_whose_members_agree(caplog):
-    hu = phantom_hu(depth=2, size=32)
-    sim = simulate((hu + 1000) / 1000, "mri", modality="MR", acceleration=3, center_fraction=0.2)
-    op, y = sim.operator, sim.measurements
-    config = default_config(op, channels=16, blocks=4, iterations=400, ensemble=1, architecture="auto")
-    report: dict = {}
-    with caplog.at_level("INFO", logger="dd_medical"):
-        auto = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)
-    assert "deep 0, conv 2" in caplog.text  # on this phantom ConvDecoder is the better prior (see above)
-    assert report["architecture"] == ["conv", "conv"]
-    assert all(c < d for c, d in zip(report["disagreement"]["conv"], report["disagreement"]["deep"], strict=True))
-    conv = reconstruct_volume(y, op, replace(config, architecture="conv", ensemble=2), device="cpu", progress=False)
-    np.testing.assert_allclose(auto, conv, atol=1e-5 * float(conv.max()))
-    np.testing.assert_array_equal(report["candidates"]["conv"], auto)
-    assert _psnr(report["candidates"]["conv"], sim.reference) > _psnr(report["candidates"]["deep"], sim.reference)
-    # the criterion: independently initialised decoders' spread on the unmeasured k-space, zero where they agree
-    same = torch.stack([op.adjoint(y)] * 2, dim=1)  # (B, 2 members, 2, H, W)
-    assert torch.all(op.disagreement(same) == 0)
-    apart = same.clone()
-    apart[:, 1] += torch.randn(apart[:, 1].shape, generator=torch.Generator().manual_seed(0))
-    assert torch.all(op.disagreement(apart) > 0)
-    with pytest.raises(ValueError, match="auto"):
-        fit(op, y, replace(config, iterations=1))
+def test_auto_architecture_was_removed_with_a_clear_error(tmp_path):
+    """architecture="auto" (keep the kind whose decoders disagree least) was removed: every door says so."""
+    with pytest.raises(ValueError, match="auto.*'both'"):
+        FitConfig(architecture="auto")
+    with pytest.raises(InputError, match="auto.*'both'"):
+        resolve("reconstruct/mri", architecture="auto")
+    image = tmp_path / "slice.nii.gz"
+    write_image(Volume(phantom_hu(1, 32) + 1000, modality="MR"), image)
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "out.nii.gz"), "--simulate", "mri",
+                                      "--architecture", "auto", *CLI_FIT])
+    assert result.exit_code == 2
+    message = [line for line in result.output.splitlines() if "auto" in line]
+    assert len(message) == 1 and "'both'" in message[0], result.output
+    assert not (tmp_path / "out.nii.gz").exists()
 
 
 def test_mri_both_averages_every_decoder_of_both_kinds(caplog):
     hu = phantom_hu(depth=2, size=32)
     sim = simulate((hu + 1000) / 1000, "mri", modality="MR", acceleration=3, center_fraction=0.2)
     op, y = sim.operator, sim.measurements
-    assert RECONSTRUCTION_DEFAULTS["mri"].architecture == "both"
+    assert PRESETS["reconstruct/mri"]["default"].architecture == "both"
     config = default_config(op, channels=16, blocks=4, iterations=60, ensemble=2)
-    report: dict = {}
+    assert config.architecture == "both"
     with caplog.at_level("INFO", logger="dd_medical"):
-        both = reconstruct_volume(y, op, config, device="cpu", progress=False, report=report)
-    assert "averaging the decoders of both kinds" in caplog.text
-    assert report["architecture"] == ["both", "both"]
+        both = reconstruct_volume(y, op, config, device="cpu", progress=False)
+    assert "'architecture': 'both'" in caplog.text
     # the mean of the 2 + 2 members, then data consistency, in the measurements' scale
-    scale = float(magnitude_image(op, op.baseline(y)).max())
+    scale = float(op.to_image(op.baseline(y)).max())
     members = [fit(op, y / scale, replace(config, architecture=a), device="cpu", keep_members=True).members
                for a in ("deep", "conv")]
-    expected = op.consistent_magnitude(torch.cat(members, dim=1).mean(dim=1), y / scale)[:, 0].numpy() * scale
+
+    def consistent(images: torch.Tensor) -> np.ndarray:
+        return op.to_image(op.finalize(images, y / scale)).numpy() * scale
+
+    expected = consistent(torch.cat(members, dim=1).mean(dim=1))
     np.testing.assert_allclose(both, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
-    for kind in ("deep", "conv"):  # neither kind's own result
-        assert np.abs(report["candidates"][kind] - both).max() > 1e-3 * float(both.max())
+    for kind_members in members:  # neither kind's own result
+        assert np.abs(consistent(kind_members.mean(dim=1)) - both).max() > 1e-3 * float(both.max())
     with pytest.raises(ValueError, match="both"):
         fit(op, y, replace(config, iterations=1))
 
@@ -176,7 +182,7 @@ def test_result_does_not_depend_on_batch_size():
 
 def test_bad_measurements_are_rejected_before_fitting():
     calls: list[float] = []
-    run = lambda y, op: reconstruct_volume(y, op, SMALL, device="cpu", progress=False, callback=calls.append)  # noqa: E731
+    run = lambda y, op: reconstruct_volume(y, op, SMALL, device="cpu", progress=calls.append)  # noqa: E731
     mri = CartesianFourier(equispaced_mask(32, 4, 0.08))
     with pytest.raises(InputError, match="does not match the mask"):
         run(np.zeros((2, 1, 32, 30, 2), np.float32), mri)
@@ -191,17 +197,23 @@ def test_bad_measurements_are_rejected_before_fitting():
         run(bad, ct)
     with pytest.raises(InputError, match="all zero"):
         run(np.zeros((1, 1, 10, ct.detectors), np.float32), ct)
+    # settings that do not go together with a reconstruction are refused before fitting, naming both
+    sino = ct(torch.ones(1, 1, 32, 32))
+    with pytest.raises(InputError, match="stopping='discrepancy'.*reconstruct/ct"):
+        dd_medical.reconstruct(sino, ct, stopping="discrepancy", device="cpu", progress=calls.append)
+    with pytest.raises(InputError, match="slab=3.*reconstruct/ct"):
+        dd_medical.reconstruct(sino, ct, slab=3, device="cpu", progress=calls.append)
     assert calls == []
 
 
 def test_complex_kspace_and_compressive_sensing_inputs():
     op = CartesianFourier(equispaced_mask(16, 2, 0.1), coils=1)
     kspace = np.fft.fftshift(np.fft.fft2(np.random.default_rng(0).normal(size=(3, 16, 16)))).astype(np.complex64)
-    assert prepare_measurements(kspace, op).shape == (3, 1, 16, 16, 2)
+    assert op.prepare(kspace).shape == (3, 1, 16, 16, 2)
     cs = GaussianProjection(200, (16, 16), seed=0)
     image = torch.from_numpy(phantom_hu(1, 16) + 1000)[:, None] / 1000
-    out = reconstruct_volume(cs.forward(image), cs, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1),
-                             device="cpu", progress=False)
+    out = reconstruct_volume(cs.forward(image), cs, FitConfig(channels=8, blocks=3, iterations=50, ensemble=1,
+                                                              stopping="fixed"), device="cpu", progress=False)
     assert out.shape == (1, 16, 16)
 
 
@@ -224,7 +236,7 @@ def test_simulation_rejects_bad_parameters():
 def test_ct_simulation_from_a_finer_grid_avoids_the_inverse_crime():
     fine = phantom_hu(2, 64)
     sim = simulate(fine, "ct", views=24, downsample=2)
-    assert (sim.operator.height, sim.operator.width, sim.operator.subpixels) == (32, 32, CT_SUBPIXELS)
+    assert (sim.operator.height, sim.operator.width, sim.operator.subpixels) == (32, 32, SUBPIXELS)
     mu = (np.maximum(fine + 1000, 0) / 1000).reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(sim.reference, mu, rtol=1e-5, atol=1e-6)  # the block average of the fine image
     same = sim.operator.forward(torch.from_numpy(sim.reference)[:, None])  # what the coarse model predicts
@@ -238,23 +250,12 @@ def test_ct_simulation_from_a_finer_grid_avoids_the_inverse_crime():
 def test_ct_default_tv_penalty_helps_without_the_inverse_crime():
     sim = simulate(phantom_hu(1, 64), "ct", views=24, downsample=2)  # scanned at 64 px, reconstructed at 32
     config = default_config(sim.operator, channels=32, blocks=4, iterations=300)
-    assert config.tv_weight == RECONSTRUCTION_DEFAULTS["ct"].tv_weight > 0
+    assert config.tv_weight == CT_TV_WEIGHT > 0
     run = lambda c: reconstruct_volume(sim.measurements, sim.operator, c, device="cpu", progress=False)  # noqa: E731
     with_tv, without = run(config), run(replace(config, tv_weight=0.0))
-    fbp = magnitude_image(sim.operator, sim.operator.fbp(sim.measurements)).numpy()
+    fbp = sim.operator.to_image(sim.operator.fbp(sim.measurements)).numpy()
     assert _psnr(without, sim.reference) > _psnr(fbp, sim.reference) + 3
     assert _psnr(with_tv, sim.reference) > _psnr(without, sim.reference) + 0.5  # measured: +1.0 dB
-
-
-def test_tv_baseline_improves_on_fbp():
-    sim = simulate(phantom_hu(1, 32), "ct", views=16)
-    scale = float(sim.operator.fbp(sim.measurements).max())
-    tv = tv_reconstruct(sim.operator, sim.measurements / scale, 0.003, iterations=100, nonnegative=True) * scale
-    fbp = sim.operator.fbp(sim.measurements)
-    assert _psnr(tv[:, 0].numpy(), sim.reference) > _psnr(fbp[:, 0].numpy(), sim.reference) + 3
-
-
-CLI_FIT = ["--iterations", "10", "--channels", "8", "--blocks", "3", "--device", "cpu"]
 
 
 def test_cli_reconstructs_fastmri_hdf5_kspace(tmp_path):
@@ -293,7 +294,7 @@ def test_cli_simulates_ct_from_a_dicom_series_and_writes_a_derived_series(tmp_pa
     assert recon.shape == (2, 32, 32) and recon.modality == "CT"
     assert recon.array.min() > -1500 and recon.array.max() < 3000  # HU, not attenuation
     (first, *_) = sorted(out.rglob("*.dcm"))
-    assert f"TV weight={RECONSTRUCTION_DEFAULTS['ct'].tv_weight:g}" in pydicom.dcmread(first).DerivationDescription
+    assert f"TV weight={CT_TV_WEIGHT:g}" in pydicom.dcmread(first).DerivationDescription
 
 
 def test_cli_conv_decoder_is_recorded_in_the_derived_series(tmp_path):
@@ -303,7 +304,7 @@ def test_cli_conv_decoder_is_recorded_in_the_derived_series(tmp_path):
     result = CliRunner().invoke(cli, ["reconstruct", str(series), str(out), "--simulate", "ct", "--views", "16",
                                       "--architecture", "conv", "--tv-weight", "0", *CLI_FIT])
     assert result.exit_code == 0, result.output
-    assert "decoder per slice: conv 1" in result.output
+    assert "(decoder: conv)" in result.output
     (dicom_file,) = sorted(out.rglob("*.dcm"))
     description = pydicom.dcmread(dicom_file).DerivationDescription
     assert "ConvDecoder" in description and "TV weight" not in description
@@ -330,6 +331,10 @@ def test_cli_rejects_bad_simulation_settings_and_raw_sinograms(tmp_path):
     assert result.exit_code == 2 and "at least one view" in result.output
     result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "c.nii.gz"), *CLI_FIT])
     assert result.exit_code == 2 and "--simulate" in result.output
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "e.nii.gz"), "--simulate", "ct",
+                                      "--slab", "3", *CLI_FIT])
+    assert result.exit_code == 2 and "slab=3 applies to denoising only" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "e.nii.gz").exists()
 
     op = ParallelBeamRadon(np.linspace(0, 180, 16, endpoint=False), 32)
     sino = op.forward(torch.from_numpy((phantom_hu(1, 32) + 1000) / 1000)[:, None])[:, 0].numpy()

@@ -22,8 +22,8 @@ from monai.transforms import (
 )
 
 import dd_medical
+from dd_medical.core.fit import FitConfig
 from dd_medical.errors import InputError
-from dd_medical.fitting import FitConfig
 from dd_medical.io import read_volume, write_series
 from dd_medical.metrics import psnr
 from dd_medical.monai_writer import DicomSeriesWriter, series_folder
@@ -250,7 +250,7 @@ def test_reconstruct_from_monai_masked_kspace():
     from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask
     from monai.data.fft_utils import fftn_centered
 
-    from dd_medical.operators import CartesianFourier
+    from dd_medical.core.operators import CartesianFourier
     from dd_medical.phantom import ct_phantom
     from dd_medical.pipeline import reconstruct_volume
 
@@ -262,7 +262,7 @@ def test_reconstruct_from_monai_masked_kspace():
     masked, zero_filled = masker(kspace)
     assert masker.mask.shape == (1, 1, 64, 1)  # MONAI's mask layout
 
-    config = FitConfig(channels=32, blocks=4, iterations=200, ensemble=1, output="linear", learning_rate=0.005)
+    config = FitConfig(channels=32, blocks=4, iterations=200, ensemble=1, stopping="fixed", learning_rate=0.005)
     data = {"kspace": MetaTensor(masked.numpy()), "mask": masker.mask}
     out = DeepDecoderReconstructd("kspace", config=config, device="cpu")(data)["kspace"]
     assert isinstance(out, MetaTensor) and out.shape == (1, 64, 64) and out.dtype == torch.float32
@@ -270,5 +270,7 @@ def test_reconstruct_from_monai_masked_kspace():
     assert psnr(out[0].numpy(), truth) > 20.0
 
     mask = masker.mask.reshape(64).numpy()
-    direct = reconstruct_volume(masked.numpy()[None], CartesianFourier(mask, coils=1), config, "cpu", False)
+    operator = CartesianFourier(mask, coils=1)
+    assert operator.output == "linear"  # signed coil images: the operator decides the decoder's output
+    direct = reconstruct_volume(masked.numpy()[None], operator, config, "cpu", progress=False)
     assert relative_error(out[0].numpy(), direct[0]) < 1e-4

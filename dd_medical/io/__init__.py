@@ -1,4 +1,5 @@
-"""Reading and writing volumes: DICOM series (in and derived out), NIfTI / NRRD / MetaImage, atomic outputs.
+"""Reading and writing volumes: DICOM series (in and derived out), NIfTI / NRRD / MetaImage, raw measurements
+(:mod:`dd_medical.io.raw`), provenance, atomic outputs.
 
 ```python
 from dd_medical.io import read_volume, write_series
@@ -24,8 +25,10 @@ from dd_medical.io.dicom import (
     read_series,
     scan_dicom,
 )
-from dd_medical.io.dicom_write import write_series
+from dd_medical.io.dicom_write import write_lossy_series, write_series
 from dd_medical.io.image import IMAGE_SUFFIXES, is_image_path, read_image, write_image
+from dd_medical.io.output import check_output, write_volume
+from dd_medical.io.provenance import derivation_description
 from dd_medical.io.validate import validate_derived
 from dd_medical.volume import Volume
 
@@ -36,6 +39,9 @@ __all__ = [
     "SkippedFile",
     "atomic_output_dir",
     "atomic_output_file",
+    "check_output",
+    "derivation_description",
+    "is_image_path",
     "load_series",
     "read_image",
     "read_series",
@@ -43,7 +49,9 @@ __all__ = [
     "scan_dicom",
     "validate_derived",
     "write_image",
+    "write_lossy_series",
     "write_series",
+    "write_volume",
 ]
 
 

@@ -476,3 +476,20 @@ def _ds(value: float) -> DSfloat:
     fits, else rounded to fit."""
     text = f"{float(value):.12g}"
     return DSfloat(text) if len(text) <= 16 else DSfloat(float(value), auto_format=True)
+
+
+def write_lossy_series(volume: Volume, out_dir: str | Path, *, ratio: float, method: str, series_description: str,
+                       derivation_description: str, overwrite: bool = False) -> list[Path]:
+    """A new DICOM series (:func:`write_series`) marked lossy: LossyImageCompression ``01``,
+    LossyImageCompressionRatio ``ratio`` and LossyImageCompressionMethod ``method``. Atomic."""
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        files = write_series(volume, tmp, series_description=series_description,
+                             derivation_description=derivation_description, overwrite=True)
+        for name in files:
+            ds = pydicom.dcmread(tmp / Path(name).name)
+            ds.LossyImageCompression = "01"
+            ds.LossyImageCompressionRatio = [DSfloat(ratio, auto_format=True)]
+            ds.LossyImageCompressionMethod = [method]
+            ds.save_as(tmp / Path(name).name, enforce_file_format=True)
+    return [out_dir / Path(name).name for name in files]

@@ -2,9 +2,9 @@
 
 The widget binds a parameter node to the GUI; :class:`DeepDecoderLogic` does the work and can be used without the
 widget. The logic is a thin adapter: volume node -> numpy (``slicer.util.arrayFromVolume``, KJI order) ->
-:func:`dd_medical.api.denoise_array` -> output volume node with the input's geometry. Long runs go to the
+:func:`dd_medical.api.denoise` -> output volume node with the input's geometry. Long runs go to the
 ``DeepDecoderDenoise`` CLI module of this extension, which Slicer runs as a separate process, so the viewer stays
-responsive (as SlicerMONAIAuto3DSeg does); the CLI calls the same :func:`dd_medical.api.denoise_array`.
+responsive (as SlicerMONAIAuto3DSeg does); the CLI calls the same :func:`dd_medical.api.denoise`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+#: ``dd_medical.presets.STRENGTHS``, mirrored here because Slicer loads this module before dd-medical is installed
+#: (a test checks that the two agree, and the CLI module's XML).
 STRENGTHS = ["low", "medium", "high"]
 DEVICES = ["auto", "cpu", "cuda"]
 PIP_REQUIREMENT = "dd-medical"
@@ -69,7 +71,7 @@ class DeepDecoderParameterNode:
 
     inputVolume - noisy scalar volume (CT in HU, or MR).
     outputVolume - receives the denoised volume (float32, the input's geometry).
-    strength - low / medium / high: the dd_medical.fitting preset of that name.
+    strength - low / medium / high: the dd_medical.presets denoising preset of that name.
     iterations, channels - decoder settings; 0 means the preset's value.
     slab - 2.5D: odd number of adjacent slices fitted together by each decoder; 0 means the preset's value (1).
     fp32 - on a CUDA GPU, fit in float32 instead of bfloat16 (no effect on a CPU).
@@ -236,7 +238,7 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class DeepDecoderLogic(ScriptedLoadableModuleLogic):
     """Denoising of volume nodes; usable without the widget. Every numerical step is in ``dd_medical``.
 
-    Only the public dd_medical API is used (``dd_medical.api.denoise_array``), and it is imported inside the
+    Only the public dd_medical API is used (``dd_medical.api.denoise``), and it is imported inside the
     methods so the module loads before dd-medical is installed.
     """
 
@@ -292,14 +294,14 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         ``fp32`` fits in float32 on CUDA instead of bfloat16; ``compile`` fuses the kernels on CUDA.
         ``progress(fraction)`` is called with values rising in [0, 1].
         """
-        from dd_medical.api import denoise_array
+        from dd_medical.api import denoise
 
         self._checkNodes(inputVolume, outputVolume)
         array = slicer.util.arrayFromVolume(inputVolume)  # (slices, rows, columns) = KJI
-        denoised = denoise_array(
-            array, inputVolume.GetSpacing(), strength=strength, iterations=iterations or None,
+        denoised = denoise(
+            array, strength, device=device, progress=progress or False, iterations=iterations or None,
             channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, slab=slab or None,
-            fp32=bool(fp32), compile=bool(compile), device=device, seed=seed, callback=progress,
+            seed=seed, amp=False if fp32 else None, compile=True if compile else None,
         )
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(ijkToRas)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python-real
-"""Deep Decoder Denoise: the 3D Slicer CLI module (Filtering > Denoising) over :func:`dd_medical.api.denoise_array`.
+"""Deep Decoder Denoise: the 3D Slicer CLI module (Filtering > Denoising) over :func:`dd_medical.api.denoise`.
 
 Slicer runs it as ``python-real DeepDecoderDenoise.py [--flag value ...] input.nrrd output.nrrd`` (the flags and
 positional arguments of ``DeepDecoderDenoise.xml``) and reads progress from stdout. It also runs from a shell::
@@ -20,19 +20,26 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 XML_PATH = Path(__file__).resolve().with_name("DeepDecoderDenoise.xml")
 MODULE_NAME = "DeepDecoderDenoise"
 LABEL_MAP_MAX_VALUES = 64
-STRENGTHS = ("low", "medium", "high")
-DEVICES = ("auto", "cpu", "cuda")
-MODALITIES = ("CT", "MR")
 
 
 def xml_description() -> str:
     """The module description (Slicer Execution Model XML), exactly as shipped beside this script."""
     return XML_PATH.read_text(encoding="utf-8")
+
+
+def xml_choices(name: str) -> tuple[str, ...]:
+    """The ``<element>`` values of the string enumeration ``name`` in the XML: the choices are defined there once
+    (the strengths are ``dd_medical.presets.STRENGTHS``; a test checks the two agree)."""
+    for node in ElementTree.fromstring(xml_description()).iter("string-enumeration"):
+        if node.findtext("name") == name:
+            return tuple(element.text for element in node.findall("element"))
+    raise KeyError(name)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("inputVolume", help="noisy 3D scalar volume (.nrrd, .nii.gz, .mha)")
     parser.add_argument("outputVolume", help="denoised volume to write (same geometry, float32)")
-    parser.add_argument("--strength", choices=STRENGTHS, default="medium")
+    parser.add_argument("--strength", choices=xml_choices("strength"), default="medium")
     parser.add_argument("--iterations", type=_non_negative, default=0, help="0: the preset's value")
     parser.add_argument("--channels", type=_non_negative, default=0, help="0: the preset's value")
     parser.add_argument("--blocks", type=_non_negative, default=0, help="0: the preset's value")
@@ -50,8 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--slab", type=_non_negative, default=0, help="odd slices per decoder; 0: the preset's value")
     parser.add_argument("--fp32", action="store_true", help="on CUDA, float32 instead of bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="on CUDA, fuse the decoder's kernels (torch.compile)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--modality", choices=MODALITIES, default="CT")
+    parser.add_argument("--device", choices=xml_choices("device"), default="auto")
+    parser.add_argument("--modality", choices=xml_choices("modality"), default="CT")
     parser.add_argument("--seed", type=_non_negative, default=0)
     return parser.parse_args(argv)
 
@@ -123,7 +130,7 @@ def _integer_pixel_ids(sitk) -> set[int]:
 
 def run(args: argparse.Namespace) -> None:
     """Read, denoise and write, reporting progress on stdout (Slicer's ``<filter-...>`` protocol)."""
-    from dd_medical.api import denoise_array
+    from dd_medical.api import denoise
     from dd_medical.errors import InputError
     from dd_medical.io import read_image, write_image
 
@@ -141,10 +148,10 @@ def run(args: argparse.Namespace) -> None:
     report = ProgressReporter()
     report(0.0)
     fitting = {name: getattr(args, name) or None for name in ("iterations", "channels", "blocks", "ensemble", "slab")}
-    denoised = denoise_array(
-        volume.array, volume.spacing, strength=args.strength, fp32=args.fp32, compile=args.compile,
-        device=args.device, seed=args.seed,
-        modality=args.modality, callback=lambda fraction: report(0.95 * fraction), **fitting,
+    denoised = denoise(
+        volume.array, args.strength, device=args.device, modality=args.modality,
+        progress=lambda fraction: report(0.95 * fraction), seed=args.seed, amp=False if args.fp32 else None,
+        compile=True if args.compile else None, **fitting,
     )
     emit("<filter-comment>writing the output volume</filter-comment>")
     write_image(volume.with_array(denoised), out_path, overwrite=True)

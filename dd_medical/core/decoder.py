@@ -1,25 +1,18 @@
-"""The Deep Decoder network (Heckel & Hand, ICLR 2019), single and batched.
+"""The Deep Decoder network (Heckel & Hand, "Deep Decoder: Concise Image Representations from Untrained
+Non-convolutional Networks", ICLR 2019), one instance and ``B`` instances evaluated together.
 
-Architecture, as in the paper and its reference code (reinhardh/supplement_deep_decoder, ``decodernw``):
-a fixed random input ``Z`` of shape ``(k, H0, W0)``, uniform in [0, 0.1), then ``blocks`` identical blocks
+A fixed random input ``Z`` of shape ``(k, H0, W0)``, uniform in [0, 0.1), then ``blocks`` identical blocks
 
     1x1 conv (no bias) -> x2 bilinear upsampling (not in the last block) -> ReLU -> channel normalisation
 
-and a final 1x1 conv to the output channels followed by a sigmoid, so images are in [0, 1] (``output="linear"``
-drops the sigmoid, for signed outputs such as the real and imaginary parts of MR coil images). ``norm_first=True``
-swaps the last two steps of every block (normalisation, then ReLU): the order of the reference code's compression
-experiments (``bn_before_act``), which the codec's ``reference`` recipe uses (:mod:`dd_medical.compression`).
+and a 1x1 output convolution followed by a sigmoid (images in [0, 1]; ``output="linear"`` drops it for signed
+images such as MR coil images). ``norm_first=True`` normalises before the ReLU (the order of the reference code's
+compression experiments, reinhardh/supplement_deep_decoder). ``architecture="conv"`` is ConvDecoder (Darestani &
+Heckel, "Accelerated MRI with un-trained neural networks", 2021): nearest upsampling, then a 3x3 convolution with bias,
+input ``ceil(H/16) x ceil(W/16)``, the last block at full size.
 
-``architecture="conv"`` is the ConvDecoder of Darestani & Heckel ("Accelerated MRI with un-trained neural networks",
-2021; MLI-lab/ConvDecoder), the MRI reconstruction candidate: each block is nearest upsampling -> 3x3 conv (zero
-padding, with bias) -> ReLU -> channel normalisation, the input is ``ceil(H/16) x ceil(W/16)``, the upsampling steps
-are equal factors (:func:`conv_ladder`) and the last block runs at full size without upsampling. The paper's
-pixel-wise decoder (``"deep"``) is the default everywhere.
-
-Any slice size ``(H, W)``, not only powers of two: the upsampling steps go through a ladder of sizes
-``ceil(H / 2**j), ceil(W / 2**j)`` for ``j = u, ..., 1, 0`` (``u = blocks - 1`` upsamplings), so each step is a
-factor of (about) two and the last lands exactly on ``(H, W)``. For ``H = 512`` this is the paper's
-16 -> 32 -> ... -> 512; for ``H = 260`` it is 9 -> 17 -> 33 -> 65 -> 130 -> 260.
+Any ``(H, W)``: the upsampling goes through the sizes ``ceil(H / 2**j), ceil(W / 2**j)``, ``j = blocks - 1 .. 0``
+(512: 16 -> 32 -> ... -> 512; 260: 9 -> 17 -> 33 -> 65 -> 130 -> 260).
 """
 
 from __future__ import annotations
@@ -28,6 +21,7 @@ import functools
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +32,18 @@ NORM_EPS = 1e-5
 ARCHITECTURES = ("deep", "conv")
 #: :class:`BatchedDeepDecoder` state-dict entries stored ``(blocks, B, ...)``: their instance axis is 1, not 0.
 BLOCK_MAJOR = ("scales", "shifts", "biases")
+
+
+def slice_generator(seed: int, index: int, member: int = 0) -> torch.Generator:
+    """The CPU generator of decoder ``member`` of slice ``index`` under base ``seed``: its initial weights and fixed
+    input are drawn from it, so a slice's decoders do not depend on which other slices are fitted with it."""
+    state = np.random.SeedSequence([int(seed), int(index), int(member)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+#: ``hook(name, tensor) -> tensor``: applied to every weight tensor in the forward pass (``name`` is
+#: ``"weights"``, ``"biases"``, ``"scales"``, ``"shifts"`` or ``"out_weight"``), e.g. fake quantisation.
+WeightHook = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 def instance_axis(name: str) -> int:
@@ -233,11 +239,18 @@ class BatchedDeepDecoder(nn.Module):
             out.net_input.copy_(torch.cat([d.net_input for d in decoders]))
         return out
 
-    def forward(self, compiled: bool = False) -> torch.Tensor:
-        """``(B, c, H, W)``; ``compiled``: through :func:`compiled_forward` (fused kernels; compiles on first use)."""
+    def forward(self, compiled: bool = False, hook: WeightHook | None = None) -> torch.Tensor:
+        """``(B, c, H, W)``; ``compiled``: through :func:`compiled_forward` (fused kernels; compiles on first use);
+        ``hook``: applied to every weight tensor first (:data:`WeightHook`)."""
+        weights, biases = list(self.weights), getattr(self, "biases", None)
+        scales, shifts, out_weight = self.scales, self.shifts, self.out_weight
+        if hook is not None:
+            weights = [hook("weights", w) for w in weights]
+            biases = None if biases is None else hook("biases", biases)
+            scales, shifts, out_weight = hook("scales", scales), hook("shifts", shifts), hook("out_weight", out_weight)
         run = compiled_forward() if compiled else batched_forward
-        return run(self.net_input, list(self.weights), self.scales, self.shifts, self.out_weight, self.sizes,
-                   self.output, getattr(self, "biases", None), self.norm_first)
+        return run(self.net_input, weights, scales, shifts, out_weight, self.sizes, self.output, biases,
+                   self.norm_first)
 
 
 def batched_forward(

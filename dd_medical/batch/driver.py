@@ -1,0 +1,270 @@
+"""The batch driver: scan INPUT_ROOT, plan what to (re)do against the manifest, run the tasks through an executor,
+record every result, write the report. Resumable; INPUT_ROOT is never modified."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..core.config import FitConfig
+from ..errors import InputError
+from ..io import scan_dicom
+from ..io.dicom import DicomSeries
+from ..presets import resolve
+from ..report import ReportEntry, relative_to, write_report
+from .executors import EXECUTORS, Executor
+from .manifest import MANIFEST_NAME, Manifest
+from .tasks import MONTAGE_DIR, RECEIPT_DIR, SERIES_DIR, TASKS, SeriesTask, process_series, verify_outputs
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "report.html"
+LOCK_NAME = ".dd-medical-batch.lock"
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8,12}\.(tmp|old)(\.[a-z]+)?$")  # io.atomic's temporary names
+
+
+@dataclass
+class Planned:
+    series: DicomSeries
+    key: str
+    folder: str
+    source_digest: str
+    excluded: list[tuple[str, str]]
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of :func:`run_batch`. Lists hold series keys (UIDs) and input paths relative to INPUT_ROOT."""
+
+    output_root: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # done in an earlier run, outputs verified
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    report: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every series succeeded (now or in an earlier run)."""
+        return not self.failed
+
+    def format(self) -> str:
+        """A few lines for the terminal: counts, then each failure and each bad file with its reason."""
+        lines = [
+            f"{len(self.done)} series done, {len(self.skipped)} skipped (done earlier), {len(self.failed)} failed; "
+            f"{len(self.bad_files)} input files not processed; report: {self.report}"
+        ]
+        lines += [f"failed {key}: {reason}" for key, reason in self.failed]
+        lines += [f"not processed {name}: {reason}" for name, reason in self.bad_files]
+        return "\n".join(lines)
+
+
+def output_folder_name(key: str) -> str:
+    """Output folder of a series: ``S`` + 20 hex digits of SHA-256 of its key (UIDs only, never free text)."""
+    return "S" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def check_roots(input_root: str | Path, output_root: str | Path) -> tuple[Path, Path]:
+    """Resolved ``(input_root, output_root)``; :class:`InputError` when the input is not a folder or the two are
+    the same folder or one lies inside the other (inputs are never modified)."""
+    inp, out = Path(input_root).resolve(), Path(output_root).resolve()
+    if not inp.is_dir():
+        raise InputError("input root is not an existing folder", input_root)
+    if out == inp:
+        raise InputError("output root is the input root (inputs are never modified)", output_root)
+    if inp in out.parents:
+        raise InputError(f"output root lies inside the input root {inp} (inputs are never modified)", output_root)
+    if out in inp.parents:
+        raise InputError(f"output root contains the input root {inp} (inputs are never modified)", output_root)
+    if out.exists() and not out.is_dir():
+        raise InputError("output root exists and is not a folder", output_root)
+    return inp, out
+
+
+@contextlib.contextmanager
+def _exclusive(output_root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUTPUT_ROOT for the run (released by the OS even if the process is killed)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(output_root / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            raise InputError("another batch run is writing to this output root", output_root) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(output_root: Path) -> None:
+    """Temporary folders/files of a killed run (io.atomic's ``.<name>.<hex>.tmp`` names); we hold the lock."""
+    for sub in (output_root / SERIES_DIR, output_root / MONTAGE_DIR, output_root):
+        if not sub.is_dir():
+            continue
+        for path in sub.iterdir():
+            if _TEMP_NAME.match(path.name):
+                log.info("removing leftover of an interrupted run: %s", path.relative_to(output_root))
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def _source_digest(files: Sequence[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(f"{relative_to(path, root)}\0{path.stat().st_size}\0".encode())
+    return digest.hexdigest()
+
+
+def run_batch(
+    input_root: str | Path,
+    output_root: str | Path,
+    *,
+    task: str = "denoise",
+    config: FitConfig | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    window: tuple[float, float] | None = None,
+    org_root: str | None = None,
+    retry_failed: bool = False,
+    executor: str | Executor = "serial",
+    progress: bool = True,
+) -> BatchSummary:
+    """Run ``task`` on every image volume under ``input_root``; derived series, manifest and report go to
+    ``output_root`` (see the module docstring for the layout). Resumable: volumes done earlier are skipped once
+    their outputs are verified, failed ones are retried only with ``retry_failed``.
+
+    Args:
+        input_root: folder tree of DICOM files (any names); never modified.
+        output_root: created if needed; must not be, lie inside, or contain ``input_root``.
+        task: a name in :data:`TASKS` (``"denoise"``).
+        config, device, batch_size, window: as for :func:`dd_medical.pipeline.denoise_volume`.
+        org_root: UID prefix of the derived series (default: ``2.25.`` UUID-derived UIDs).
+        retry_failed: redo volumes that failed in an earlier run.
+        executor: a name in :data:`EXECUTORS` (``"serial"``, ``"ray"``) or an :class:`Executor` such as
+            ``RayExecutor(address, gpus_per_task=0.5, chunk_slices=64)``.
+        progress: tqdm bars for series and slices.
+
+    Returns a :class:`BatchSummary`; raises :class:`InputError` only for problems with the roots themselves.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    config = resolve("denoise", config=config)
+    runner = EXECUTORS[executor]() if isinstance(executor, str) else executor
+    inp, out = check_roots(input_root, output_root)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        manifest = Manifest(out / MANIFEST_NAME)
+        try:
+            return _run(inp, out, manifest, task, config, device, batch_size, window, org_root, retry_failed,
+                        runner, progress)
+        finally:
+            manifest.close()
+
+
+def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig, device: str,
+         batch_size: int | None, window: tuple[float, float] | None, org_root: str | None, retry_failed: bool,
+         runner: Executor, progress: bool) -> BatchSummary:
+    recorded_root = manifest.meta("input_root")
+    if recorded_root is not None and recorded_root != str(inp):
+        raise InputError(f"output root holds the batch of another input root ({recorded_root})", out)
+    manifest.set_meta("input_root", str(inp))
+    _remove_leftovers(out)
+    shutil.rmtree(out / RECEIPT_DIR, ignore_errors=True)  # receipts of an interrupted run: its tokens are void
+    token = uuid.uuid4().hex if getattr(runner, "uses_receipts", False) else ""
+
+    scan = scan_dicom(inp, strict=False)
+    summary = BatchSummary(output_root=out)
+    summary.bad_files = [(relative_to(s.path, inp), s.reason) for s in scan.skipped]
+
+    planned: list[Planned] = []
+    for series in scan.series:
+        if series.samples_per_pixel != 1:  # e.g. a dose-report screenshot: an image, but nothing to denoise
+            reason = f"colour image ({series.samples_per_pixel} samples per pixel) of series {series.key}: not denoised"
+            summary.bad_files += [(relative_to(path, inp), reason) for path in series.files]
+            continue
+        key = series.key
+        planned.append(Planned(
+            series=series, key=key, folder=output_folder_name(key),
+            source_digest=_source_digest(series.files, inp),
+            excluded=[(relative_to(e.path, inp), e.reason) for e in series.excluded],
+        ))
+
+    manifest.set_skipped_files(summary.bad_files)
+    for name, reason in summary.bad_files:
+        log.warning("not processed %s: %s", name, reason)
+
+    tasks: list[SeriesTask] = []
+    for item in planned:
+        row = manifest.get(item.key)
+        if row is not None and row["status"] == "done":
+            problem = "" if row["source_digest"] == item.source_digest else "source files changed"
+            problem = problem or verify_outputs(row, out)
+            if not problem:
+                summary.skipped.append(item.key)
+                continue
+            log.warning("redoing %s: %s", item.key, problem)
+        elif row is not None and row["status"] == "failed" and not retry_failed:
+            summary.failed.append((item.key, f"failed in an earlier run (use --retry-failed): {row['reason']}"))
+            continue
+        manifest.schedule(item, task, config)
+        tasks.append(SeriesTask(
+            key=item.key, files=tuple(str(p) for p in item.series.files),
+            output_dir=str(out / SERIES_DIR / item.folder), montage_path=str(out / MONTAGE_DIR / f"{item.folder}.png"),
+            task=task, config=config, device=device, batch_size=batch_size, window=window, org_root=org_root,
+            progress=progress, slices=0 if item.series.multiframe else len(item.series.files), token=token,
+        ))
+
+    bar = tqdm(total=len(tasks), unit="series", desc="series", disable=not progress)
+    try:
+        for result in runner.map(process_series, tasks):
+            manifest.record(result)
+            if token:
+                (out / RECEIPT_DIR / f"{output_folder_name(result.key)}.json").unlink(missing_ok=True)
+            if result.status == "done":
+                summary.done.append(result.key)
+                log.info("done %s (%d slices)", result.key, result.slices)
+            else:
+                summary.failed.append((result.key, result.reason))
+                log.warning("failed %s: %s", result.key, result.reason)
+            bar.update(1)
+    finally:
+        bar.close()
+    _remove_leftovers(out)  # temporary folders of tasks whose worker was killed (the task was retried)
+    with contextlib.suppress(OSError):
+        (out / RECEIPT_DIR).rmdir()
+
+    summary.report = _write_report(out, manifest, planned, summary)
+    return summary
+
+
+def _write_report(out: Path, manifest: Manifest, planned: list[Planned], summary: BatchSummary) -> Path:
+    skipped = set(summary.skipped)
+    entries = []
+    for item in planned:
+        row = manifest.get(item.key) or {}
+        montage = out / MONTAGE_DIR / f"{item.folder}.png"
+        entries.append(ReportEntry(
+            key=item.key, folder=f"{SERIES_DIR}/{item.folder}", modality=item.series.modality,
+            status=row.get("status", "pending"), reason=row.get("reason", "") or "", slices=row.get("slices") or 0,
+            seconds_read=row.get("seconds_read"), seconds_task=row.get("seconds_task"),
+            seconds_write=row.get("seconds_write"), noise_before=row.get("noise_before"),
+            noise_after=row.get("noise_after"),
+            montage=f"{MONTAGE_DIR}/{montage.name}" if row.get("status") == "done" and montage.is_file() else "",
+            excluded=item.excluded, skipped_now=item.key in skipped,
+        ))
+    return write_report(out / REPORT_NAME, entries, summary.bad_files)

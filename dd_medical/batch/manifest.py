@@ -1,0 +1,122 @@
+"""The batch manifest: one SQLite row per series (status, reason, timings, noise, checksum), written by the driver.
+
+WAL journal, one committed transaction per change: a run killed at any moment leaves a consistent manifest, and
+readers (a progress monitor, a test) can poll it while the run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.config import FitConfig
+from .tasks import SeriesResult
+
+if TYPE_CHECKING:
+    from .driver import Planned
+
+MANIFEST_NAME = "manifest.sqlite"
+STATUSES = ("pending", "done", "failed")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    key TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    split_key TEXT NOT NULL,
+    folder TEXT NOT NULL UNIQUE,
+    modality TEXT NOT NULL,
+    n_files INTEGER NOT NULL,
+    source_digest TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    reason TEXT NOT NULL DEFAULT '',
+    task TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    slices INTEGER,
+    outputs INTEGER,
+    checksum TEXT,
+    seconds_read REAL,
+    seconds_task REAL,
+    seconds_write REAL,
+    noise_before REAL,
+    noise_after REAL,
+    excluded TEXT NOT NULL DEFAULT '[]',
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped_files (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+"""
+
+
+class Manifest:
+    """The SQLite manifest of a batch output folder (WAL journal; each change its own transaction)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path, timeout=60)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def meta(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def get(self, key: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM series WHERE key = ?", (key,)).fetchone()
+        return None if row is None else dict(row)
+
+    def rows(self) -> list[dict]:
+        """All series rows, ordered by key."""
+        return [dict(r) for r in self.conn.execute("SELECT * FROM series ORDER BY key")]
+
+    def schedule(self, item: Planned, task: str, config: FitConfig) -> None:
+        """Insert or reset ``item`` to ``pending`` (kept counters: attempts)."""
+        with self.conn:
+            self.conn.execute(
+                """INSERT INTO series (key, series_uid, split_key, folder, modality, n_files, source_digest, status,
+                       reason, task, config, excluded, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', '', ?, ?, ?, ?)
+                   ON CONFLICT(key) DO UPDATE SET folder=excluded.folder, modality=excluded.modality,
+                       n_files=excluded.n_files, source_digest=excluded.source_digest, status='pending', reason='',
+                       task=excluded.task, config=excluded.config, excluded=excluded.excluded,
+                       updated=excluded.updated""",
+                (item.key, item.series.series_uid, item.series.split_key, item.folder, item.series.modality,
+                 len(item.series.files), item.source_digest, task, json.dumps(asdict(config)),
+                 json.dumps(item.excluded), _now()),
+            )
+
+    def record(self, result: SeriesResult) -> None:
+        with self.conn:
+            self.conn.execute(
+                """UPDATE series SET status=?, reason=?, attempts=attempts+1, slices=?, outputs=?, checksum=?,
+                       seconds_read=?, seconds_task=?, seconds_write=?, noise_before=?, noise_after=?, updated=?
+                   WHERE key=?""",
+                (result.status, result.reason, result.slices, result.outputs, result.checksum, result.seconds_read,
+                 result.seconds_task, result.seconds_write, result.noise_before, result.noise_after, _now(),
+                 result.key),
+            )
+
+    def set_skipped_files(self, files: Iterable[tuple[str, str]]) -> None:
+        with self.conn:
+            self.conn.execute("DELETE FROM skipped_files")
+            self.conn.executemany("INSERT OR REPLACE INTO skipped_files VALUES (?, ?)", list(files))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

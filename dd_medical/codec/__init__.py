@@ -1,0 +1,1 @@
+"""The decoder as a lossy codec: :mod:`.format` for the ``.ddc`` bytes, :mod:`.encode` for fitting and decoding."""

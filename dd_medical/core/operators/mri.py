@@ -1,0 +1,124 @@
+"""Undersampled Cartesian MRI, k-space in MONAI's layout (``monai.data.fft_utils``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import InputError
+from .base import ForwardModel, as_float_tensor
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2D FFT over the last two axes (``monai.data.fft_utils.fftn_centered_t``)."""
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+
+
+def ifft2c(k: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal inverse 2D FFT (``monai.data.fft_utils.ifftn_centered_t``), the adjoint of :func:`fft2c`."""
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+
+
+def rss(images: torch.Tensor) -> torch.Tensor:
+    """Root-sum-of-squares ``(B, 1, H, W)`` over the channels of coil images: complex ``(B, coils, H, W)``, or
+    real ``(B, 2*coils, H, W)`` (``[re_0, im_0, re_1, ...]``) or ``(B, coils, H, W)``."""
+    return images.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+class CartesianFourier(ForwardModel):
+    """``y = M * F(x)`` per coil: undersampled Cartesian k-space.
+
+    Args:
+        mask: ``(W,)`` line mask (columns = phase encodes, as MONAI's mask transforms) or ``(H, W)``; bool or 0/1
+            float, numpy or torch.
+        coils: number of coils; the coil images are fitted directly (no sensitivity maps).
+        real: the object is real-valued (k-space simulated from magnitude images, or phase-corrected data): images
+            are ``(B, coils, H, W)`` with no imaginary channels and the decoder's output is a sigmoid. Leave
+            ``False`` for scanner k-space, whose images carry phase.
+
+    Shapes: images ``(B, 2*coils, H, W)`` real, channels ``[re_0, im_0, re_1, im_1, ...]`` (``real``:
+    ``(B, coils, H, W)``); k-space ``(B, coils, H, W, 2)`` (last axis real/imaginary), centred orthonormal FFT;
+    unmeasured entries are zero. ``baseline(y)`` is the zero-filled root-sum-of-squares magnitude ``(B, 1, H, W)``;
+    ``to_image`` the RSS magnitude ``(B, H, W)``; ``finalize(x, y)`` keeps the measured samples and takes ``x``'s
+    k-space only where nothing was measured.
+    """
+
+    kind = "mri"
+    measurement_ndim = 5
+
+    def __init__(self, mask, coils: int = 1, real: bool = False) -> None:
+        super().__init__()
+        mask_t = as_float_tensor(mask, "k-space mask")
+        if mask_t.ndim not in (1, 2):
+            raise InputError(f"k-space mask must be (W,) lines or (H, W), got shape {tuple(mask_t.shape)}")
+        if not bool((mask_t != 0).any()):
+            raise InputError("k-space mask samples nothing")
+        if coils < 1:
+            raise InputError(f"coils must be >= 1, got {coils}")
+        self.register_buffer("mask", mask_t if mask_t.ndim == 2 else mask_t[None, :])  # (H, W) or (1, W)
+        self.coils = int(coils)
+        self.real = bool(real)
+        self.output = "sigmoid" if self.real else "linear"  # a real object is non-negative; coil images signed
+
+    @property
+    def acceleration(self) -> float:
+        """Fully sampled points / sampled points."""
+        return float(self.mask.numel() / (self.mask != 0).sum())
+
+    def image_shape(self, measurements: torch.Tensor) -> tuple[int, int, int]:
+        """``(2*coils, H, W)`` (``real``: ``(coils, H, W)``) for k-space ``(B, coils, H, W, 2)``."""
+        shape = tuple(measurements.shape)
+        if len(shape) != 5 or shape[-1] != 2 or shape[1] != self.coils:
+            raise InputError(f"k-space must be (B, coils={self.coils}, H, W, 2), got shape {shape}")
+        h, w = shape[2:4]
+        mh, mw = self.mask.shape
+        if mw != w or (mh != 1 and mh != h):
+            raise InputError(f"k-space of {h}x{w} does not match the mask of shape "
+                             f"{(mw,) if mh == 1 else (mh, mw)}")
+        return (1 if self.real else 2) * self.coils, h, w
+
+    def _coerce(self, t: torch.Tensor) -> torch.Tensor:
+        """Complex k-space ``(D, coils, H, W)`` (one coil: ``(D, H, W)`` or ``(H, W)``) -> ``(..., 2)``."""
+        if not t.is_complex():
+            return t
+        if t.ndim == 3 and self.coils == 1:
+            t = t[:, None]
+        elif t.ndim == 2 and self.coils == 1:
+            t = t[None, None]
+        return torch.view_as_real(t.to(torch.complex64).contiguous())
+
+    def _kspace(self, x: torch.Tensor) -> torch.Tensor:
+        """Full (unmasked) complex k-space ``(B, coils, H, W)`` of images ``x``."""
+        b, c, h, w = x.shape
+        if self.real:
+            complex_images = torch.complex(x.float(), torch.zeros_like(x, dtype=torch.float32))
+        else:
+            complex_images = torch.view_as_complex(x.reshape(b, c // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
+        return fft2c(complex_images)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(self._kspace(x)) * self.mask[..., None]
+
+    def _zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """Complex coil images ``(B, coils, H, W)`` of the masked k-space."""
+        return ifft2c(torch.view_as_complex((y * self.mask[..., None]).contiguous()))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        images = self._zero_filled(y)
+        if self.real:
+            return images.real.contiguous()
+        b, c, h, w = images.shape
+        return torch.view_as_real(images).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
+
+    def baseline(self, y: torch.Tensor) -> torch.Tensor:
+        return rss(self._zero_filled(y))
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        return rss(x)[:, 0]
+
+    def finalize(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Coil images whose k-space is the measured ``y`` where sampled and ``x``'s own elsewhere (the last step of
+        ConvDecoder-style reconstructions): complex ``(B, coils, H, W)``; for a ``real`` object, their real part
+        (a mask that is not point-symmetric leaves an imaginary part)."""
+        measured = torch.view_as_complex(y.to(x.device).float().contiguous())
+        merged = ifft2c(torch.where(self.mask != 0, measured, self._kspace(x)))
+        return merged.real if self.real else merged

@@ -1,0 +1,133 @@
+"""When a slice's fit ends: after a fixed number of steps, at the noise level (discrepancy), or at the lowest SURE.
+
+A rule sees, every ``loss_every`` steps, the estimates of every decoder as ``(B, members, twins, C, H, W)`` and
+decides which slices stop; a stopped slice keeps the estimate it had then (``frozen``), and the passes whose
+slices have all stopped are no longer evaluated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import FitConfig
+from .decoder import slice_generator
+from .noise import estimate_sigma
+from .operators import ForwardModel, mean_squared_residual
+
+_PROBE = 1 << 20  # member offset of the SURE probes' seeds
+
+
+class FixedSteps:
+    """Every slice runs all the steps."""
+
+    twins = 1  # decoders fitted per ensemble member
+
+    def start(self, y: torch.Tensor, targets: torch.Tensor, image_shape: tuple[int, int, int],
+              noise_sigma: torch.Tensor | float | None, indices: list[int], config: FitConfig) -> torch.Tensor:
+        """Set up for measurements ``y`` ``(B, ...)`` and images ``(B, *image_shape)``; ``targets`` are the
+        measurements of every decoder (slice-major); returns those each decoder is fitted to."""
+        batch = y.shape[0]
+        self.active = torch.ones(batch, dtype=torch.bool, device=y.device)
+        self.frozen = None
+        self.stopped_at = torch.full((batch,), config.iterations, dtype=torch.long)
+        return targets
+
+    def check(self, step: int, estimates: torch.Tensor, operator: ForwardModel, y: torch.Tensor) -> bool:
+        """Stop the slices the rule ends at ``step``; whether any slice goes on."""
+        return True
+
+    def result(self, estimate: torch.Tensor) -> torch.Tensor:
+        """The returned images ``(B, C, H, W)`` from the final estimate."""
+        if self.frozen is None:
+            return estimate
+        return torch.where(self.active[:, None, None, None], estimate, self.frozen)
+
+    def _stop(self, step: int, newly: torch.Tensor) -> bool:
+        self.active &= ~newly
+        self.stopped_at[newly.cpu()] = step + 1
+        return bool(self.active.any())
+
+
+class _NoiseLevelRule(FixedSteps):
+    """A rule that needs the noise level ``sigma`` of the measurements: given, or estimated from them."""
+
+    def start(self, y, targets, image_shape, noise_sigma, indices, config):
+        targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
+        sigma = estimate_sigma(y.float()) if noise_sigma is None else torch.as_tensor(noise_sigma, dtype=torch.float32)
+        self.sigma = sigma.to(y.device).expand(y.shape[0]).float()
+        self.frozen = torch.zeros((y.shape[0], *image_shape), device=y.device)
+        return targets
+
+
+class Discrepancy(_NoiseLevelRule):
+    """Stop a slice once its estimate explains the measurements down to the noise: the mean squared misfit
+    ``|A x - y|^2`` is at most ``factor * sigma^2`` (Morozov's discrepancy principle)."""
+
+    def __init__(self, factor: float = 0.96) -> None:
+        self.factor = factor
+
+    def start(self, y, targets, image_shape, noise_sigma, indices, config):
+        targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
+        self.threshold = self.factor * self.sigma**2
+        return targets
+
+    def check(self, step, estimates, operator, y):
+        current = estimates[:, :, 0].mean(dim=1)
+        misfit = mean_squared_residual(operator.forward(current), y)
+        newly = self.active & (misfit <= self.threshold)
+        self.frozen[newly] = current[newly]
+        return self._stop(step, newly)
+
+
+class Sure(_NoiseLevelRule):
+    """Keep each slice's estimate of lowest Monte-Carlo SURE (Stein's unbiased risk estimate of its mean squared
+    error against the unknown clean image; Ramani, Blu & Unser 2008) and stop ``patience`` steps after it.
+
+    Every decoder has a twin (same seed) fitted to ``y + epsilon * sigma * b`` with a fixed random probe ``b``; the
+    divergence term is ``b . (twin - decoder) / (epsilon * sigma)``. Denoising only (the identity operator).
+    """
+
+    twins = 2
+
+    def __init__(self, epsilon: float = 0.1, patience: int = 150) -> None:
+        self.epsilon, self.patience = epsilon, patience
+
+    def start(self, y, targets, image_shape, noise_sigma, indices, config):
+        targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
+        members = config.ensemble
+        self.probes = torch.stack([torch.randn(y.shape[1:], generator=slice_generator(config.seed, i, _PROBE + m))
+                                   for i in indices for m in range(members)]).to(y.device)  # (B * members, C, H, W)
+        self.steps = (self.epsilon * self.sigma).repeat_interleave(members)[:, None, None, None]
+        targets = targets.clone()
+        targets[1::2] += self.steps * self.probes
+        self.best = torch.full((y.shape[0],), float("inf"), device=y.device)
+        self.best_at = torch.zeros(y.shape[0], dtype=torch.long)
+        return targets
+
+    def check(self, step, estimates, operator, y):
+        batch, members = estimates.shape[:2]
+        current = estimates[:, :, 0].mean(dim=1)
+        pairs = estimates.flatten(0, 1)  # (B * members, 2, C, H, W)
+        divergence = (self.probes * (pairs[:, 1] - pairs[:, 0])).flatten(1).mean(dim=1) / self.steps.flatten()
+        # SURE of the member mean, up to the constant -sigma^2: misfit + 2 sigma^2 divergence / N.
+        risk = mean_squared_residual(current, y) + 2 * self.sigma**2 * divergence.view(batch, members).mean(1)
+        newly_best = self.active & (risk < self.best)
+        self.best = torch.where(newly_best, risk, self.best)
+        self.frozen[newly_best] = current[newly_best]
+        self.best_at[newly_best.cpu()] = step + 1
+        return self._stop(step, self.active & ((step + 1 - self.best_at).to(y.device) >= self.patience))
+
+    def result(self, estimate):
+        return self.frozen
+
+
+def make_stopping(config: FitConfig, operator: ForwardModel, y: torch.Tensor) -> FixedSteps:
+    """The rule ``config.stopping`` names; ``ValueError`` where it cannot serve these measurements."""
+    if config.stopping == "fixed":
+        return FixedSteps()
+    if y.shape[1:] != operator.image_shape(y) or y.is_complex():
+        raise ValueError(f"stopping={config.stopping!r} needs image-shaped, real measurements (denoising); use "
+                         "stopping='fixed'")
+    if config.stopping == "discrepancy":
+        return Discrepancy(config.discrepancy_factor)
+    return Sure(config.sure_epsilon, config.sure_patience)

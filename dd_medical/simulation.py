@@ -1,0 +1,137 @@
+"""Retrospective simulation: measurements made from known images, to validate a reconstruction against them.
+
+```python
+from dd_medical.simulation import simulate
+import dd_medical
+
+sim = simulate(mr_slices, "mri", modality="MR", acceleration=4, center_fraction=0.08)   # (D, H, W) magnitudes
+image = dd_medical.reconstruct(sim.measurements, sim.operator)                          # (D, H, W) RSS magnitude
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .core.operators import (
+    MASK_MAKERS,
+    SUBPIXELS,
+    CartesianFourier,
+    ForwardModel,
+    ParallelBeamRadon,
+    PixelMask,
+    attenuation_to_hu,
+    hu_to_attenuation,
+)
+from .errors import InputError
+from .pipeline import check_slices
+
+
+@dataclass
+class Simulation:
+    """Measurements simulated from known images, for validation.
+
+    Attributes:
+        measurements: batched over slices (``(D, 1, H, W, 2)`` k-space, ``(D, 1, views, detectors)`` sinogram,
+            ``(D, 1, H, W)`` masked images).
+        operator: the forward model that produced them.
+        reference: ``(D, H, W)`` float32, the ground truth in the reconstruction's scale.
+        to_input_units: maps a reconstruction (reconstruction scale) back to the input's units (e.g. HU).
+    """
+
+    measurements: torch.Tensor
+    operator: ForwardModel
+    reference: np.ndarray
+    to_input_units: Callable[[np.ndarray], np.ndarray]
+
+
+def simulate(
+    images: np.ndarray,
+    kind: str,
+    *,
+    modality: str = "CT",
+    acceleration: float = 4.0,
+    center_fraction: float = 0.08,
+    mask_type: str = "equispaced",
+    mask: np.ndarray | None = None,
+    views: int = 60,
+    arc_deg: float = 180.0,
+    missing: float = 0.5,
+    seed: int = 0,
+    real_object: bool = False,
+    downsample: int = 1,
+) -> Simulation:
+    """Simulate measurements of ``images`` ``(D, H, W)`` (or ``(H, W)``).
+
+    Args:
+        kind: ``"mri"`` (single-coil Cartesian k-space of the image as a real object), ``"ct"`` (parallel-beam
+            sinogram with ``views`` angles evenly over ``arc_deg`` degrees: 180 for sparse view, less for limited
+            angle) or ``"inpaint"`` (``missing`` fraction of pixels removed at random).
+        modality: ``"CT"`` images (and ``"OT"`` ones with negative values) are HU and are converted to attenuation
+            (:func:`hu_to_attenuation`) before measuring; others must be non-negative (MR magnitude) and are
+            measured as they are.
+        acceleration, center_fraction, mask_type: k-space mask (``"equispaced"``, ``"random"``,
+            ``"variable-density"``), or ``mask`` given explicitly (``(W,)`` or ``(H, W)``).
+        seed: seed of the mask (MRI offset/lines, inpainting pixels).
+        real_object: MRI: reconstruct with ``CartesianFourier(real=True)``, i.e. use the knowledge that the
+            simulated object (a magnitude image) is real and non-negative. Off by default: scanner data has phase.
+        downsample: CT: the scan is measured on the images' own pixel grid, with ``downsample`` times as many
+            detector bins, summed back in groups, and the returned operator reconstructs on a grid ``downsample``
+            times coarser (``(H / s, W / s)``, with ``SUBPIXELS`` sub-pixels; ``reference`` is the ``s x s`` block
+            average of ``images``; the fine grid is projected with 2x2 sub-pixels). With
+            ``s >= 2`` the measurements hold detail and a discretisation the reconstruction's model does not
+            share, so simulating and reconstructing do not use the same discrete operator (the "inverse crime"
+            that flatters every method on ``s = 1``, the default). ``H`` and ``W`` must be multiples of ``s``.
+    """
+    slices = check_slices(images, "image")
+    depth, height, width = slices.shape
+    if int(downsample) != downsample or downsample < 1:
+        raise InputError(f"downsample must be a whole number >= 1, got {downsample}")
+    downsample = int(downsample)
+    if downsample > 1 and kind != "ct":
+        raise InputError(f"downsample applies to CT simulation only (got {kind!r})")
+    if height % downsample or width % downsample:
+        raise InputError(f"image size {height}x{width} is not a multiple of downsample {downsample}")
+    if modality.upper() == "CT" or (modality.upper() == "OT" and slices.min() < 0):  # HU
+        reference, back = hu_to_attenuation(slices), attenuation_to_hu
+    else:
+        if slices.min() < 0:
+            raise InputError(f"{modality} images hold negative values; simulation expects magnitudes >= 0")
+        reference, back = slices, (lambda a: np.asarray(a, dtype=np.float32))
+    x = torch.from_numpy(reference)[:, None]
+    if kind == "mri":
+        if mask is None:
+            if mask_type not in MASK_MAKERS:
+                raise InputError(f"unknown mask type {mask_type!r}; choose one of {', '.join(MASK_MAKERS)}")
+            mask = MASK_MAKERS[mask_type](width, acceleration, center_fraction, seed)
+        op = CartesianFourier(mask, coils=1, real=real_object)
+        op.image_shape(torch.zeros(1, 1, height, width, 2))  # mask vs image size
+        y = op.forward(x if real_object else torch.cat([x, torch.zeros_like(x)], dim=1))
+    elif kind == "ct":
+        if views < 1:
+            raise InputError(f"CT simulation needs at least one view, got {views}")
+        if not 0 < arc_deg <= 360:
+            raise InputError(f"arc must be in (0, 360] degrees, got {arc_deg}")
+        angles = np.linspace(0.0, arc_deg, views, endpoint=False)
+        s = downsample
+        op = ParallelBeamRadon(angles, (height // s, width // s), subpixels=1 if s == 1 else SUBPIXELS)
+        if s == 1:
+            y = op.forward(x)
+        else:  # measure the fine grid (2x2 sub-pixels) with s bins per coarse bin; s fine bins sum to one (/ s^2)
+            fine = ParallelBeamRadon(angles, (height, width), detectors=s * op.detectors, precondition=False,
+                                     subpixels=2)
+            y = fine.forward(x).reshape(depth, 1, views, op.detectors, s).sum(-1) / s**2
+            reference = reference.reshape(depth, height // s, s, width // s, s).mean(axis=(2, 4))
+    elif kind == "inpaint":
+        if not 0 <= missing < 1:
+            raise InputError(f"missing fraction must be in [0, 1), got {missing}")
+        keep = np.random.default_rng(seed).uniform(size=(height, width)) >= missing
+        op = PixelMask(keep if mask is None else mask)
+        y = op.forward(x)
+    else:
+        raise InputError(f"unknown simulation {kind!r}; choose mri, ct or inpaint")
+    return Simulation(y, op, reference, back)
