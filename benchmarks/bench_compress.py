@@ -17,6 +17,7 @@ downsampled 2x2 to 256x256, pydicom's ``693_UNCR.dcm`` (512x512 CT) downsampled 
 
     python benchmarks/bench_compress.py --quick          # camera only, 300 iterations (a smoke run)
     python benchmarks/bench_compress.py --json rd.json   # the codec's defaults (reference recipe, 15,000 steps)
+    python benchmarks/bench_compress.py --json auto      # the same, into benchmarks/measured/compress_<machine>.json
     python benchmarks/bench_compress.py --recipe decay --iterations 8000 --final-lr 0.001
     python benchmarks/bench_compress.py --full-size --device cuda   # 512x512, the paper's size: a GPU job
 """
@@ -24,7 +25,7 @@ downsampled 2x2 to 256x256, pydicom's ``693_UNCR.dcm`` (512x512 CT) downsampled 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,13 +34,16 @@ import numpy as np
 import pywt
 import torch
 
-from dd_medical import api, presets
-from dd_medical.codec.encode import REFINE_FRACTION
-from dd_medical.core.config import FitConfig
-from dd_medical.core.decoder import num_parameters
-from dd_medical.core.intensity import default_window
-from dd_medical.metrics import ssim
-from dd_medical.volume import Volume
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import json_help, json_path, write_json  # noqa: E402
+
+from dd_medical import api, presets  # noqa: E402
+from dd_medical.codec.encode import REFINE_FRACTION  # noqa: E402
+from dd_medical.core.config import FitConfig  # noqa: E402
+from dd_medical.core.decoder import num_parameters  # noqa: E402
+from dd_medical.core.intensity import default_window  # noqa: E402
+from dd_medical.metrics import ssim  # noqa: E402
+from dd_medical.volume import Volume  # noqa: E402
 
 BLOCKS = 6
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -178,7 +182,7 @@ def _format_row(r: dict) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="camera only, 300 iterations")
     parser.add_argument("--shared", action="store_true", help="also the ../shared/data volumes' middle slices")
@@ -200,10 +204,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
     parser.add_argument("--only", default=None, help="only images whose name contains this text")
-    parser.add_argument("--json", type=Path, default=None, help="write the rows here")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help=json_help("compress"))
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    json_file = json_path(args.json, "compress", args.device)
     recipe = presets.PRESETS["compress"][args.recipe]
     final = recipe.final_learning_rate if args.final_lr is None else args.final_lr or None  # 0: constant
     config = replace(recipe, iterations=args.iterations or (300 if args.quick else recipe.iterations),
@@ -218,8 +223,9 @@ def main() -> None:
     images = [im for im in load_images(args.quick, args.shared, args.full_size)
               if args.only is None or args.only in im[0]]
     rows = run(images, tuple(args.factors), args.bits, args.device, config, args.refine)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(json_file, rows, args.device, None if argv is None else [__file__, *argv])
+    if json_file is not None:
+        print(f"wrote {json_file}")
 
 
 if __name__ == "__main__":

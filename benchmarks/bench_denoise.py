@@ -5,6 +5,7 @@ noise sigma = 25/255 (seed 0), clipped to [0, 1]. PSNR/SSIM against the clean sl
 
     python benchmarks/bench_denoise.py                       # CT_small.dcm and 693_UNCR.dcm (slow on a CPU)
     python benchmarks/bench_denoise.py --images CT_small.dcm --json out.json
+    python benchmarks/bench_denoise.py --images CT_small.dcm --json auto   # benchmarks/measured/denoise_<machine>.json
     python benchmarks/bench_denoise.py --quick               # smoke run: a 64x64 crop, few iterations
 
 The ``../shared/data`` volumes (middle slice of each) are added when that folder exists and ``--shared`` is given.
@@ -13,8 +14,7 @@ The ``../shared/data`` volumes (middle slice of each) are added when that folder
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,11 +26,14 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
-from dd_medical import presets
-from dd_medical.core.config import FitConfig
-from dd_medical.core.intensity import Window
-from dd_medical.metrics import psnr, ssim
-from dd_medical.pipeline import denoise_volume
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import json_help, json_path, machine_description, write_json  # noqa: E402
+
+from dd_medical import presets  # noqa: E402
+from dd_medical.core.config import FitConfig  # noqa: E402
+from dd_medical.core.intensity import Window  # noqa: E402
+from dd_medical.metrics import psnr, ssim  # noqa: E402
+from dd_medical.pipeline import denoise_volume  # noqa: E402
 
 WINDOW = Window(-1000.0, 1000.0)
 SIGMA = 25 / 255
@@ -113,20 +116,20 @@ def methods(clean: np.ndarray, device: str, quick: bool) -> dict[str, Callable[[
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", nargs="+", default=["CT_small.dcm", "693_UNCR.dcm"])
     parser.add_argument("--shared", action="store_true", help="also the ../shared/data volumes' middle slices")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64x64 crops, few iterations")
     parser.add_argument("--only", nargs="*", help="run only these methods (names as printed)")
-    parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help=json_help("denoise", "write the results as JSON here"))
+    args = parser.parse_args(argv)
+    json_file = json_path(args.json, "denoise", args.device)
 
     torch.manual_seed(0)
     rows = []
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, cuda={torch.cuda.is_available()}")
+    print(f"machine: {machine_description(args.device)}, cuda={torch.cuda.is_available()}")
     for name, clean in load_slices(args.images, args.shared).items():
         if args.quick:
             c = np.array(clean.shape) // 2
@@ -147,8 +150,9 @@ def main() -> None:
     print("\n| image | method | PSNR (dB) | SSIM | time (s) |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['image']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['seconds']:.1f} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(json_file, rows, args.device, None if argv is None else [__file__, *argv])
+    if json_file is not None:
+        print(f"wrote {json_file}")
 
 
 if __name__ == "__main__":

@@ -56,10 +56,11 @@ ring 2-6 px around it; ``cnr``, the mean of contrast / std of that liver ring (t
 contrast is given). A good denoiser keeps the contrast and raises the CNR above the noisy one.
 
 ``--figure``: a PNG grid, two rows per dataset and noise: noisy | each method | clean (middle slice of volumes), then
-the difference maps (method - clean, grey = 0, +-0.2 saturates). ``--json``: ``machine``, ``columns``, ``rows``
-(missing numbers as ``null``), ``figure`` (rows, cols, panel size). ``--quick``: a smoke run, not a measurement:
-48 px crops, 2-slice volumes, a 48 px phantom, tiny decoders (k=16, 4 blocks, 60 iterations, ensemble 1), sigma 25
-and 1e5 photons only, a small diffusion grid, no BM4D.
+the difference maps (method - clean, grey = 0, +-0.2 saturates). ``--json``: ``machine``, ``machine_tag``,
+``command``, ``date`` (``benchmarks/machine.py``), ``columns``, ``rows`` (missing numbers as ``null``), ``figure``
+(rows, cols, panel size); ``--json auto`` writes ``benchmarks/measured/quality_<machine>.json``. ``--quick``: a
+smoke run, not a measurement: 48 px crops, 2-slice volumes, a 48 px phantom, tiny decoders (k=16, 4 blocks, 60
+iterations, ensemble 1), sigma 25 and 1e5 photons only, a small diffusion grid, no BM4D.
 
     python benchmarks/bench_quality.py --quick --json q.json --figure q.png     # smoke run, < 60 s on one CPU core
     python benchmarks/bench_quality.py --only phantom --photons 1e5 --sigmas 25 # one dataset
@@ -70,9 +71,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +86,7 @@ from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SHARED, WINDOW, decoder_method, gaussian_noise, nlm, oracle  # noqa: E402
+from machine import json_help, json_path, machine_description, write_json  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.noise import estimate_sigma  # noqa: E402
@@ -458,7 +458,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
     parser.add_argument("--crop", type=int, default=256, help="centre crop of 693 and the shared slices (0: none)")
     parser.add_argument("--volume-slices", type=int, default=8, help="central slices of the volumes")
-    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--json", type=Path, help=json_help("quality"))
     parser.add_argument("--figure", type=Path, help="write a PNG figure here")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -472,8 +472,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, cuda={torch.cuda.is_available()}")
+    json_file = json_path(args.json, "quality", args.device)
+    machine = machine_description(args.device)
     print(f"machine: {machine}")
     rows: list[dict] = []
     panels: list[list[tuple[str, np.ndarray]]] = []
@@ -495,10 +495,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         n_rows, n_cols = save_figure(panels, args.figure)
         figure = dict(path=str(args.figure), rows=n_rows, cols=n_cols, panel_px=PANEL_PX, label_px=LABEL_PX)
-    if args.json:
+    if json_file is not None:
         rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
-        args.json.write_text(json.dumps(dict(machine=machine, quick=args.quick, columns=list(COLUMNS),
-                                             bias_bar_hu=BIAS_BAR_HU, figure=figure, rows=rows), indent=2))
+        write_json(json_file, dict(machine=machine, quick=args.quick, columns=list(COLUMNS), bias_bar_hu=BIAS_BAR_HU,
+                                   figure=figure, rows=rows), args.device,
+                   None if argv is None else [__file__, *argv])
+        print(f"wrote {json_file}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ setting shared by all three methods. ``--ct-downsample 2`` avoids it for CT: eac
 
     python benchmarks/bench_reconstruct.py --size 128 --shared          # all settings, the README's rows
     python benchmarks/bench_reconstruct.py --size 128 --only mri --shared  # one family
+    python benchmarks/bench_reconstruct.py --size 128 --shared --json auto  # + measured/reconstruct_<machine>.json
+
+``--json``: the printed rows (``image``, ``setting``, ``method``, ``psnr``, ``ssim``, ``seconds``) under ``rows``,
+with the machine and the command (``benchmarks/machine.py``), written after every row.
 
 MRI's default decoder is ``architecture="both"`` (the paper's decoder and ConvDecoder, two of each per slice, all
 averaged); its rows show both kinds alone (each kind fitted once, timed on its own: what ``architecture="deep"`` or
@@ -44,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import tv_reconstruct  # noqa: E402
+from machine import json_help, json_path, write_json  # noqa: E402
 
 from dd_medical import presets  # noqa: E402
 from dd_medical.core.config import FitConfig  # noqa: E402
@@ -230,7 +235,7 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="CT and MR slice size in pixels (default 256)")
     parser.add_argument("--only", choices=["mri", "ct", "inpaint"], default=None)
@@ -255,13 +260,18 @@ def main() -> None:
     parser.add_argument("--shared", action="store_true",
                         help="also the middle slices of the ../shared/data CT series (CT settings) and of its MR "
                              "volume (MRI settings)")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path,
+                        help=json_help("reconstruct", "write the rows as JSON here (after every row)"))
+    args = parser.parse_args(argv)
     architectures = tuple(args.architectures.split(","))
     unknown = sorted(set(architectures) - {"default", "deep", "conv", "both"})
     if unknown:
         parser.error(f"--architectures {','.join(unknown)}: choose from default, deep, conv, both (auto was removed: "
                      "both gives each kind's rows and their average)")
     torch.set_num_threads(args.threads)
+    json_file = json_path(args.json, "reconstruct", args.device)
+    command = None if argv is None else [__file__, *argv]
+    rows: list[dict] = []
 
     images = {"CT": [ct_slice(args.size)] + (shared_ct_slices(args.size) if args.shared else []),
               "MR": [mr_slice(args.size)] + (shared_mr_slice() if args.shared else [])}
@@ -292,6 +302,11 @@ def main() -> None:
                                                      args.iterations, architectures,
                                                      args.ensemble, args.seed, args.device):
                 print(f"| {name} | {label} | {method} | {p:.2f} | {q:.3f} | {seconds:.1f} |", flush=True)
+                rows.append(dict(image=name, setting=label, method=method, psnr=p, ssim=q, seconds=seconds))
+                write_json(json_file, rows, args.device, command)
+    write_json(json_file, rows, args.device, command)  # also when no row was run
+    if json_file is not None:
+        print(f"wrote {json_file}")
 
 
 if __name__ == "__main__":

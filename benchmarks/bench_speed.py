@@ -43,13 +43,16 @@ and reports the fraction done and ``projected_s`` (an upper bound: it assumes ev
     python benchmarks/bench_speed.py --device cuda --sizes 512 --slices 8 --sequential-slices 1 \
         --fast-iterations 600 --refine 1 --variant fp32:amp=false --json speed.json               # GPU
     python benchmarks/bench_speed.py --quick --json out.json                                       # smoke run
+
+``--json auto`` writes ``benchmarks/measured/speed_<machine>.json`` (``benchmarks/machine.py``: the GPU's model, e.g.
+``h200``, or ``cpu-<N>core``); the JSON also says which machine (``machine``, ``machine_tag``) and which command
+(``command``, ``date``) produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -66,6 +69,7 @@ from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SIGMA, WINDOW, gaussian_noise  # noqa: E402
+from machine import json_help, json_path, machine_description, write_json  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.decoder import num_parameters, size_ladder  # noqa: E402
@@ -292,7 +296,7 @@ def parse_overrides(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="slice sizes in pixels")
@@ -319,13 +323,14 @@ def main() -> None:
                                                        "reports the fraction done and the projected time)")
     parser.add_argument("--skip-rows", action="store_true", help="no sequential/fast rows (e.g. --volume alone)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 32 and 48 px crops, tiny decoders")
-    parser.add_argument("--json", type=Path, help="write the rows and the bound as JSON here (after every row)")
+    parser.add_argument("--json", type=Path,
+                        help=json_help("speed", "write the rows and the bound as JSON here (after every row)"))
     parser.add_argument("--bound-batch", type=int, default=16, help="B for the printed per-iteration bound")
     parser.add_argument("--bandwidth-gbs", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak (H100 SXM: 67)")
     parser.add_argument("--peak-tflops-bf16", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.row:
         print(json.dumps(run_row(json.loads(args.row))))
         return
@@ -340,9 +345,8 @@ def main() -> None:
     if args.quick:
         sequential, fast, sizes, slices, refine, seq_slices = QUICK_SEQUENTIAL, QUICK_FAST, [32, 48], 2, 1, 2
         variants = {name: dict(over, channels=16, blocks=4, iterations=60) for name, over in variants.items()}
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, device {dev}"
-               + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
+    json_file = json_path(args.json, "speed", dev)
+    machine = machine_description(dev)
     print(f"machine: {machine}", flush=True)
     bounds = [iteration_bound(args.bound_batch, bandwidth_gbs=args.bandwidth_gbs, peak_tflops=args.peak_tflops),
               iteration_bound(args.bound_batch, bandwidth_gbs=args.bandwidth_gbs, peak_tflops=args.peak_tflops_bf16,
@@ -351,8 +355,7 @@ def main() -> None:
                      machine=machine, torch=torch.__version__, threads=torch.get_num_threads())
 
     def save() -> None:
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=2))
+        write_json(json_file, out, dev, None if argv is None else [__file__, *argv])
 
     if args.iteration_batches:
         modes = dict(parse_overrides(m) for m in args.iteration_modes)

@@ -37,7 +37,7 @@ from .simulation import Simulation, simulate
 from .volume import Volume
 
 __all__ = ["Compressed", "Simulation", "baseline", "compress", "decompress", "denoise", "estimate_noise",
-           "reconstruct", "simulate"]
+           "reconstruct", "resolve_device", "simulate"]
 
 ImageInput = np.ndarray | torch.Tensor | Volume | str | Path
 
@@ -60,19 +60,21 @@ def denoise(
     window: tuple[float, float] | Window | None = None,
     modality: str | None = None,
     batch_size: int | None = None,
-    **overrides,
+    **overrides: object,
 ) -> np.ndarray | Volume:
     """Denoise a CT/MR slice or volume with untrained Deep Decoders (Heckel & Hand 2019), one per slice.
 
     Args:
         image: ``(H, W)`` or ``(D, H, W)`` array in HU (CT) or stored values (MR); a :class:`Volume`; or a path to a
             DICOM series folder or a NIfTI/NRRD/MHA file. Never modified.
-        preset: a ``denoise`` preset (:func:`dd_medical.presets.presets`; default ``"medium"``), or ``config``.
+        preset: a ``denoise`` preset (:func:`dd_medical.presets.presets`; default ``"medium"``).
+        config: a full :class:`FitConfig` instead of a preset.
         device: ``"auto"`` (CUDA if present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         window: ``(low, high)`` mapped to [0, 1] for the fit (HU for CT); default: the full range (CT), robust
             percentiles (MR).
         modality: ``"CT"`` or ``"MR"``; default: the volume's own, else CT.
         batch_size: slices fitted at once (memory only; default from free device memory).
+        progress: a bar (``True``; ``None``: on a terminal only), nothing (``False``) or ``callback(fraction)``.
         overrides: :class:`FitConfig` fields.
 
     Returns float32 of the input's shape and units for an array, else a :class:`Volume` with the same geometry.
@@ -97,7 +99,7 @@ def reconstruct(
     progress: Progress = None,
     data_consistency: bool = True,
     batch_size: int | None = None,
-    **overrides,
+    **overrides: object,
 ) -> np.ndarray | Volume:
     """Reconstruct slices from undersampled measurements, untrained decoders as the prior (Heckel &
     Soltanolkotabi 2020; Darestani & Heckel 2021).
@@ -108,7 +110,12 @@ def reconstruct(
             compressive measurements ``(D, m)``. Or a path to raw data (:func:`dd_medical.io.raw.read_raw`:
             fastMRI ``.h5``, ``.npy`` k-space or sinogram), whose forward model is built from the file.
         operator: the forward model (:mod:`dd_medical.core.operators`); required for arrays.
-        preset, config, overrides: settings of the task ``"reconstruct/" + operator.kind``.
+        preset: a preset of the task ``"reconstruct/" + operator.kind`` (default: its ``"default"``).
+        config: a full :class:`FitConfig` instead of a preset.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        progress: a bar (``True``; ``None``: on a terminal only), nothing (``False``) or ``callback(fraction)``.
+        batch_size: slices fitted at once (memory only).
+        overrides: :class:`FitConfig` fields.
         data_consistency: the operator's ``finalize`` (MRI: keep the measured k-space samples).
 
     Returns ``(D, H, W)`` float32 in the measurements' scale (MRI: RSS magnitude; CT: attenuation), or a
@@ -148,7 +155,7 @@ def compress(
     device: str = "auto",
     progress: Progress = None,
     batch_size: int | None = None,
-    **overrides,
+    **overrides: object,
 ) -> Compressed:
     """Encode a volume as a ``.ddc`` file's bytes (lossy; :mod:`dd_medical.codec`): one fitted decoder per slice,
     ``bits``-bit (8 or 16) weights after ``refine_iterations`` of quantisation-aware refinement (default a tenth of

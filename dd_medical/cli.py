@@ -105,6 +105,10 @@ def _fit_options(task: str, default_preset: str | None = None):
                     **kwargs):
             overrides = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
                              seed=seed, amp=False if fp32 else None, compile=True if compile_ else None)
+            try:
+                api.resolve_device(kwargs["device"])  # a mistyped or missing device, before any reading or fitting
+            except DDMedicalError as err:
+                _fail(str(err))
             return func(*args, settings=Settings(preset_name, overrides), **kwargs)
 
         for option in reversed(options):
@@ -127,23 +131,27 @@ def cli(verbose: bool) -> None:
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @_fit_options("denoise")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU mapped to [0,1] [default: the volume's full range, nothing clipped].")
+              help="Intensity window in HU mapped to [0,1] (default: the volume's full range, nothing clipped).")
+@click.option("--format", "output_kind", type=click.Choice(["dicom", "image"]), default=None,
+              help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
+                   "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
 @_handle_errors
 def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
-            window: tuple[float, float] | None) -> None:
+            window: tuple[float, float] | None, output_kind: str | None) -> None:
     """Denoise INPUT (a DICOM series folder or a NIfTI/NRRD/MHA file) into OUTPUT.
 
     OUTPUT is a folder for a derived DICOM series, or a file whose extension (.nii.gz, .nrrd, .mha) gives the
     format. Nothing is written until the result is complete; INPUT is never modified.
     """
     config = settings.resolve("denoise")
-    check_output(output_path, input_path)
+    check_output(output_path, input_path, output_kind)
     volume = read_volume(input_path)
     t0 = time.perf_counter()
     result = api.denoise(volume, config=config, device=device, window=window, batch_size=batch_size)
     seconds = time.perf_counter() - t0
-    write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {config.ensemble} "
-                 "decoders)", derivation_description=derivation_description(config))
+    decoders = f"{config.ensemble} decoder{'s' if config.ensemble > 1 else ''}"
+    write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {decoders})",
+                 derivation_description=derivation_description(config), format=output_kind)
     units = "HU" if volume.modality == "CT" else "units"
     depth, height, width = volume.shape
     click.echo(f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate "
@@ -189,7 +197,7 @@ def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_siz
               help="--engine ray: split series with more slices into chunks of this many, one task each.")
 @_fit_options("denoise")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU mapped to [0,1] [default: each volume's full range].")
+              help="Intensity window in HU mapped to [0,1] (default: each volume's full range).")
 @_handle_errors
 def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, org_root: str | None, engine: str,
           ray_address: str | None, gpus_per_task: float | None, max_retries: int, chunk_slices: int | None,
@@ -248,12 +256,15 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--tv-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of a total-variation penalty on the decoder's image, added to the data term (0: none) "
                    "[default: the preset's: 0.02 for CT, 0 otherwise].")
+@click.option("--format", "output_kind", type=click.Choice(["dicom", "image"]), default=None,
+              help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
+                   "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
                 image_size: int | None, real_object: bool, architecture: str | None,
-                tv_weight: float | None) -> None:
+                tv_weight: float | None, output_kind: str | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
@@ -263,7 +274,7 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
     """
     from .io.raw import is_raw_path, load_mask, read_raw
 
-    check_output(output_path, input_path)
+    check_output(output_path, input_path, output_kind)
     if not input_path.exists():
         raise InputError("path does not exist", input_path)
     raw = is_raw_path(input_path)
@@ -293,7 +304,8 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
     else:
         out_volume = Volume(result, modality=modality)
     write_volume(out_volume, output_path, series_description="DD reconstruction",
-                 derivation_description=derivation_description(config, f"reconstruction ({operator.kind})"))
+                 derivation_description=derivation_description(config, f"reconstruction ({operator.kind})"),
+                 format=output_kind)
     depth, height, width = out_volume.shape
     click.echo(f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s (decoder: "
                f"{config.architecture}){quality}; wrote {output_path}")
@@ -325,7 +337,7 @@ def _quality(result, baseline, reference) -> str:
 @click.option("--refine-iterations", type=click.IntRange(min=0), default=None,
               help="Quantisation-aware refinement steps after the fit (0: none) [default: a tenth of --iterations].")
 @click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU that is encoded [default: the volume's full range, nothing clipped].")
+              help="Intensity window in HU that is encoded (default: the volume's full range, nothing clipped).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @_handle_errors
@@ -334,6 +346,9 @@ def compress(input_path: Path, output_path: Path, channels: int | None, blocks: 
              window: tuple[float, float] | None, device: str, seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
     config = presets.resolve("compress", recipe, channels=channels, blocks=blocks, iterations=iterations, seed=seed)
+    if output_path.suffix.lower() != ".ddc":
+        raise InputError(f"a compressed file ends in .ddc, not {output_path.suffix or '(no extension)'!r}",
+                         output_path)
     if output_path.exists():
         raise InputError("output file already exists (refusing to overwrite)", output_path)
     volume = read_volume(input_path)
@@ -355,14 +370,18 @@ def compress(input_path: Path, output_path: Path, channels: int | None, blocks: 
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--device", default="cpu", show_default=True,
               help="cpu reproduces exactly the image compress measured; cuda is faster, equal to float rounding.")
+@click.option("--format", "output_kind", type=click.Choice(["dicom", "image"]), default=None,
+              help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
+                   "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
 @_handle_errors
-def decompress(input_path: Path, output_path: Path, device: str) -> None:
+def decompress(input_path: Path, output_path: Path, device: str, output_kind: str | None) -> None:
     """Decompress IN.ddc into OUTPUT: a folder (new DICOM series marked lossy) or an image file (.nrrd, .nii.gz)."""
     from .codec.format import DICOM_METHOD, compression_ratio, read_header
-    from .io import is_image_path, write_image, write_lossy_series
+    from .io import write_image, write_lossy_series
 
+    kind = check_output(output_path, input_path, output_kind)
     volume = api.decompress(input_path, device=device)
-    if is_image_path(output_path):
+    if kind == "image":
         write_image(volume, output_path)
     else:
         header, _ = read_header(input_path.read_bytes(), input_path)

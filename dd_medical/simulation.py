@@ -74,8 +74,10 @@ def simulate(
         modality: ``"CT"`` images (and ``"OT"`` ones with negative values) are HU and are converted to attenuation
             (:func:`hu_to_attenuation`) before measuring; others must be non-negative (MR magnitude) and are
             measured as they are.
-        acceleration, center_fraction, mask_type: k-space mask (``"equispaced"``, ``"random"``,
-            ``"variable-density"``), or ``mask`` given explicitly (``(W,)`` or ``(H, W)``).
+        acceleration: MRI undersampling factor (>= 1).
+        center_fraction: MRI: fraction of the central k-space columns always sampled.
+        mask_type: MRI mask maker: ``"equispaced"``, ``"random"`` or ``"variable-density"``.
+        mask: an explicit mask (``(W,)`` or ``(H, W)``) instead of ``mask_type``.
         seed: seed of the mask (MRI offset/lines, inpainting pixels).
         real_object: MRI: reconstruct with ``CartesianFourier(real=True)``, i.e. use the knowledge that the
             simulated object (a magnitude image) is real and non-negative. Off by default: scanner data has phase.

@@ -152,7 +152,10 @@ def run_batch(
         input_root: folder tree of DICOM files (any names); never modified.
         output_root: created if needed; must not be, lie inside, or contain ``input_root``.
         task: a name in :data:`TASKS` (``"denoise"``).
-        config, device, batch_size, window: as for :func:`dd_medical.pipeline.denoise_volume`.
+        config: the denoising :class:`FitConfig` (default: the ``denoise`` preset's).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: slices fitted at once (memory only).
+        window: ``(low, high)`` in HU mapped to [0, 1] (default: each volume's full range).
         org_root: UID prefix of the derived series (default: ``2.25.`` UUID-derived UIDs).
         retry_failed: redo volumes that failed in an earlier run.
         executor: a name in :data:`EXECUTORS` (``"serial"``, ``"ray"``) or an :class:`Executor` such as

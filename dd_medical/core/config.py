@@ -28,7 +28,8 @@ class FitConfig:
         result: the estimate each decoder returns (:mod:`dd_medical.core.estimators`): ``"average"`` (default), a
             moving average of its iterates with decay ``min(average_decay, t / (t + average_warmup))`` at step ``t``;
             ``"best"``, its lowest-loss iterate (the reference code's choice); ``"last"``, its final iterate.
-        average_decay, average_warmup: see ``result`` (defaults 0.98 and 20; warmup 0 gives a plain average).
+        average_decay: see ``result`` (default 0.98).
+        average_warmup: see ``result`` (default 20; 0 gives a plain exponential average).
         stopping: when a slice stops (:mod:`dd_medical.core.stopping`): ``"fixed"`` runs ``iterations`` steps;
             ``"discrepancy"`` (default) stops once the estimate explains the measurements down to the noise,
             misfit <= ``discrepancy_factor * sigma^2`` (Morozov's discrepancy principle); ``"sure"`` keeps the

@@ -105,7 +105,8 @@ class DeepDecoder(nn.Module):
     """One Deep Decoder for one ``(H, W)`` image with ``out_channels`` channels.
 
     Args:
-        height, width: output size in pixels (any size; see the module docstring).
+        height: output rows in pixels (any size; see the module docstring).
+        width: output columns in pixels.
         channels: ``k``, channels of every block (default 64, the paper's).
         blocks: number of blocks ``d`` (default 6: five x2 upsamplings, input ``H/32 x W/32``).
         out_channels: image channels ``c`` (1 for CT/MR magnitude).
@@ -173,10 +174,16 @@ class BatchedDeepDecoder(nn.Module):
 
     Args:
         batch: ``B``, number of independent decoders.
-        height, width, channels, blocks, out_channels: as for :class:`DeepDecoder`.
+        height: as for :class:`DeepDecoder`.
+        width: as for :class:`DeepDecoder`.
+        channels: as for :class:`DeepDecoder`.
+        blocks: as for :class:`DeepDecoder`.
+        out_channels: as for :class:`DeepDecoder`.
         generators: one CPU generator per instance (so that an instance's initial weights depend on its own
             seed only, not on ``B`` or its position in the batch); ``None`` uses torch's global generator.
-        output, architecture, norm_first: as for :class:`DeepDecoder`.
+        output: as for :class:`DeepDecoder`.
+        architecture: as for :class:`DeepDecoder`.
+        norm_first: as for :class:`DeepDecoder`.
 
     ``forward()`` returns ``(B, c, H, W)`` in [0, 1].
     """

@@ -27,13 +27,14 @@ from dd_medical.io.dicom import (
 )
 from dd_medical.io.dicom_write import write_lossy_series, write_series
 from dd_medical.io.image import IMAGE_SUFFIXES, is_image_path, read_image, write_image
-from dd_medical.io.output import check_output, write_volume
+from dd_medical.io.output import OUTPUT_FORMATS, check_output, output_format, write_volume
 from dd_medical.io.provenance import derivation_description
 from dd_medical.io.validate import validate_derived
 from dd_medical.volume import Volume
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "OUTPUT_FORMATS",
     "DicomScan",
     "DicomSeries",
     "SkippedFile",
@@ -43,6 +44,7 @@ __all__ = [
     "derivation_description",
     "is_image_path",
     "load_series",
+    "output_format",
     "read_image",
     "read_series",
     "read_volume",

@@ -6,26 +6,48 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..volume import Volume
+from .atomic import full_suffix
 from .dicom_write import write_series
-from .image import is_image_path, write_image
+from .image import IMAGE_SUFFIXES, write_image
+
+#: What an output path can receive: a derived DICOM series (a folder) or an image file.
+OUTPUT_FORMATS = ("dicom", "image")
 
 
-def check_output(output_path: str | Path, input_path: str | Path | None = None) -> Path:
-    """Refuse, before any computation, an output that already exists (a file, or a folder that is not empty) or
-    that is the input (inputs are never modified)."""
+def output_format(output_path: str | Path, format: str | None = None) -> str:
+    """``"image"`` for a file name ending in :data:`IMAGE_SUFFIXES`, ``"dicom"`` for a folder (a name without an
+    extension, or any name with ``format="dicom"``); :class:`InputError` for an unknown extension."""
+    if format not in (None, *OUTPUT_FORMATS):
+        raise InputError(f"unknown output format {format!r}; choose {' or '.join(OUTPUT_FORMATS)}")
+    suffix = full_suffix(output_path)
+    if format == "dicom":
+        return "dicom"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if format == "image" or suffix:
+        raise InputError(f"unknown output extension {suffix or '(none)'!r}: an image file ends in "
+                         f"{', '.join(IMAGE_SUFFIXES)}; a DICOM series is a folder (no extension, or --format dicom)",
+                         output_path)
+    return "dicom"
+
+
+def check_output(output_path: str | Path, input_path: str | Path | None = None, format: str | None = None) -> str:
+    """Refuse, before any computation, an output that already exists (a file, or a folder that is not empty), that
+    is the input (inputs are never modified) or whose kind is unknown; returns :func:`output_format`."""
     output_path = Path(output_path)
+    kind = output_format(output_path, format)
     if output_path.exists() and (output_path.is_file() or any(output_path.iterdir())):
         raise InputError("output already exists (refusing to overwrite)", output_path)
     if input_path is not None and output_path.resolve() == Path(input_path).resolve():
         raise InputError("output is the input (inputs are never modified)", output_path)
-    return output_path
+    return kind
 
 
 def write_volume(volume: Volume, output_path: str | Path, *, series_description: str, derivation_description: str,
-                 org_root: str | None = None, overwrite: bool = False) -> list[Path]:
-    """Write ``volume`` to an image file (``.nii.gz``, ``.nrrd``, ``.mha``, ...: :func:`is_image_path`) or, for any
-    other path, as a derived DICOM series in that folder (:func:`write_series`). Atomic. Returns the files."""
-    if is_image_path(output_path):
+                 org_root: str | None = None, overwrite: bool = False, format: str | None = None) -> list[Path]:
+    """Write ``volume`` to an image file or, as a derived DICOM series, to a folder (:func:`output_format`).
+    Atomic. Returns the files written."""
+    if output_format(output_path, format) == "image":
         return [write_image(volume, output_path, overwrite=overwrite)]
     return write_series(volume, output_path, series_description=series_description,
                         derivation_description=derivation_description, org_root=org_root, overwrite=overwrite)
