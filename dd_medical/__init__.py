@@ -11,7 +11,7 @@ volume = dd_medical.denoise("path/to/ct_series")   # a DICOM folder or NIfTI/NRR
 
 from __future__ import annotations
 
-from .api import baseline, compress, decompress, denoise, estimate_noise, reconstruct, simulate
+from .api import baseline, check, compress, decompress, denoise, estimate_noise, reconstruct, simulate
 from .core.config import FitConfig
 from .core.decoder import BatchedDeepDecoder, DeepDecoder, num_parameters
 from .core.fit import FitResult, fit
@@ -33,6 +33,7 @@ __all__ = [
     "Window",
     "__version__",
     "baseline",
+    "check",
     "compress",
     "decompress",
     "default_window",

@@ -25,6 +25,7 @@ from .codec.encode import Compressed
 from .codec.encode import compress as encode_volume
 from .codec.encode import decompress as decode_bytes
 from .core.config import FitConfig
+from .core.fidelity import FidelityReport, check_fidelity
 from .core.intensity import Window
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel
@@ -36,8 +37,8 @@ from .presets import resolve
 from .simulation import Simulation, simulate
 from .volume import Volume
 
-__all__ = ["Compressed", "Simulation", "baseline", "compress", "decompress", "denoise", "estimate_noise",
-           "reconstruct", "resolve_device", "simulate"]
+__all__ = ["Compressed", "FidelityReport", "Simulation", "baseline", "check", "compress", "decompress", "denoise",
+           "estimate_noise", "reconstruct", "resolve_device", "simulate"]
 
 ImageInput = np.ndarray | torch.Tensor | Volume | str | Path
 
@@ -194,3 +195,12 @@ def estimate_noise(image: Volume | np.ndarray) -> float:
     values = image.array if isinstance(image, Volume) else np.asarray(image, dtype=np.float32)
     stack = values[None, None] if values.ndim == 2 else values[:, None]
     return float(estimate_sigma(stack).median())
+
+
+def check(before: Volume | np.ndarray, after: Volume | np.ndarray) -> FidelityReport:
+    """Check a result against its input, slice by slice (:func:`dd_medical.core.fidelity.check_fidelity`): the residual
+    ``before - after`` of a faithful denoiser looks like the input's noise, about as large and unrelated to edges.
+    ``FidelityReport.passed`` is False, and ``.summary()`` says where and how much, when anatomy may have been removed.
+    """
+    values = [v.array if isinstance(v, Volume) else np.asarray(v, dtype=np.float32) for v in (before, after)]
+    return check_fidelity(*values)

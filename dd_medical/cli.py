@@ -19,6 +19,10 @@ from .volume import Volume
 
 log = logging.getLogger("dd_medical")
 
+#: Exit codes: 0 done, 1 some batch series failed, 2 bad input or options, 3 written but the fidelity check
+#: flagged a slice (the residual does not look like noise: anatomy may have been removed).
+EXIT_FIDELITY = 3
+
 #: Options that left the package, with what to use instead (a one-line error names it).
 REMOVED_CHOICES = {
     ("architecture", "auto"): "'auto' was removed (it kept the worse decoder kind in 3 of 6 measured fits); use "
@@ -141,7 +145,9 @@ def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size:
     """Denoise INPUT (a DICOM series folder or a NIfTI/NRRD/MHA file) into OUTPUT.
 
     OUTPUT is a folder for a derived DICOM series, or a file whose extension (.nii.gz, .nrrd, .mha) gives the
-    format. Nothing is written until the result is complete; INPUT is never modified.
+    format. Nothing is written until the result is complete; INPUT is never modified. Every slice is checked against
+    its input (the residual must look like noise); when a slice fails, the output is still written, the summary and
+    the DICOM DerivationDescription say so, and the exit code is 3.
     """
     config = settings.resolve("denoise")
     check_output(output_path, input_path, output_kind)
@@ -149,13 +155,17 @@ def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size:
     t0 = time.perf_counter()
     result = api.denoise(volume, config=config, device=device, window=window, batch_size=batch_size)
     seconds = time.perf_counter() - t0
+    fidelity = api.check(volume, result)
     decoders = f"{config.ensemble} decoder{'s' if config.ensemble > 1 else ''}"
     write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {decoders})",
-                 derivation_description=derivation_description(config), format=output_kind)
-    units = "HU" if volume.modality == "CT" else "units"
+                 derivation_description=f"{derivation_description(config)}; {fidelity.summary()}", format=output_kind)
+    units = "HU" if volume.modality == "CT" else "stored units"
     depth, height, width = volume.shape
     click.echo(f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate "
-               f"{api.estimate_noise(volume):.1f} -> {api.estimate_noise(result):.1f} {units}; wrote {output_path}")
+               f"{api.estimate_noise(volume):.1f} -> {api.estimate_noise(result):.1f} {units}; {fidelity.summary()}; "
+               f"wrote {output_path}")
+    if not fidelity.passed:
+        sys.exit(EXIT_FIDELITY)
 
 
 @cli.command()
@@ -173,6 +183,8 @@ def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_siz
     report = run_demo(output_dir, noise_hu=DEMO_NOISE_HU if noise_hu is None else noise_hu, config=config,
                       device=device, batch_size=batch_size, seed=config.seed)
     click.echo(report)
+    if report.fidelity is not None and not report.fidelity.passed:
+        sys.exit(EXIT_FIDELITY)
 
 
 @cli.command()
@@ -206,7 +218,8 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 
     OUTPUT_ROOT gets manifest.sqlite (status per series), series/<hash>/ (one derived series each), report.html
     and report/<hash>.png. Rerun the same command to resume: finished series are verified and skipped. Exit code
-    0 only if every series succeeded; INPUT_ROOT is never modified. With --engine ray (pip install
+    0 only if every series succeeded, 1 if any failed, 3 if all were written but the fidelity check flagged one
+    (status "check" in the manifest and report); INPUT_ROOT is never modified. With --engine ray (pip install
     'dd-medical[ray]') series run as Ray tasks, on every GPU of this machine or of a cluster; outputs are the same.
     """
     from .batch import RayExecutor, run_batch
@@ -226,6 +239,8 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
     click.echo(summary.format())
     if not summary.ok:
         sys.exit(1)
+    if summary.flagged:
+        sys.exit(EXIT_FIDELITY)
 
 
 @cli.command()

@@ -8,10 +8,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from .api import denoise
+from .api import check, denoise
 from .core.config import FitConfig
+from .core.fidelity import FidelityReport
 from .core.intensity import Window
 from .errors import InputError
 from .io import derivation_description
@@ -38,6 +38,7 @@ class DemoReport:
     ssim_denoised: np.ndarray
     seconds: float
     output_dir: Path
+    fidelity: FidelityReport | None = None
 
     def __str__(self) -> str:
         lines = [f"{'slice':>5}  {'PSNR noisy':>10}  {'PSNR denoised':>13}  {'SSIM noisy':>10}  {'SSIM denoised':>13}"]
@@ -52,6 +53,8 @@ class DemoReport:
             f"PSNR/SSIM on [-1000, 1000] HU mapped to [0, 1]. Denoised in {self.seconds:.1f} s. "
             f"Wrote {self.output_dir / 'denoised_series'} and {self.output_dir / PANEL_NAME}"
         )
+        if self.fidelity is not None:
+            lines.append(self.fidelity.summary())
         return "\n".join(lines)
 
 
@@ -60,13 +63,25 @@ def _to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
 
 
 def write_panel(path: Path, noisy: np.ndarray, denoised: np.ndarray, clean: np.ndarray) -> None:
-    """PNG of one ``(H, W)`` HU slice: noisy | denoised | clean | difference (denoised - clean, +-200 HU)."""
-    gap = np.full((noisy.shape[0], 4), 255, np.uint8)
-    diff = _to_uint8(denoised - clean, Window(-DIFFERENCE_HU, DIFFERENCE_HU))
-    tiles = [_to_uint8(noisy, DISPLAY_WINDOW), _to_uint8(denoised, DISPLAY_WINDOW), _to_uint8(clean, DISPLAY_WINDOW),
-             diff]
-    panel = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-    sitk.WriteImage(sitk.GetImageFromArray(panel), str(path))
+    """PNG of one ``(H, W)`` HU slice, each tile labelled and enlarged to at least 384 px: noisy | denoised | clean |
+    difference (denoised - clean, +-200 HU); the images in a soft-tissue window (W400/L40)."""
+    from PIL import Image, ImageDraw
+
+    scale = max(1, -(-384 // noisy.shape[0]))
+    tiles = {
+        "noisy": _to_uint8(noisy, DISPLAY_WINDOW), "dd-medical": _to_uint8(denoised, DISPLAY_WINDOW),
+        "clean (reference)": _to_uint8(clean, DISPLAY_WINDOW),
+        f"difference (+-{DIFFERENCE_HU:g} HU)": _to_uint8(denoised - clean, Window(-DIFFERENCE_HU, DIFFERENCE_HU)),
+    }
+    height, width = noisy.shape[0] * scale, noisy.shape[1] * scale
+    band, gap = 24, 6
+    panel = Image.new("L", (len(tiles) * (width + gap) - gap, height + band), 255)
+    draw = ImageDraw.Draw(panel)
+    for i, (label, tile) in enumerate(tiles.items()):
+        left = i * (width + gap)
+        panel.paste(Image.fromarray(tile).resize((width, height), Image.NEAREST), (left, band))
+        draw.text((left + 4, 5), label, fill=0)
+    panel.save(path)
 
 
 def run_demo(
@@ -105,10 +120,11 @@ def run_demo(
         ssim_denoised=ssim(unit["out"], unit["clean"]),
         seconds=seconds,
         output_dir=output_dir,
+        fidelity=check(noisy, result),
     )
     with atomic_output_dir(output_dir, overwrite=True) as tmp:
         write_series(result, tmp / "denoised_series", series_description="DD demo: phantom denoised",
-                     derivation_description=derivation_description(config))
+                     derivation_description=f"{derivation_description(config)}; {report.fidelity.summary()}")
         mid = clean.shape[0] // 2
         write_panel(tmp / PANEL_NAME, noisy.array[mid], result.array[mid], clean.array[mid])
     return report

@@ -22,6 +22,7 @@ from .core.config import FitConfig
 from .core.decoder import size_ladder
 from .core.fit import fit
 from .core.intensity import Window, default_window
+from .core.noise import estimate_sigma
 from .core.operators import ForwardModel, Identity
 from .errors import InputError
 
@@ -60,7 +61,7 @@ def bytes_per_slice(height: int, width: int, channels: int, blocks: int) -> int:
 
 def auto_batch_size(num_slices: int, height: int, width: int, config: FitConfig, device: torch.device) -> int:
     """Slices per batch: as many as fit in ~70% of the free device memory (at most 16 on a CPU)."""
-    need = bytes_per_slice(height, width, config.channels, config.blocks) * config.ensemble
+    need = bytes_per_slice(height, width, config.channels, config.depth(height, width)) * config.ensemble
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cap = num_slices
@@ -233,6 +234,10 @@ def denoise_volume(
     if not 0 <= start < stop <= depth:
         raise InputError(f"slices {slices} are not a non-empty range of a {depth}-slice volume")
     unit = torch.from_numpy(window.to_unit(stack))[:, None]  # (D, 1, H, W) in [0, 1]
+    if config.blocks is None:  # the depth follows the noise level of the whole volume (chunks agree with it)
+        noise = float(estimate_sigma(unit).median())
+        config = replace(config, blocks=config.depth(height, width, noise))
+        log.info("noise %.4g of the window: decoders of %d blocks", noise, config.blocks)
     b = batch_size or auto_batch_size(depth, height, width, config, dev)
     log.info("denoising %d slices of %dx%d on %s, %d at a time, config %s", stop - start, height, width, dev, b,
              asdict(config))

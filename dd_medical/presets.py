@@ -19,7 +19,7 @@ from .errors import InputError
 STRENGTHS = ("low", "medium", "high")
 
 _DENOISE = FitConfig()
-_RECONSTRUCT = FitConfig(iterations=1000, ensemble=1, stopping="fixed", amp=False)
+_RECONSTRUCT = FitConfig(blocks=6, iterations=1000, ensemble=1, stopping="fixed", amp=False)
 
 PRESETS: dict[str, dict[str, FitConfig]] = {
     "denoise": {
@@ -38,11 +38,11 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
     "reconstruct/cs": {"default": replace(_RECONSTRUCT, channels=32, blocks=5)},
     "compress": {
         # the reference code's compression recipe (reinhardh/supplement_deep_decoder, include/compression.py)
-        "reference": FitConfig(channels=32, iterations=15000, learning_rate=0.004, ensemble=1, result="last",
-                               stopping="fixed", amp=False, norm_first=True, input_noise=0.005),
+        "reference": FitConfig(channels=32, blocks=6, iterations=15000, learning_rate=0.004, ensemble=1,
+                               result="last", stopping="fixed", amp=False, norm_first=True, input_noise=0.005),
         # for short encodes (the input noise is meant for long fits)
-        "decay": FitConfig(channels=32, iterations=2000, learning_rate=0.01, final_learning_rate=0.003, ensemble=1,
-                           result="last", stopping="fixed", amp=False),
+        "decay": FitConfig(channels=32, blocks=6, iterations=2000, learning_rate=0.01, final_learning_rate=0.003,
+                           ensemble=1, result="last", stopping="fixed", amp=False),
     },
 }
 

@@ -93,6 +93,7 @@ def write_report(
     done = sum(e.status == "done" and not e.skipped_now for e in entries)
     skipped = sum(e.skipped_now for e in entries)
     failed = sum(e.status == "failed" for e in entries)
+    flagged = sum(e.status == "check" for e in entries)
     lines = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8">',
@@ -102,8 +103,8 @@ def write_report(
         ".failed{color:#b00}img{max-width:900px}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>{esc(dt.datetime.now().isoformat(timespec='seconds'))}: {len(entries)} series; {done} done in this run, "
-        f"{skipped} skipped (done earlier, outputs verified), {failed} failed; {len(bad_files)} input files not "
-        "processed.</p>",
+        f"{skipped} skipped (done earlier, outputs verified), {failed} failed, {flagged} flagged by the fidelity check "
+        f"(written, but a slice's residual does not look like noise); {len(bad_files)} input files not processed.</p>",
         "<h2>Series</h2>",
         "<table><tr><th>Series (UID # split)</th><th>Output folder</th><th>Status</th><th>Slices</th>"
         "<th>Noise before / after</th><th>Seconds read / task / write</th><th>Montage: before | after | "
@@ -120,7 +121,7 @@ def write_report(
             f"{_number(e.noise_before)} / {_number(e.noise_after)} {units}" if e.noise_before is not None else ""
         )
         timing = " / ".join(_number(v, 2) for v in (e.seconds_read, e.seconds_task, e.seconds_write))
-        css = ' class="failed"' if e.status == "failed" else ""
+        css = ' class="failed"' if e.status in ("failed", "check") else ""
         lines.append(
             f"<tr><td>{esc(e.key)}{notes}</td><td>{esc(e.folder)}</td><td{css}>{esc(status)}</td>"
             f"<td>{e.slices or ''}</td><td>{esc(noise)}</td><td>{esc(timing)}</td><td>{image}</td></tr>"

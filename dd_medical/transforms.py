@@ -19,6 +19,7 @@ MONAI's writer for the ``"dcm"`` extension.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
     "DeepDecoderReconstructDict",
     "DeepDecoderReconstructd",
 ]
+
+log = logging.getLogger(__name__)
 
 META_KEY = "dd_medical"
 """Key of the record a transform leaves in a ``MetaTensor``'s metadata (method, version, parameters)."""
@@ -124,7 +127,9 @@ class DeepDecoderDenoise(Transform):
     along ``slice_axis``), as ``LoadImage(ensure_channel_first=True)`` returns it; numpy or torch, in HU for CT or
     stored values for MR. Each channel is denoised on its own. The output has the input's type, shape, device
     and dtype (integer inputs are rounded); a ``MetaTensor`` keeps its affine and metadata and gains
-    ``meta["dd_medical"]``: method, package version, a DICOM-style derivation description and the fit parameters.
+    ``meta["dd_medical"]``: method, package version, a DICOM-style derivation description, the fit parameters and
+    the fidelity check of every channel (``fidelity_passed``, ``fidelity``: :func:`dd_medical.api.check`; a failed
+    check is also logged as a warning).
     Nothing is appended to ``applied_operations``: denoising has no inverse.
 
     Args:
@@ -186,6 +191,7 @@ class DeepDecoderDenoise(Transform):
         modality = (self.modality or _meta_modality(img) or "CT").upper()
         axis = self.slice_axis % 4  # axis of (C, H, W, D); unused for (C, H, W): each channel is one slice
         out = np.empty(values.shape, dtype=np.float32)
+        checks = []
         for c in range(values.shape[0]):
             # (H, W) or the volume with its slice axis moved first: (D, H', W'); back again afterwards.
             stack = values[c] if values.ndim == 3 else np.moveaxis(values[c], axis - 1, 0)
@@ -195,13 +201,19 @@ class DeepDecoderDenoise(Transform):
             except InputError as err:
                 raise InputError(f"channel {c} of image {tuple(values.shape)}: {err.problem}", err.path) from err
             out[c] = denoised if values.ndim == 3 else np.moveaxis(denoised, 0, axis - 1)
+            checks.append(api.check(stack, denoised))
         out_t = torch.from_numpy(out)
         if not np.issubdtype(values.dtype, np.floating):
             out_t = torch.round(out_t)  # integer input: nearest stored value (clipped to the dtype's range below)
         result, *_ = convert_to_dst_type(out_t, dst=img, safe=True)
         window = "auto" if self.window is None else f"{self.window.low},{self.window.high}"
         record = _record("DeepDecoderDenoise", self.config, modality=modality,
-                         slice_axis=axis if values.ndim == 4 else 0, window=window)
+                         slice_axis=axis if values.ndim == 4 else 0, window=window,
+                         fidelity_passed=all(r.passed for r in checks),
+                         fidelity=" | ".join(f"channel {c}: {r.summary()}" for c, r in enumerate(checks)))
+        for c, report in enumerate(checks):
+            if not report.passed:
+                log.warning("channel %d: %s", c, report.summary())
         return _with_record(result, record)
 
 

@@ -27,6 +27,9 @@ from dd_medical.errors import InputError
 from dd_medical.io import read_volume, validate_derived, write_series
 from dd_medical.phantom import phantom_volume, write_phantom_series
 
+#: Statuses of a series whose outputs are written: "check" when the fidelity check flagged the (tiny) test fits.
+WRITTEN = ("done", "check")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = FitConfig(channels=8, blocks=2, iterations=10, ensemble=1)
 TINY_ARGS = ["--iterations", "10", "--channels", "8", "--blocks", "2", "--ensemble", "1", "--device", "cpu"]
@@ -92,7 +95,7 @@ def test_messy_tree_gives_every_volume_and_reports_every_bad_file(tmp_path: Path
     for name, reason in reasons.items():
         assert expected["bad"][Path(name).name] in reason
     rows = _manifest(tmp_path / "out")
-    assert [r["status"] for r in rows] == ["done"] * 6
+    assert all(r["status"] in WRITTEN for r in rows) and len(rows) == 6
     assert all(r["seconds_task"] > 0 and r["noise_after"] is not None for r in rows)
     excluded = [r["excluded"] for r in rows if r["excluded"] != "[]"]
     assert len(excluded) == 2 and any("copy_of_s1_slice2" in e for e in excluded)
@@ -150,7 +153,7 @@ def test_failed_series_do_not_stop_others_and_are_retried_only_when_asked(tmp_pa
     assert "1 series done" in first.output and "1 failed" in first.output and "too small" in first.output
     rows = {r["split_key"].split("_")[0]: r for r in _manifest(tmp_path / "out")}
     assert rows["4x4"]["status"] == "failed" and "4x4" in rows["4x4"]["reason"]
-    assert rows["32x32"]["status"] == "done" and len(rows) == 2
+    assert rows["32x32"]["status"] in WRITTEN and len(rows) == 2
     assert "not processed dose_report: colour image (3 samples per pixel)" in first.output
     (good,) = [f for f in _series_folders(tmp_path / "out") if f.name == rows["32x32"]["folder"]]
     assert pydicom.dcmread(next(good.iterdir())).SOPInstanceUID.startswith("1.2.826.0.1.3680043.1.")
@@ -200,14 +203,14 @@ def test_batch_killed_partway_resumes_and_completes_every_series_once(tmp_path: 
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if (out / MANIFEST_NAME).exists() and any(r["status"] == "done" for r in _manifest(out)):
+            if (out / MANIFEST_NAME).exists() and any(r["status"] in WRITTEN for r in _manifest(out)):
                 break
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
     at_kill = _manifest(out)
-    done_at_kill = {r["key"] for r in at_kill if r["status"] == "done"}
+    done_at_kill = {r["key"] for r in at_kill if r["status"] in WRITTEN}
     assert 1 <= len(done_at_kill) < 3, "the kill must land after one series and before the last"
 
     # What a kill during writing leaves behind (io.atomic's hidden temporary folder): the rerun removes it.
@@ -215,10 +218,10 @@ def test_batch_killed_partway_resumes_and_completes_every_series_once(tmp_path: 
     leftover.mkdir(parents=True, exist_ok=True)
     (leftover / "IM0001.dcm").write_bytes(b"partial")
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.returncode in (0, 3), rerun.stderr[-2000:]  # 3: written, the fidelity check flagged the tiny fits
     assert f"{len(done_at_kill)} skipped" in rerun.stdout
     rows = _manifest(out)
-    assert [r["status"] for r in rows] == ["done"] * 3
+    assert all(r["status"] in WRITTEN for r in rows) and len(rows) == 3
     assert all(r["attempts"] == 1 for r in rows if r["key"] in done_at_kill), "finished series are not redone"
     folders = _series_folders(out)
     assert sorted(f.name for f in folders) == sorted(r["folder"] for r in rows)

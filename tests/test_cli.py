@@ -7,11 +7,13 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from dd_medical.cli import cli
+from dd_medical.cli import EXIT_FIDELITY, cli
 from dd_medical.io import read_volume, write_image, write_series
 from dd_medical.phantom import phantom_volume
 from dd_medical.volume import Volume
 
+#: Exit codes of a run whose output is written: 3 when the fidelity check flags the tiny test fits.
+WRITTEN = (0, EXIT_FIDELITY)
 TINY = ["--preset", "fast", "--iterations", "15", "--channels", "8", "--blocks", "4", "--device", "cpu"]
 
 
@@ -31,8 +33,8 @@ def test_denoise_image_file_to_image_file_keeps_geometry(tmp_path):
     src = write_image(noisy, tmp_path / "in.nrrd")
     before = src.read_bytes()
     code, out = run("denoise", str(src), str(tmp_path / "out.nii.gz"), *TINY)
-    assert code == 0, out
-    assert "denoised 2 slice(s) of 32x32" in out
+    assert code in WRITTEN, out
+    assert "denoised 2 slice(s) of 32x32" in out and "fidelity check" in out
     result = read_volume(tmp_path / "out.nii.gz")
     assert result.shape == noisy.shape
     np.testing.assert_allclose(result.spacing, noisy.spacing, atol=1e-5)
@@ -44,7 +46,7 @@ def test_denoise_dicom_series_to_derived_series(tmp_path):
     noisy = _noisy_phantom()
     write_series(noisy, tmp_path / "in", series_description="noisy phantom")
     code, out = run("denoise", str(tmp_path / "in"), str(tmp_path / "out"), *TINY)
-    assert code == 0, out
+    assert code in WRITTEN, out
     files = sorted((tmp_path / "out").glob("*.dcm"))
     assert len(files) == 2
     ds = pydicom.dcmread(files[0])
@@ -98,13 +100,13 @@ def test_demo_writes_series_and_panel_and_reports_psnr(tmp_path):
     out_dir = tmp_path / "demo"
     code, out = run("demo", "--output", str(out_dir), "--iterations", "10", "--channels", "8", "--blocks", "4",
                     "--device", "cpu")
-    assert code == 0, out
-    assert "mean" in out and "PSNR" in out
+    assert code in WRITTEN, out
+    assert "mean" in out and "PSNR" in out and "fidelity check" in out
     assert len(list((out_dir / "denoised_series").glob("*.dcm"))) == 8
     panel = sitk.ReadImage(str(out_dir / "demo_panel.png"))
-    assert panel.GetSize()[0] > 4 * 128
+    assert panel.GetSize()[0] > 4 * 384  # four labelled tiles, enlarged to at least 384 px
     code, _ = run("demo", "--output", str(out_dir), "--iterations", "5", "--channels", "4", "--blocks", "3")
-    assert code == 0  # an earlier demo folder is replaced
+    assert code in WRITTEN  # an earlier demo folder is replaced
 
 
 def test_console_script_help_and_version():

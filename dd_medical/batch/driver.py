@@ -50,20 +50,23 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)  # done in an earlier run, outputs verified
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    flagged: list[tuple[str, str]] = field(default_factory=list)  # written, but the fidelity check flagged a slice
     report: Path | None = None
 
     @property
     def ok(self) -> bool:
-        """Whether every series succeeded (now or in an earlier run)."""
+        """Whether every series succeeded (now or in an earlier run); flagged series count as written."""
         return not self.failed
 
     def format(self) -> str:
-        """A few lines for the terminal: counts, then each failure and each bad file with its reason."""
+        """A few lines for the terminal: counts, then each failure, each flagged series and each bad file."""
         lines = [
-            f"{len(self.done)} series done, {len(self.skipped)} skipped (done earlier), {len(self.failed)} failed; "
-            f"{len(self.bad_files)} input files not processed; report: {self.report}"
+            f"{len(self.done)} series done, {len(self.skipped)} skipped (done earlier), {len(self.failed)} failed, "
+            f"{len(self.flagged)} flagged by the fidelity check; {len(self.bad_files)} input files not processed; "
+            f"report: {self.report}"
         ]
         lines += [f"failed {key}: {reason}" for key, reason in self.failed]
+        lines += [f"flagged {key}: {reason}" for key, reason in self.flagged]
         lines += [f"not processed {name}: {reason}" for name, reason in self.bad_files]
         return "\n".join(lines)
 
@@ -214,11 +217,13 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
     tasks: list[SeriesTask] = []
     for item in planned:
         row = manifest.get(item.key)
-        if row is not None and row["status"] == "done":
+        if row is not None and row["status"] in ("done", "check"):
             problem = "" if row["source_digest"] == item.source_digest else "source files changed"
             problem = problem or verify_outputs(row, out)
             if not problem:
                 summary.skipped.append(item.key)
+                if row["status"] == "check":
+                    summary.flagged.append((item.key, row["reason"]))
                 continue
             log.warning("redoing %s: %s", item.key, problem)
         elif row is not None and row["status"] == "failed" and not retry_failed:
@@ -238,9 +243,12 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
             manifest.record(result)
             if token:
                 (out / RECEIPT_DIR / f"{output_folder_name(result.key)}.json").unlink(missing_ok=True)
-            if result.status == "done":
+            if result.status in ("done", "check"):
                 summary.done.append(result.key)
                 log.info("done %s (%d slices)", result.key, result.slices)
+                if result.status == "check":
+                    summary.flagged.append((result.key, result.reason))
+                    log.warning("flagged %s: %s", result.key, result.reason)
             else:
                 summary.failed.append((result.key, result.reason))
                 log.warning("failed %s: %s", result.key, result.reason)
@@ -267,7 +275,8 @@ def _write_report(out: Path, manifest: Manifest, planned: list[Planned], summary
             seconds_read=row.get("seconds_read"), seconds_task=row.get("seconds_task"),
             seconds_write=row.get("seconds_write"), noise_before=row.get("noise_before"),
             noise_after=row.get("noise_after"),
-            montage=f"{MONTAGE_DIR}/{montage.name}" if row.get("status") == "done" and montage.is_file() else "",
+            montage=f"{MONTAGE_DIR}/{montage.name}" if row.get("status") in ("done", "check") and montage.is_file()
+            else "",
             excluded=item.excluded, skipped_now=item.key in skipped,
         ))
     return write_report(out / REPORT_NAME, entries, summary.bad_files)

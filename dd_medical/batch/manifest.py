@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .driver import Planned
 
 MANIFEST_NAME = "manifest.sqlite"
-STATUSES = ("pending", "done", "failed")
+#: ``check``: written and verified like ``done``, but the fidelity check flagged a slice (the reason says which).
+STATUSES = ("pending", "done", "check", "failed")
 
 
 _SCHEMA = """
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS series (
     modality TEXT NOT NULL,
     n_files INTEGER NOT NULL,
     source_digest TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'check', 'failed')),
     reason TEXT NOT NULL DEFAULT '',
     task TEXT NOT NULL,
     config TEXT NOT NULL DEFAULT '',
@@ -65,6 +66,19 @@ class Manifest:
         self.conn.execute("PRAGMA synchronous=FULL")
         with self.conn:
             self.conn.executescript(_SCHEMA)
+        self._allow_check_status()
+
+    def _allow_check_status(self) -> None:
+        """A manifest written before the ``check`` status existed: rebuild its table with the new constraint (rows
+        kept), in one transaction."""
+        sql = self.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'series'").fetchone()["sql"]
+        if "'check'" in sql:
+            return
+        with self.conn:
+            self.conn.execute("ALTER TABLE series RENAME TO series_old")
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute("INSERT INTO series SELECT * FROM series_old")
+            self.conn.execute("DROP TABLE series_old")
 
     def close(self) -> None:
         self.conn.close()

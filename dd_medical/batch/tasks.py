@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import denoise, estimate_noise
+from ..api import check, denoise, estimate_noise
 from ..core.config import FitConfig
 from ..core.intensity import Window
 from ..errors import InputError
@@ -65,7 +65,7 @@ class SeriesResult:
     """What :func:`process_series` reports back to the driver (times in seconds, noise in HU for CT)."""
 
     key: str
-    status: str  # "done" or "failed"
+    status: str  # "done", "check" (done, but the fidelity check flagged a slice; see reason) or "failed"
     reason: str = ""
     slices: int = 0
     outputs: int = 0
@@ -139,14 +139,18 @@ def _write_outputs(task: SeriesTask, volume, values: np.ndarray, result: SeriesR
     """Write the derived series and montage of ``values`` (D, H, W), fill ``result`` in as done, then the receipt
     (when ``task.token``)."""
     t2 = time.perf_counter()
+    fidelity = check(volume, values)
     written = write_series(
         volume.with_array(values), task.output_dir, series_description=SERIES_DESCRIPTION,
-        derivation_description=derivation_description(task.config), org_root=task.org_root, overwrite=True,
+        derivation_description=f"{derivation_description(task.config)}; {fidelity.summary()}", org_root=task.org_root,
+        overwrite=True,
     )
     middle = volume.shape[0] // 2
     write_montage(volume.array[middle], values[middle], task.montage_path)
     result.seconds_write = time.perf_counter() - t2
     result.status, result.slices, result.outputs = "done", volume.shape[0], len(written)
+    if not fidelity.passed:
+        result.status, result.reason = "check", fidelity.summary()
     result.checksum = folder_checksum(Path(task.output_dir))
     result.noise_before = estimate_noise(volume)
     result.noise_after = estimate_noise(values)

@@ -109,9 +109,10 @@ def _psnr(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def _header(volume: Volume, config: FitConfig, window: Window, bits: int, refine_iterations: int,
             payload: bytes) -> dict:
     depth, height, width = volume.shape
+    blocks = config.depth(height, width)
     return {
         "format": FORMAT_NAME,
-        "architecture": {"channels": config.channels, "blocks": config.blocks, "out_channels": 1,
+        "architecture": {"channels": config.channels, "blocks": blocks, "out_channels": 1,
                          "output": "sigmoid", "height": height, "width": width, "norm_first": bool(config.norm_first)},
         "input": {"seed": config.seed, "slice_indices": list(range(depth))},
         "window": [float(window.low), float(window.high)],
@@ -123,7 +124,7 @@ def _header(volume: Volume, config: FitConfig, window: Window, bits: int, refine
         "encoder": {"iterations": config.iterations, "learning_rate": config.learning_rate,
                     "final_learning_rate": config.final_learning_rate, "refine_iterations": refine_iterations,
                     "input_noise": config.input_noise,
-                    "parameters_per_slice": num_parameters(config.channels, config.blocks, 1)},
+                    "parameters_per_slice": num_parameters(config.channels, blocks, 1)},
     }
 
 
@@ -171,8 +172,9 @@ def compress(
             Identity(), unit[start:stop], refine, slice_indices=range(start, stop), device=dev,
             initial_weights=fitted, weight_hook=FakeQuantisation(bits)).weights
         tracker.to(stop)
-        return ([_slice_tensors(fitted, b, config.blocks) for b in range(stop - start)],
-                [_slice_tensors(state, b, config.blocks) for b in range(stop - start)])
+        blocks = config.depth(height, width)
+        return ([_slice_tensors(fitted, b, blocks) for b in range(stop - start)],
+                [_slice_tensors(state, b, blocks) for b in range(stop - start)])
 
     t0 = time.perf_counter()
     parts = list(in_batches(depth, batch_size or auto_batch_size(depth, height, width, config, dev), dev, work,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 ARCHITECTURES = ("deep", "conv", "both")
 RESULTS = ("average", "best", "last")
 STOPPING = ("fixed", "discrepancy", "sure")
+#: With ``blocks=None`` the depth follows the noise level of the slices (their estimated noise standard deviation in
+#: the fit's [0, 1] scale): strong noise gets the paper's low capacity (6 blocks: five upsamplings), weaker noise
+#: fewer upsamplings from a larger input, so that anatomy is not smoothed away with the noise. ``(noise at least,
+#: blocks)``, first match.
+DEPTH_BY_NOISE = ((0.04, 6), (0.015, 5), (0.0, 4))
+#: ... and at most as deep as keeps the fixed input at least this many pixels on the slice's shorter side.
+MIN_INPUT_SIDE = 4
 
 
 @dataclass
@@ -17,7 +25,8 @@ class FitConfig:
 
     Args:
         channels: ``k``, channels per block (default 64, the paper's).
-        blocks: decoder depth (default 6).
+        blocks: decoder depth; ``None`` (default): from the noise level of the slices (:meth:`depth`: 6 as in the
+            paper for strong noise, down to 4 for weak noise), so that weakly noisy slices keep their anatomy.
         iterations: Adam steps per slice; an upper bound when a stopping rule ends a slice earlier (default 2000).
         learning_rate: Adam step size (default 0.01, the paper's).
         final_learning_rate: if set, the step size decays geometrically from ``learning_rate`` (first step) to
@@ -56,7 +65,7 @@ class FitConfig:
     """
 
     channels: int = 64
-    blocks: int = 6
+    blocks: int | None = None
     iterations: int = 2000
     learning_rate: float = 0.01
     final_learning_rate: float | None = None
@@ -81,7 +90,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.slab < 1 or self.slab % 2 == 0:
             raise ValueError(f"slab must be an odd number >= 1 (slices per decoder), got {self.slab}")
-        if min(self.channels, self.blocks, self.iterations, self.ensemble, self.loss_every) < 1:
+        if min(self.channels, self.blocks or 1, self.iterations, self.ensemble, self.loss_every) < 1:
             raise ValueError("channels, blocks, iterations, ensemble and loss_every must be >= 1")
         if not self.learning_rate > 0:
             raise ValueError("learning_rate must be > 0")
@@ -104,3 +113,18 @@ class FitConfig:
                                      ("architecture", self.architecture, ARCHITECTURES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def depth(self, height: int, width: int, noise: float | None = None) -> int:
+        """The number of blocks for ``(height, width)`` slices whose noise standard deviation is ``noise`` (in the
+        fit's [0, 1] scale; ``None``: unknown, taken as strong): ``blocks`` if set, else the first match of
+        :data:`DEPTH_BY_NOISE`, at most as deep as keeps the fixed input, ``ceil(side / 2**(blocks - 1))``, at least
+        :data:`MIN_INPUT_SIDE` pixels on the shorter side (at least 2). ConvDecoder (input 1/16 of the slice): 6."""
+        if self.blocks is not None:
+            return self.blocks
+        if self.architecture == "conv":
+            return 6
+        level = float("inf") if noise is None else noise
+        blocks = next(b for floor, b in DEPTH_BY_NOISE if level >= floor)
+        while blocks > 2 and math.ceil(min(height, width) / 2 ** (blocks - 1)) < MIN_INPUT_SIDE:
+            blocks -= 1
+        return blocks

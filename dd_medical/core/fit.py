@@ -77,7 +77,8 @@ class Decoders:
                  output: str, device: torch.device, group: int, hook: WeightHook | None) -> None:
         channels, height, width = image_shape
         self.group, self.hook = group, hook
-        self.models = [BatchedDeepDecoder(len(gens), height, width, config.channels, config.blocks, channels, gens,
+        self.models = [BatchedDeepDecoder(len(gens), height, width, config.channels, config.depth(height, width),
+                                          channels, gens,
                                           output=output, architecture=config.architecture,
                                           norm_first=config.norm_first).to(device)
                        for gens in (generators[i:i + group] for i in range(0, len(generators), group))]

@@ -11,7 +11,7 @@ import torch
 
 from .config import FitConfig
 from .decoder import slice_generator
-from .noise import estimate_sigma
+from .noise import estimate_sigma, signal_mask
 from .operators import ForwardModel, mean_squared_residual
 
 _PROBE = 1 << 20  # member offset of the SURE probes' seeds
@@ -53,7 +53,9 @@ class _NoiseLevelRule(FixedSteps):
 
     def start(self, y, targets, image_shape, noise_sigma, indices, config):
         targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
-        sigma = estimate_sigma(y.float()) if noise_sigma is None else torch.as_tensor(noise_sigma, dtype=torch.float32)
+        self.mask = signal_mask(y.float().cpu()).to(y.device)  # the pixels that carry noise
+        sigma = estimate_sigma(y.float().cpu(), self.mask.cpu()) if noise_sigma is None else \
+            torch.as_tensor(noise_sigma, dtype=torch.float32)
         self.sigma = sigma.to(y.device).expand(y.shape[0]).float()
         self.frozen = torch.zeros((y.shape[0], *image_shape), device=y.device)
         return targets
@@ -61,7 +63,8 @@ class _NoiseLevelRule(FixedSteps):
 
 class Discrepancy(_NoiseLevelRule):
     """Stop a slice once its estimate explains the measurements down to the noise: the mean squared misfit
-    ``|A x - y|^2`` is at most ``factor * sigma^2`` (Morozov's discrepancy principle)."""
+    ``|A x - y|^2`` over the pixels that carry noise (:func:`~dd_medical.core.noise.signal_mask`) is at most
+    ``factor * sigma^2`` (Morozov's discrepancy principle)."""
 
     def __init__(self, factor: float = 0.96) -> None:
         self.factor = factor
@@ -73,7 +76,8 @@ class Discrepancy(_NoiseLevelRule):
 
     def check(self, step, estimates, operator, y):
         current = estimates[:, :, 0].mean(dim=1)
-        misfit = mean_squared_residual(operator.forward(current), y)
+        weights = self.mask.float()
+        misfit = ((operator.forward(current) - y).pow(2) * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
         newly = self.active & (misfit <= self.threshold)
         self.frozen[newly] = current[newly]
         return self._stop(step, newly)

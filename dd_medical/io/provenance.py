@@ -19,7 +19,7 @@ def derivation_description(config: FitConfig, job: str = "denoising") -> str:
     dd-medical 0.1.0: k=64, blocks=6, ..."``; ``job`` is ``"denoising"`` or ``"reconstruction (<kind>)"``."""
     return (
         f"{_METHODS[config.architecture]} {job}{_REFERENCES[config.architecture]}, dd-medical {__version__}: "
-        f"k={config.channels}, blocks={config.blocks}, iterations<={config.iterations}, "
+        f"k={config.channels}, blocks={config.blocks or 'from the noise level'}, iterations<={config.iterations}, "
         f"Adam lr={config.learning_rate}, stopping={config.stopping}, result={config.result}, seed={config.seed}"
         + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
     )
