@@ -23,13 +23,6 @@ log = logging.getLogger("dd_medical")
 #: flagged a slice (the residual does not look like noise: anatomy may have been removed).
 EXIT_FIDELITY = 3
 
-#: Options that left the package, with what to use instead (a one-line error names it).
-REMOVED_CHOICES = {
-    ("architecture", "auto"): "'auto' was removed (it kept the worse decoder kind in 3 of 6 measured fits); use "
-                              "'both' (the MRI default: both kinds averaged), 'deep' or 'conv'",
-}
-
-
 def _fail(message: str) -> None:
     click.echo(f"dd-medical: error: {message}", err=True)
     sys.exit(2)
@@ -50,18 +43,6 @@ def _handle_errors(func):
             _fail("interrupted; no partial output was left in place")
 
     return wrapper
-
-
-def _choice(name: str, choices: list[str]):
-    """A click choice that also answers a removed value with what to use instead."""
-
-    def check(ctx, param, value):
-        if value is None or value in choices:
-            return value
-        removed = REMOVED_CHOICES.get((name, value))
-        raise click.BadParameter(removed or f"{value!r} is not one of {', '.join(choices)}")
-
-    return dict(type=click.STRING, callback=check, metavar="[" + "|".join(choices) + "]")
 
 
 class Settings(NamedTuple):
@@ -162,7 +143,7 @@ def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size:
     units = "HU" if volume.modality == "CT" else "stored units"
     depth, height, width = volume.shape
     click.echo(f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate "
-               f"{api.estimate_noise(volume):.1f} -> {api.estimate_noise(result):.1f} {units}; {fidelity.summary()}; "
+               f"{fidelity.noise:.1f} -> {api.estimate_noise(result):.1f} {units}; {fidelity.summary()}; "
                f"wrote {output_path}")
     if not fidelity.passed:
         sys.exit(EXIT_FIDELITY)
@@ -264,7 +245,7 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
 @click.option("--real-object", is_flag=True, default=False,
               help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
-@click.option("--architecture", default=None, **_choice("architecture", ["both", "deep", "conv"]),
+@click.option("--architecture", default=None, metavar="[both|deep|conv]",
               help="Decoder: deep (the paper's 1x1 convolutions), conv (ConvDecoder: 3x3 convolutions, nearest "
                    "upsampling, ~4x the time) or both (each kind fitted, all averaged) [default: both for MRI, "
                    "else deep].")
@@ -395,13 +376,16 @@ def decompress(input_path: Path, output_path: Path, device: str, output_kind: st
     from .io import write_image, write_lossy_series
 
     kind = check_output(output_path, input_path, output_kind)
-    volume = api.decompress(input_path, device=device)
+    if not input_path.is_file():
+        raise InputError("no such .ddc file" if not input_path.exists() else "not a file", input_path)
+    data = input_path.read_bytes()
+    header, _ = read_header(data, input_path)  # every check of the file, naming it, before decoding
+    volume = api.decompress(data, device=device)
     if kind == "image":
         write_image(volume, output_path)
     else:
-        header, _ = read_header(input_path.read_bytes(), input_path)
         arch, bits = header["architecture"], header["quantisation"]["bits"]
-        ratio = compression_ratio(header, input_path.stat().st_size)
+        ratio = compression_ratio(header, len(data))
         write_lossy_series(volume, output_path, ratio=ratio, method=DICOM_METHOD,
                            series_description=f"DD decompressed (k={arch['channels']})",
                            derivation_description=f"Lossy compression by dd-medical .ddc: one Deep Decoder per slice "

@@ -152,7 +152,7 @@ def _write_outputs(task: SeriesTask, volume, values: np.ndarray, result: SeriesR
     if not fidelity.passed:
         result.status, result.reason = "check", fidelity.summary()
     result.checksum = folder_checksum(Path(task.output_dir))
-    result.noise_before = estimate_noise(volume)
+    result.noise_before = fidelity.noise
     result.noise_after = estimate_noise(values)
     if task.token:
         with atomic_output_file(task.receipt_path, overwrite=True) as tmp:

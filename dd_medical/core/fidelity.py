@@ -46,6 +46,11 @@ class FidelityReport:
         return all(s.passed for s in self.slices)
 
     @property
+    def noise(self) -> float:
+        """The input's noise: the median of the slices' estimates (as :func:`dd_medical.api.estimate_noise`)."""
+        return float(torch.tensor([s.noise for s in self.slices]).median())
+
+    @property
     def failed(self) -> list[SliceCheck]:
         return [s for s in self.slices if not s.passed]
 
