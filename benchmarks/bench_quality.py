@@ -85,8 +85,9 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lowdose  # noqa: E402
 from bench_denoise import REFERENCE, SHARED, WINDOW, decoder_method, gaussian_noise, nlm, oracle  # noqa: E402
-from machine import json_help, json_path, machine_description, write_json  # noqa: E402
+from machine import json_help, json_path, machine_description, machine_tag, write_json  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.noise import estimate_sigma  # noqa: E402
@@ -455,12 +456,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=DATASETS, help="dataset to run (repeatable)")
     parser.add_argument("--sigmas", type=float, nargs="*", default=None, help="Gaussian sigmas in 1/255")
     parser.add_argument("--photons", type=float, nargs="*", default=None, help="low-dose photons per ray")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
+    parser.add_argument("--methods", nargs="+", choices=METHODS + lowdose.FAMILIES,
+                        help="run only these methods (--lowdose: names starting with these)")
+    parser.add_argument("--lowdose", action="store_true",
+                        help="the scanner-like benchmark of benchmarks/lowdose.py (its own data, methods and scores)")
     parser.add_argument("--crop", type=int, default=256, help="centre crop of 693 and the shared slices (0: none)")
     parser.add_argument("--volume-slices", type=int, default=8, help="central slices of the volumes")
     parser.add_argument("--json", type=Path, help=json_help("quality"))
     parser.add_argument("--figure", type=Path, help="write a PNG figure here")
     parser.add_argument("--device", default="auto")
+    lowdose.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.sigmas is None:
         args.sigmas = [25.0] if args.quick else [15.0, 25.0, 50.0]
@@ -472,6 +477,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
+    if args.lowdose:
+        args.machine_tag = machine_tag(args.device)
+        lowdose.main(args, None if argv is None else [__file__, *argv])
+        return
     json_file = json_path(args.json, "quality", args.device)
     machine = machine_description(args.device)
     print(f"machine: {machine}")

@@ -26,7 +26,7 @@ from .codec.encode import compress as encode_volume
 from .codec.encode import decompress as decode_bytes
 from .core.config import FitConfig
 from .core.fidelity import FidelityReport, check_fidelity
-from .core.intensity import Window
+from .core.intensity import Window, resolve_modality
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel
 from .errors import InputError
@@ -38,7 +38,7 @@ from .simulation import Simulation, simulate
 from .volume import Volume
 
 __all__ = ["Compressed", "FidelityReport", "Simulation", "baseline", "check", "compress", "decompress", "denoise",
-           "estimate_noise", "reconstruct", "resolve_device", "simulate"]
+           "estimate_noise", "modality_of", "reconstruct", "resolve_device", "simulate"]
 
 ImageInput = np.ndarray | torch.Tensor | Volume | str | Path
 
@@ -71,9 +71,11 @@ def denoise(
         preset: a ``denoise`` preset (:func:`dd_medical.presets.presets`; default ``"medium"``).
         config: a full :class:`FitConfig` instead of a preset.
         device: ``"auto"`` (CUDA if present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        window: ``(low, high)`` mapped to [0, 1] for the fit (HU for CT); default: the full range (CT), robust
-            percentiles (MR).
-        modality: ``"CT"`` or ``"MR"``; default: the volume's own, else CT.
+        window: ``(low, high)`` mapped to [0, 1] for the fit, in the image's units (HU for CT, stored values for
+            MR); default: the full range (CT), robust percentiles (MR).
+        modality: ``"CT"`` or ``"MR"``; default: the volume's own; for a volume (or file) that does not record it
+            (``"OT"``), CT when any value is negative, else MR (:func:`~dd_medical.core.intensity.resolve_modality`);
+            for an array, CT.
         batch_size: slices fitted at once (memory only; default from free device memory).
         progress: a bar (``True``; ``None``: on a terminal only), nothing (``False``) or ``callback(fraction)``.
         overrides: :class:`FitConfig` fields.
@@ -156,6 +158,7 @@ def compress(
     device: str = "auto",
     progress: Progress = None,
     batch_size: int | None = None,
+    modality: str | None = None,
     **overrides: object,
 ) -> Compressed:
     """Encode a volume as a ``.ddc`` file's bytes (lossy; :mod:`dd_medical.codec`): one fitted decoder per slice,
@@ -164,14 +167,16 @@ def compress(
 
     ``image``: a :class:`Volume`, a ``(D, H, W)`` array (HU for CT) or a path. ``preset``: ``"reference"`` (the
     default: the reference code's recipe, 15,000 steps) or ``"decay"`` (2,000 steps, for quick encodes).
-    ``window``: the intensity window encoded (default: the full range). Returns :class:`Compressed` (``.data``
-    the file's bytes, ``.volume`` the decoded volume, ``.psnr`` per slice on the window).
+    ``window``: the intensity window encoded (default: the full range; robust percentiles for MR). ``modality``:
+    ``"CT"`` or ``"MR"`` (default: as for :func:`denoise`). ``progress``: as for :func:`denoise`. Returns
+    :class:`Compressed` (``.data`` the file's bytes, ``.volume`` the decoded volume, ``.psnr`` per slice on the
+    window).
     """
     config = resolve("compress", preset, config, **overrides)
     image = _as_volume_or_array(image)
     volume = image if isinstance(image, Volume) else Volume(image, modality="CT")
     return encode_volume(volume, config, bits=bits, refine_iterations=refine_iterations, window=window,
-                         device=device, batch_size=batch_size, progress=progress)
+                         device=device, batch_size=batch_size, progress=progress, modality=modality)
 
 
 def decompress(data: bytes | str | Path, *, device: str = "cpu") -> Volume:
@@ -189,9 +194,20 @@ def decompress(data: bytes | str | Path, *, device: str = "cpu") -> Volume:
     return decode_bytes(data, path=path, device=device)
 
 
+def modality_of(image: Volume | np.ndarray, modality: str | None = None) -> str:
+    """The modality :func:`denoise` and :func:`compress` window ``image`` by (and whose units it is in: HU for CT,
+    stored values otherwise): ``modality`` if given, else a volume's own, else for a volume that does not record it
+    (``"OT"``: NIfTI, NRRD) :func:`~dd_medical.core.intensity.resolve_modality`'s rule (CT when any value is negative,
+    else MR), and CT for an array."""
+    if isinstance(image, Volume):
+        return resolve_modality(modality or image.modality, image.array)
+    return resolve_modality(modality or "CT", image)
+
+
 def estimate_noise(image: Volume | np.ndarray) -> float:
-    """The median over slices of the white-noise standard deviation estimated from each (wavelet MAD; Donoho
-    1995), in the image's units (HU for CT)."""
+    """The median over slices of the noise's standard deviation estimated from each, at every scale (white and
+    correlated noise alike; clipped and padded pixels left out: :func:`~dd_medical.core.noise.estimate_sigma`), in
+    the image's units (HU for CT)."""
     values = image.array if isinstance(image, Volume) else np.asarray(image, dtype=np.float32)
     stack = values[None, None] if values.ndim == 2 else values[:, None]
     return float(estimate_sigma(stack).median())

@@ -13,7 +13,16 @@ import click
 
 from . import api, presets
 from .errors import DDMedicalError, InputError
-from .io import atomic_output_file, check_output, derivation_description, read_volume, write_volume
+from .io import (
+    atomic_output_file,
+    check_output,
+    derivation_description,
+    read_volume,
+    resolve_transfer_syntax,
+    write_volume,
+)
+from .io.transfer_syntax import transfer_syntax_names
+from .node.command import node as node_command
 from .version import __version__
 from .volume import Volume
 
@@ -55,39 +64,50 @@ class Settings(NamedTuple):
         return presets.resolve(task, self.preset, **self.overrides, **more)
 
 
+#: Fit options that only denoising has: a reconstruction fits one slice per decoder, in float32.
+DENOISING_ONLY = ("slab", "fp32")
+
+
 def _fit_options(task: str, default_preset: str | None = None):
-    """Options shared by the fitting commands; the command receives them as ``settings=Settings``."""
-    choices = presets.presets(task)
-    shown = default_preset or presets.DEFAULT_PRESET[task]
-    options = [
-        click.option("--preset", "preset_name", type=click.Choice(choices), default=default_preset,
-                     help=f"Named settings (dd_medical.presets) [default: {shown}]."),
-        click.option("--iterations", type=click.IntRange(min=1), default=None,
-                     help="Maximum Adam steps per slice [default: the preset's]."),
-        click.option("--channels", type=click.IntRange(min=1), default=None,
-                     help="Decoder channels k per block [default: the preset's, 64]."),
-        click.option("--blocks", type=click.IntRange(min=1), default=None,
-                     help="Decoder blocks [default: the preset's, 6]."),
-        click.option("--ensemble", type=click.IntRange(min=1), default=None,
-                     help="Decoders averaged per slice [default: the preset's]."),
-        click.option("--slab", type=click.IntRange(min=1), default=None,
-                     help="2.5D denoising: adjacent slices fitted together by each decoder, odd (1: slice by slice) "
-                          "[default: 1]."),
-        click.option("--fp32", is_flag=True, help="On CUDA, fit in float32 instead of bf16 autocast."),
-        click.option("--compile", "compile_", is_flag=True,
-                     help="On CUDA, fuse the decoder's kernels with torch.compile (each new batch shape is compiled "
-                          "first). No effect on a CPU."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Slices fitted at once (memory only) [default: from free device memory]."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same output)."),
-    ]
+    """Options shared by the fitting commands; the command receives them as ``settings=Settings``. ``task``
+    ``"reconstruct"`` stands for every ``reconstruct/<kind>`` task (the kind is known once INPUT is read) and has no
+    :data:`DENOISING_ONLY` options."""
+    tasks = [t for t in presets.TASKS if t.startswith("reconstruct/")] if task == "reconstruct" else [task]
+    choices = list(dict.fromkeys(name for t in tasks for name in presets.presets(t)))
+    shown = default_preset or ("default" if task == "reconstruct" else presets.DEFAULT_PRESET[task])
+    blocks = "6" if task == "reconstruct" else "from the noise level, at most 6"
+    options = {
+        "preset": click.option("--preset", "preset_name", type=click.Choice(choices), default=default_preset,
+                               help=f"Named settings (dd_medical.presets) [default: {shown}]."),
+        "iterations": click.option("--iterations", type=click.IntRange(min=1), default=None,
+                                   help="Maximum Adam steps per slice [default: the preset's]."),
+        "channels": click.option("--channels", type=click.IntRange(min=1), default=None,
+                                 help="Decoder channels k per block [default: the preset's, 64]."),
+        "blocks": click.option("--blocks", type=click.IntRange(min=1), default=None,
+                               help=f"Decoder blocks [default: the preset's: {blocks}]."),
+        "ensemble": click.option("--ensemble", type=click.IntRange(min=1), default=None,
+                                 help="Decoders averaged per slice [default: the preset's]."),
+        "slab": click.option("--slab", type=click.IntRange(min=1), default=None,
+                             help="2.5D denoising: adjacent slices fitted together by each decoder, odd (1: slice by "
+                                  "slice) [default: 1]."),
+        "fp32": click.option("--fp32", is_flag=True, help="On CUDA, fit in float32 instead of bf16 autocast."),
+        "compile": click.option("--compile", "compile_", is_flag=True,
+                                help="On CUDA, fuse the decoder's kernels with torch.compile (each new batch shape is "
+                                     "compiled first). No effect on a CPU."),
+        "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                                   help="Slices fitted at once (memory only) [default: from free device memory]."),
+        "device": click.option("--device", default="auto", show_default=True,
+                               help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),
+        "seed": click.option("--seed", type=int, default=0, show_default=True,
+                             help="Random seed (same seed, same output)."),
+    }
+    if task == "reconstruct":
+        options = {name: option for name, option in options.items() if name not in DENOISING_ONLY}
 
     def decorate(func):
         @functools.wraps(func)
-        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, slab, fp32, compile_, seed,
-                    **kwargs):
+        def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, compile_, seed, slab=None,
+                    fp32=False, **kwargs):
             overrides = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
                              seed=seed, amp=False if fp32 else None, compile=True if compile_ else None)
             try:
@@ -96,11 +116,61 @@ def _fit_options(task: str, default_preset: str | None = None):
                 _fail(str(err))
             return func(*args, settings=Settings(preset_name, overrides), **kwargs)
 
-        for option in reversed(options):
+        for option in reversed(options.values()):
             wrapper = option(wrapper)
         return wrapper
 
     return decorate
+
+
+#: How the modality of a file that does not record it is chosen (:func:`dd_medical.api.modality_of`).
+MODALITY_RULE = "CT, in HU, when any value is negative, else MR"
+
+
+def _modality_option(what: str):
+    return click.option(
+        "--modality", type=click.Choice(["auto", "CT", "MR"], case_sensitive=False), default="auto",
+        show_default=True, metavar="[auto|CT|MR]",
+        help=f"What INPUT is; it picks the default window (CT: the full range; MR: percentiles 0.5 and 99.5) and "
+             f"the units (CT: HU; MR: stored values) {what}. auto: a DICOM series' (or MetaImage's) own modality; "
+             f"for a file that does not record it (NIfTI, NRRD): {MODALITY_RULE}, said on stderr.")
+
+
+def _window_option(default: str, use: str = "mapped to [0, 1] for the fit"):
+    return click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
+                        help=f"Intensity window {use}, in the input's units: HU for CT, stored values for MR "
+                             f"(default: {default}).")
+
+
+def _modality(volume: Volume, given: str) -> str:
+    """The modality that picks ``volume``'s window and units: ``--modality``, else its own, else the stated rule
+    (said once on stderr)."""
+    if given.lower() != "auto":
+        return given.upper()
+    modality = api.modality_of(volume)
+    if volume.modality.strip().upper() in ("", "OT"):
+        click.echo(f"dd-medical: INPUT does not record its modality: taken as {modality} ({MODALITY_RULE}); "
+                   "--modality CT or MR sets it", err=True)
+    return modality
+
+
+def _units(modality: str) -> str:
+    return "HU" if modality == "CT" else "stored values"
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not left at its default."""
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _transfer_syntax_option():
+    return click.option(
+        "--transfer-syntax", default="auto", show_default=True, metavar="NAME|UID",
+        help=f"Encoding of the derived DICOM series, always lossless: {transfer_syntax_names()} or one of their "
+             "UIDs. auto keeps the source's compression when it is lossless (RLE, JPEG 2000 lossless, JPEG-LS "
+             "lossless) and its encoder is installed, else writes Explicit VR Little Endian (uncompressed; a lossy "
+             "source is never re-encoded lossily). An unknown one, or one whose encoder is not installed, is "
+             "refused before any fitting.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,41 +179,50 @@ def _fit_options(task: str, default_preset: str | None = None):
 def cli(verbose: bool) -> None:
     """Untrained Deep Decoder denoising for CT/MR: no training data, no downloaded weights."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("openjpeg").setLevel(logging.WARNING)  # its encoder logs a line per tile of every slice
 
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @_fit_options("denoise")
-@click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU mapped to [0,1] (default: the volume's full range, nothing clipped).")
+@_modality_option("of the summary")
+@_window_option("CT: the full range, nothing clipped; MR: percentiles 0.5 and 99.5")
 @click.option("--format", "output_kind", type=click.Choice(["dicom", "image"]), default=None,
               help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
                    "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
+@_transfer_syntax_option()
 @_handle_errors
 def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
-            window: tuple[float, float] | None, output_kind: str | None) -> None:
+            modality: str, window: tuple[float, float] | None, output_kind: str | None,
+            transfer_syntax: str) -> None:
     """Denoise INPUT (a DICOM series folder or a NIfTI/NRRD/MHA file) into OUTPUT.
 
     OUTPUT is a folder for a derived DICOM series, or a file whose extension (.nii.gz, .nrrd, .mha) gives the
     format. Nothing is written until the result is complete; INPUT is never modified. Every slice is checked against
     its input (the residual must look like noise); when a slice fails, the output is still written, the summary and
-    the DICOM DerivationDescription say so, and the exit code is 3.
+    the DICOM DerivationDescription say so, and the exit code is 3. A multi-frame object is denoised frame by frame
+    and written with the same frames (a legacy one as one multi-frame object).
     """
     config = settings.resolve("denoise")
-    check_output(output_path, input_path, output_kind)
+    resolve_transfer_syntax(transfer_syntax)
+    if check_output(output_path, input_path, output_kind) == "image" and _given(click.get_current_context(),
+                                                                                "transfer_syntax"):
+        _fail("--transfer-syntax applies to a DICOM series OUTPUT, not to an image file")
     volume = read_volume(input_path)
+    modality = _modality(volume, modality)
     t0 = time.perf_counter()
-    result = api.denoise(volume, config=config, device=device, window=window, batch_size=batch_size)
+    result = api.denoise(volume, config=config, device=device, window=window, modality=modality,
+                         batch_size=batch_size)
     seconds = time.perf_counter() - t0
     fidelity = api.check(volume, result)
     decoders = f"{config.ensemble} decoder{'s' if config.ensemble > 1 else ''}"
     write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {decoders})",
-                 derivation_description=f"{derivation_description(config)}; {fidelity.summary()}", format=output_kind)
-    units = "HU" if volume.modality == "CT" else "stored units"
+                 derivation_description=f"{derivation_description(config)}; {fidelity.summary()}", format=output_kind,
+                 transfer_syntax=transfer_syntax)
     depth, height, width = volume.shape
-    click.echo(f"denoised {depth} slice(s) of {height}x{width} in {seconds:.1f} s; noise estimate "
-               f"{fidelity.noise:.1f} -> {api.estimate_noise(result):.1f} {units}; {fidelity.summary()}; "
+    click.echo(f"denoised {depth} slice(s) of {height}x{width} ({modality}) in {seconds:.1f} s; noise estimate "
+               f"{fidelity.noise:.1f} -> {api.estimate_noise(result):.1f} {_units(modality)}; {fidelity.summary()}; "
                f"wrote {output_path}")
     if not fidelity.passed:
         sys.exit(EXIT_FIDELITY)
@@ -189,12 +268,13 @@ def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_siz
 @click.option("--chunk-slices", type=click.IntRange(min=1), default=None,
               help="--engine ray: split series with more slices into chunks of this many, one task each.")
 @_fit_options("denoise")
-@click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU mapped to [0,1] (default: each volume's full range).")
+@_window_option("each series' own: CT the full range, MR percentiles 0.5 and 99.5")
+@_transfer_syntax_option()
 @_handle_errors
 def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, org_root: str | None, engine: str,
           ray_address: str | None, gpus_per_task: float | None, max_retries: int, chunk_slices: int | None,
-          settings: Settings, batch_size: int | None, device: str, window: tuple[float, float] | None) -> None:
+          settings: Settings, batch_size: int | None, device: str, window: tuple[float, float] | None,
+          transfer_syntax: str) -> None:
     """Process every DICOM image series under INPUT_ROOT into derived series under OUTPUT_ROOT.
 
     OUTPUT_ROOT gets manifest.sqlite (status per series), series/<hash>/ (one derived series each), report.html
@@ -207,16 +287,18 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 
     ctx = click.get_current_context()
     ray_only = [f"--{n.replace('_', '-')}" for n in ("ray_address", "gpus_per_task", "max_retries", "chunk_slices")
-                if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+                if _given(ctx, n)]
     if engine == "serial" and ray_only:
         _fail(f"{', '.join(ray_only)} only apply with --engine ray")
+    resolve_transfer_syntax(transfer_syntax)
     config = settings.resolve("denoise")
     executor = engine
     if engine == "ray":
         executor = RayExecutor(ray_address, gpus_per_task=gpus_per_task, max_retries=max_retries,
                                chunk_slices=chunk_slices)
     summary = run_batch(input_root, output_root, task=task, config=config, device=device, batch_size=batch_size,
-                        window=window, org_root=org_root, retry_failed=retry_failed, executor=executor)
+                        window=window, org_root=org_root, retry_failed=retry_failed, executor=executor,
+                        transfer_syntax=transfer_syntax)
     click.echo(summary.format())
     if not summary.ok:
         sys.exit(1)
@@ -227,7 +309,7 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
-@_fit_options("reconstruct/ct")
+@_fit_options("reconstruct")
 @click.option("--simulate", "simulate_kind", type=click.Choice(["mri", "ct", "inpaint"]), default=None,
               help="Simulate measurements from INPUT (an image or DICOM series) and report PSNR/SSIM against it.")
 @click.option("--acceleration", type=float, default=4.0, show_default=True, help="MRI undersampling factor (>= 1).")
@@ -279,6 +361,8 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
                          input_path)
     if simulate_kind is not None and raw:
         raise InputError("--simulate needs an image or DICOM series, not raw measurements", input_path)
+    if simulate_kind is not None:
+        _refuse_unused(click.get_current_context(), f"simulate {simulate_kind}")
     like = read_volume(input_path) if simulate_kind else None
     if like is not None:
         sim = api.simulate(like.array, simulate_kind, modality=like.modality, acceleration=acceleration,
@@ -289,13 +373,14 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
     else:
         measurements, operator, modality = read_raw(input_path, mask_path=mask_path, views=views, arc_deg=arc_deg,
                                                     image_size=image_size)
+        _refuse_unused(click.get_current_context(), f"raw {operator.kind}")
     config = settings.resolve(f"reconstruct/{operator.kind}", architecture=architecture, tv_weight=tv_weight)
     t0 = time.perf_counter()
     result = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     quality = ""
     if like is not None:
-        quality = _quality(result, api.baseline(measurements, operator), sim.reference)
+        quality = _quality(result, api.baseline(measurements, operator), sim.reference, operator.baseline_name)
         out_volume = like.with_array(sim.to_input_units(result))
     else:
         out_volume = Volume(result, modality=modality)
@@ -307,13 +392,38 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
                f"{config.architecture}){quality}; wrote {output_path}")
 
 
-def _quality(result, baseline, reference) -> str:
-    """``"; PSNR .. dB, SSIM .. (baseline .. dB, ..)"`` against the simulation's reference, on its range."""
+#: Where each measurement option of ``reconstruct`` has an effect: ``"simulate <kind>"`` or ``"raw <kind>"``.
+_APPLIES = {"acceleration": ("simulate mri",), "center_fraction": ("simulate mri",), "mask_type": ("simulate mri",),
+            "real_object": ("simulate mri",), "mask_path": ("simulate mri", "raw mri"),
+            "views": ("simulate ct", "raw ct"), "arc_deg": ("simulate ct", "raw ct"), "image_size": ("raw ct",),
+            "missing": ("simulate inpaint",)}
+_CONTEXTS = {"raw mri": "raw k-space", "raw ct": "a raw sinogram"}
+
+
+def _refuse_unused(ctx: click.Context, context: str) -> None:
+    """Exit 2 naming the first measurement option given on the command line that has no effect in ``context``."""
+    for param in ctx.command.params:
+        where = _APPLIES.get(param.name)
+        if where is None or context in where or ctx.get_parameter_source(param.name) in (
+                None, click.core.ParameterSource.DEFAULT):
+            continue
+        said = [_CONTEXTS.get(c, f"--{c}") for c in (context, *where)]
+        _fail(f"{param.opts[0]} applies to {' or '.join(said[1:])}, not to {said[0]}")
+
+
+def _quality(result, baseline, reference, baseline_name: str) -> str:
+    """PSNR (dB) and SSIM against the image the measurements were simulated from (on its range; higher is better),
+    of the reconstruction and of the forward model's cheap baseline, and which of the two is better."""
     from .metrics import psnr, ssim
 
     span = float(reference.max() - reference.min()) or 1.0
-    return (f"; PSNR {psnr(result, reference, span).mean():.2f} dB, SSIM {ssim(result, reference, span).mean():.3f} "
-            f"(baseline {psnr(baseline, reference, span).mean():.2f} dB, {ssim(baseline, reference, span).mean():.3f})")
+    ours, theirs = (round(float(psnr(x, reference, span).mean()), 2) for x in (result, baseline))
+    ours_ssim, theirs_ssim = (float(ssim(x, reference, span).mean()) for x in (result, baseline))
+    verdict = "as good as" if ours == theirs else f"{abs(ours - theirs):.2f} dB " + (
+        "better than" if ours > theirs else "worse than")
+    return (f"; against INPUT, which the measurements were simulated from (higher is better): PSNR {ours:.2f} dB, "
+            f"SSIM {ours_ssim:.3f}; {baseline_name} baseline PSNR {theirs:.2f} dB, SSIM {theirs_ssim:.3f}; the "
+            f"reconstruction is {verdict} the baseline")
 
 
 @cli.command()
@@ -332,13 +442,13 @@ def _quality(result, baseline, reference) -> str:
               help="Adam steps per slice (more: better image, slower encoding) [default: the recipe's].")
 @click.option("--refine-iterations", type=click.IntRange(min=0), default=None,
               help="Quantisation-aware refinement steps after the fit (0: none) [default: a tenth of --iterations].")
-@click.option("--window", nargs=2, type=float, default=None, metavar="LOW HIGH",
-              help="Intensity window in HU that is encoded (default: the volume's full range, nothing clipped).")
+@_modality_option("of the PSNR's window")
+@_window_option("CT: the full range, nothing clipped; MR: percentiles 0.5 and 99.5", "that is encoded")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @_handle_errors
 def compress(input_path: Path, output_path: Path, channels: int | None, blocks: int | None, bits: str,
-             recipe: str | None, iterations: int | None, refine_iterations: int | None,
+             recipe: str | None, iterations: int | None, refine_iterations: int | None, modality: str,
              window: tuple[float, float] | None, device: str, seed: int) -> None:
     """Compress INPUT (a DICOM series folder or image file) into OUT.ddc: one fitted decoder per slice (lossy)."""
     config = presets.resolve("compress", recipe, channels=channels, blocks=blocks, iterations=iterations, seed=seed)
@@ -348,8 +458,9 @@ def compress(input_path: Path, output_path: Path, channels: int | None, blocks: 
     if output_path.exists():
         raise InputError("output file already exists (refusing to overwrite)", output_path)
     volume = read_volume(input_path)
+    modality = _modality(volume, modality)
     encoded = api.compress(volume, config=config, bits=int(bits), refine_iterations=refine_iterations,
-                           window=window, device=device)
+                           window=window, device=device, modality=modality)
     with atomic_output_file(output_path) as tmp:
         tmp.write_bytes(encoded.data)
     depth, height, width = volume.shape
@@ -357,7 +468,8 @@ def compress(input_path: Path, output_path: Path, channels: int | None, blocks: 
         f"compressed {depth} slice(s) of {height}x{width} into {len(encoded.data)} bytes "
         f"({8 * len(encoded.data) / volume.array.size:.3f} bits/pixel, {encoded.ratio:.1f}:1 against 16-bit pixels) "
         f"in {encoded.seconds:.1f} s; PSNR {sum(encoded.psnr) / len(encoded.psnr):.2f} dB on the window "
-        f"[{encoded.header['window'][0]:g}, {encoded.header['window'][1]:g}]; wrote {output_path}"
+        f"[{encoded.header['window'][0]:g}, {encoded.header['window'][1]:g}] {_units(modality)} ({modality}); "
+        f"wrote {output_path}"
     )
 
 
@@ -391,6 +503,9 @@ def decompress(input_path: Path, output_path: Path, device: str, output_kind: st
                            derivation_description=f"Lossy compression by dd-medical .ddc: one Deep Decoder per slice "
                            f"(k={arch['channels']}, {arch['blocks']} blocks), {bits}-bit weights, ratio {ratio:.1f}:1")
     click.echo(f"decompressed {volume.shape[0]} slice(s) of {volume.shape[1]}x{volume.shape[2]}; wrote {output_path}")
+
+
+cli.add_command(node_command)  # dd-medical node: the DICOM node (dd_medical/node/command.py)
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ def run_demo(
     noisy = clean.with_array(clean.array + rng.normal(0.0, noise_hu, clean.shape).astype(np.float32))
     t0 = time.perf_counter()
     config = config or resolve("denoise")
-    result = denoise(noisy, config=config, device=device, batch_size=batch_size, progress=True)
+    result = denoise(noisy, config=config, device=device, batch_size=batch_size)  # a bar on a terminal only
     seconds = time.perf_counter() - t0
 
     unit = {name: EVAL_WINDOW.to_unit(v.array) for name, v in (("clean", clean), ("noisy", noisy), ("out", result))}

@@ -5,13 +5,16 @@ MONAI has no DICOM writer. :class:`DicomSeriesWriter` rebuilds the source series
 on the source slices' grid and writes it with :func:`dd_medical.io.write_series`: new Series/SOP UIDs, same
 patient, study and geometry, ImageType ``DERIVED``, one file per source slice.
 
-Importing this module (``dd_medical.transforms`` imports it) registers the writer for the ``"dcm"`` extension,
-so ``SaveImage(output_ext=".dcm")`` uses it; ``SaveImage(writer=DicomSeriesWriter)`` or
-``writer="dd_medical.monai_writer.DicomSeriesWriter"`` (e.g. in a bundle config) names it explicitly.
+Name it in ``SaveImage(output_ext=".dcm", writer=DicomSeriesWriter)``, or
+``writer="dd_medical.monai_writer.DicomSeriesWriter"`` in a bundle config. Importing this module changes nothing in
+MONAI; :func:`register` (called once, explicitly) makes it MONAI's writer for the ``"dcm"`` extension in this
+process, so that ``SaveImage(output_ext=".dcm")`` finds it without ``writer``.
 
 A DICOM series is a folder: the file name MONAI builds (``<output_dir>/<name>/<name>_<postfix>.dcm``) becomes
 the folder ``<output_dir>/<name>/<name>_<postfix>/`` holding ``IM0001.dcm`` ... in slice order, next to the
-NIfTI file another ``SaveImage`` writes there. It must not exist yet (or be empty); it appears only when complete.
+NIfTI file another ``SaveImage`` writes there. It must not exist yet (or be empty) unless the writer is given
+``overwrite=True`` (``SaveImage.set_options(init_kwargs={"overwrite": True})``), which replaces a previous series
+as a whole; it appears only when complete.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class DicomSeriesWriter(ImageWriter):
         scale: accepted for ``SaveImage`` and ignored.
         series_description: SeriesDescription of the new series; default: the source's, plus ``" DD denoised"``.
         org_root: UID prefix (default: pydicom's ``2.25.`` UUID form).
+        overwrite: replace a series folder that exists already (as a whole, once the new one is complete);
+            default ``False``: an existing non-empty folder is an error. ``SaveImage`` passes it with
+            ``set_options(init_kwargs={"overwrite": True})``.
     """
 
     def __init__(
@@ -98,11 +104,12 @@ class DicomSeriesWriter(ImageWriter):
         scale: int | None = None,
         series_description: str | None = None,
         org_root: str | None = None,
+        overwrite: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             output_dtype=output_dtype, scale=scale, series_description=series_description, org_root=org_root,
-            affine=None, meta={}, resample_options={}, **kwargs,
+            overwrite=overwrite, affine=None, meta={}, resample_options={}, **kwargs,
         )
 
     def set_data_array(
@@ -145,7 +152,7 @@ class DicomSeriesWriter(ImageWriter):
             series_description = f"{source.metadata.get('SeriesDescription', '')} DD denoised".strip()
         return write_series(
             source.with_array(hu), series_folder(filename), series_description=series_description,
-            derivation_description=description, org_root=self.org_root,
+            derivation_description=description, org_root=self.org_root, overwrite=bool(self.overwrite),
         )
 
     def on_source_grid(self, source: Volume) -> np.ndarray:
@@ -169,12 +176,11 @@ class DicomSeriesWriter(ImageWriter):
 
 
 def register(extensions: Sequence[str] = (DCM_EXT,)) -> None:
-    """Make :class:`DicomSeriesWriter` MONAI's first choice for ``extensions`` (done once on import)."""
+    """Make :class:`DicomSeriesWriter` MONAI's first choice for ``extensions`` in this process, so that
+    ``SaveImage(output_ext=".dcm")`` uses it without ``writer=...``. Explicit: importing dd-medical registers
+    nothing. Calling it again changes nothing."""
     if not image_writer.SUPPORTED_WRITERS:
         image_writer.init()  # MONAI fills its defaults only while the table is empty: keep NIfTI etc. working
     for ext in extensions:
         if DicomSeriesWriter not in image_writer.SUPPORTED_WRITERS.get(ext, ()):
             register_writer(ext, DicomSeriesWriter)
-
-
-register()

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import TypeVar
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from .core.config import FitConfig
 from .core.decoder import size_ladder
 from .core.fit import fit
-from .core.intensity import Window, default_window
+from .core.intensity import Window, default_window, resolve_modality
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel, Identity
 from .errors import InputError
@@ -92,22 +93,70 @@ def check_slices(array: np.ndarray, name: str = "input") -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-class Tracker:
-    """Progress over ``total`` units (slices): a tqdm bar and/or ``callback(fraction_done)`` (see :data:`Progress`)."""
+#: A run on the CPU estimated to take longer than this (seconds) is announced once, naming faster choices.
+LONG_RUN_S = 600.0
+#: Seconds of fitting measured before that estimate is made.
+PROBE_S = 5.0
+#: The faster choices that warning names, by task.
+FASTER = {"denoise": "the 'fast' preset (fewer channels and iterations, one decoder), fewer iterations, or a CUDA GPU",
+          "reconstruct": "fewer iterations, or a CUDA GPU",
+          "compress": "the 'decay' recipe (2000 steps), fewer iterations, or a CUDA GPU"}
 
-    def __init__(self, total: float, desc: str, progress: Progress) -> None:
-        self.total, self.done = float(total), 0.0
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class Tracker:
+    """Progress over ``total`` units (slices): a tqdm bar and/or ``callback(fraction_done)`` (see :data:`Progress`).
+
+    The fraction only rises and stays in [0, 1] (a batch retried after running out of memory redoes slices already
+    counted). On a CPU, ``faster`` (a phrase naming faster choices) is given once in a logged warning when the run,
+    extrapolated from :data:`PROBE_S` seconds of measured iterations, would take longer than :data:`LONG_RUN_S`.
+    ``clock``: seconds, monotonic (a fake one in tests).
+    """
+
+    def __init__(self, total: float, desc: str, progress: Progress, *, device: torch.device | None = None,
+                 faster: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.done, self.desc = float(total), 0.0, desc
         self.callback = progress if callable(progress) else None
         disable = True if self.callback is not None or progress is False else None if progress is None else False
         self.bar = tqdm(total=int(total), desc=desc, disable=disable, leave=False,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {total} slices [{elapsed}<{remaining}]")
+        self.clock, self.faster = clock, faster
+        self.probe: tuple[float, float] | None = None  # (time, done) of the first progress, after the setup
+        self.estimating = device is not None and device.type == "cpu" and bool(faster)
 
     def to(self, done: float) -> None:
-        """Set the units done (a retried batch goes back)."""
-        self.done = min(self.total, max(0.0, done))
-        self.bar.update(self.done - self.bar.n)  # tqdm redraws at most every 0.1 s
+        """Set the units done; less than already done changes nothing."""
+        done = min(self.total, float(done))
+        if done <= self.done:
+            return
+        self.done = done
+        self.bar.n = min(self.bar.total, done)  # exact: repeated increments could round past the total
+        self.bar.update(0)  # tqdm redraws at most every 0.1 s
         if self.callback is not None:
             self.callback(self.done / self.total if self.total else 1.0)
+        if self.estimating:
+            self._estimate()
+
+    def _estimate(self) -> None:
+        """Once :data:`PROBE_S` seconds have been measured: warn if the rest would take more than :data:`LONG_RUN_S`."""
+        if self.probe is None:
+            self.probe = (self.clock(), self.done)
+            return
+        start, done_then = self.probe
+        elapsed = self.clock() - start
+        if elapsed < PROBE_S:
+            return
+        self.estimating = False
+        rest = (self.total - self.done) * elapsed / (self.done - done_then)
+        if rest > LONG_RUN_S:
+            with tqdm.external_write_mode():
+                log.warning("%s on the CPU may take up to ~%s more (estimated from the first %.0f s); faster: %s",
+                            self.desc, _duration(rest), elapsed, self.faster)
 
     def close(self) -> None:
         self.bar.close()
@@ -227,7 +276,7 @@ def denoise_volume(
     """
     squeeze = np.ndim(values) == 2
     stack = check_slices(values)
-    window = window or default_window(stack, modality)
+    window = window or default_window(stack, resolve_modality(modality, stack))
     dev = resolve_device(device)
     depth, height, width = stack.shape
     start, stop = (0, depth) if slices is None else (int(slices[0]), int(slices[1]))
@@ -241,7 +290,7 @@ def denoise_volume(
     b = batch_size or auto_batch_size(depth, height, width, config, dev)
     log.info("denoising %d slices of %dx%d on %s, %d at a time, config %s", stop - start, height, width, dev, b,
              asdict(config))
-    tracker = Tracker(stop - start, "denoising", progress)
+    tracker = Tracker(stop - start, "denoising", progress, device=dev, faster=FASTER["denoise"])
     try:
         if config.slab == 1 or depth == 1:
             result = fit_slices(Identity(), unit[start:stop], config, dev, b, tracker, first_index=start)[:, 0]
@@ -293,7 +342,8 @@ def reconstruct_volume(
         b = batch_size or auto_batch_size(y.shape[0], height, width, config, dev)
         log.info("reconstructing %d slices of %dx%d (%d channels) with %s on %s, %d at a time, config %s",
                  y.shape[0], height, width, channels, type(operator).__name__, dev, b, asdict(config))
-        tracker = Tracker(y.shape[0] * len(kinds), "reconstructing", progress)
+        tracker = Tracker(y.shape[0] * len(kinds), "reconstructing", progress, device=dev,
+                          faster=FASTER["reconstruct"])
         try:
             means = [fit_slices(operator, y / scale, replace(config, architecture=k), dev, b, tracker) for k in kinds]
         finally:

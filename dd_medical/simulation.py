@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .core.intensity import resolve_modality
 from .core.operators import (
     MASK_MAKERS,
     SUBPIXELS,
@@ -71,7 +72,8 @@ def simulate(
         kind: ``"mri"`` (single-coil Cartesian k-space of the image as a real object), ``"ct"`` (parallel-beam
             sinogram with ``views`` angles evenly over ``arc_deg`` degrees: 180 for sparse view, less for limited
             angle) or ``"inpaint"`` (``missing`` fraction of pixels removed at random).
-        modality: ``"CT"`` images (and ``"OT"`` ones with negative values) are HU and are converted to attenuation
+        modality: ``"CT"`` images (and unknown ones, ``"OT"``, with negative values:
+            :func:`~dd_medical.core.intensity.resolve_modality`) are HU and are converted to attenuation
             (:func:`hu_to_attenuation`) before measuring; others must be non-negative (MR magnitude) and are
             measured as they are.
         acceleration: MRI undersampling factor (>= 1).
@@ -98,7 +100,7 @@ def simulate(
         raise InputError(f"downsample applies to CT simulation only (got {kind!r})")
     if height % downsample or width % downsample:
         raise InputError(f"image size {height}x{width} is not a multiple of downsample {downsample}")
-    if modality.upper() == "CT" or (modality.upper() == "OT" and slices.min() < 0):  # HU
+    if resolve_modality(modality, slices) == "CT":  # HU
         reference, back = hu_to_attenuation(slices), attenuation_to_hu
     else:
         if slices.min() < 0:

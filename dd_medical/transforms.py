@@ -8,13 +8,24 @@ pipeline = Compose([
     LoadImaged("image", reader="PydicomReader"), EnsureChannelFirstd("image"),
     DeepDecoderDenoised("image", preset="fast"),
     SaveImaged("image", output_postfix="dd", output_ext=".nii.gz"),
-    SaveImaged("image", output_postfix="dd", output_ext=".dcm", output_dtype=None),  # a derived DICOM series
+    SaveImaged("image", output_postfix="dd", output_ext=".dcm", output_dtype=None,
+               writer="dd_medical.monai_writer.DicomSeriesWriter"),  # a derived DICOM series
 ])
 ```
 
 This module only adapts MONAI's channel-first layout to :mod:`dd_medical.api` (axes, types, metadata); all
-numerical work happens there. Importing it also registers :class:`dd_medical.monai_writer.DicomSeriesWriter` as
-MONAI's writer for the ``"dcm"`` extension.
+numerical work happens there, on numpy arrays: the transforms declare ``backend = [TransformBackends.NUMPY]``.
+A tensor input is read into host memory once; the fit runs on ``device`` (``"auto"`` picks the input's own GPU
+for a CUDA tensor); the result is returned on the input's device, with the input's type and metadata.
+
+Each transform is a non-invertible :class:`~monai.transforms.TraceableTransform`: on a ``MetaTensor`` it appends
+its record to ``applied_operations`` (``extra_info``: method, version, parameters), the MONAI trace, besides
+``meta["dd_medical"]``. ``Compose.inverse`` skips it: the transforms around it are inverted, the denoising stays and
+so does its trace entry. MONAI before 1.6 expects the most recent traced operation to be invertible, so there the
+trace entry is left out (only ``meta["dd_medical"]`` records the operation) and ``Compose.inverse`` keeps working.
+
+Importing this module registers nothing with MONAI: name the DICOM writer in ``SaveImage(writer=...)``, or call
+:func:`dd_medical.monai_writer.register` once.
 """
 
 from __future__ import annotations
@@ -24,16 +35,17 @@ from collections.abc import Hashable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+import monai
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.transforms import MapTransform, TraceableTransform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, version_geq
 
-from . import api, monai_writer  # noqa: F401  (monai_writer registers the "dcm" writer for SaveImage)
+from . import api
 from .core.config import FitConfig
 from .core.intensity import Window
 from .core.operators import CartesianFourier
@@ -61,6 +73,9 @@ META_KEY = "dd_medical"
 
 # Where readers put the DICOM modality: PydicomReader/ITKReader tags, or a plain key.
 _MODALITY_KEYS = ("Modality", "modality", "0008|0060", "00080060")
+#: MONAI 1.6 made an invertible transform look past traced operations that are not its own (so ``Compose.inverse``
+#: skips a non-invertible one); before that a non-invertible trace entry on top would make the inverse fail.
+TRACES_NON_INVERTIBLE = version_geq(monai.__version__, "1.6")
 
 
 def _record(method: str, config: FitConfig, job: str = "denoising", **extra: Any) -> dict[str, Any]:
@@ -79,6 +94,20 @@ def _with_record(out: NdarrayOrTensor, record: dict[str, Any]) -> NdarrayOrTenso
     if isinstance(out, MetaTensor):
         out.meta = dict(out.meta)  # never share (and so alter) the input's metadata dictionary
         out.meta[META_KEY] = record
+    return out
+
+
+def _fit_device(device: str, img: Any) -> str:
+    """The device the fit runs on: ``device``, except that ``"auto"`` keeps a CUDA tensor on its own GPU."""
+    if device == "auto" and isinstance(img, torch.Tensor) and img.device.type == "cuda":
+        return str(img.device)
+    return str(api.resolve_device(device))
+
+
+def _traced(transform: TraceableTransform, out: NdarrayOrTensor, record: dict[str, Any]) -> NdarrayOrTensor:
+    """Append ``record`` to a ``MetaTensor``'s ``applied_operations`` (MONAI's trace; when tracing is on)."""
+    if isinstance(out, MetaTensor) and TRACES_NON_INVERTIBLE:
+        return transform.push_transform(out, extra_info=dict(record))
     return out
 
 
@@ -118,7 +147,7 @@ def _check_layout(img: NdarrayOrTensor, max_channels: int) -> None:
         )
 
 
-class DeepDecoderDenoise(Transform):
+class DeepDecoderDenoise(TraceableTransform):
     """
     Denoise a channel-first CT/MR image with untrained Deep Decoders, one per 2D slice
     (Heckel & Hand, "Deep Decoder", ICLR 2019), through :func:`dd_medical.api.denoise`.
@@ -127,10 +156,14 @@ class DeepDecoderDenoise(Transform):
     along ``slice_axis``), as ``LoadImage(ensure_channel_first=True)`` returns it; numpy or torch, in HU for CT or
     stored values for MR. Each channel is denoised on its own. The output has the input's type, shape, device
     and dtype (integer inputs are rounded); a ``MetaTensor`` keeps its affine and metadata and gains
-    ``meta["dd_medical"]``: method, package version, a DICOM-style derivation description, the fit parameters and
-    the fidelity check of every channel (``fidelity_passed``, ``fidelity``: :func:`dd_medical.api.check`; a failed
-    check is also logged as a warning).
-    Nothing is appended to ``applied_operations``: denoising has no inverse.
+    ``meta["dd_medical"]``: method, package version, a DICOM-style derivation description, the fit parameters, the
+    device the fit ran on and the fidelity check of every channel (``fidelity_passed``, ``fidelity``:
+    :func:`dd_medical.api.check`; a failed check is also logged as a warning). The same record is appended to
+    ``applied_operations`` (as ``extra_info``; MONAI >= 1.6). Denoising has no inverse: this is a
+    :class:`~monai.transforms.TraceableTransform`, not an invertible one, and ``Compose.inverse`` leaves it applied.
+
+    The computation runs on numpy (``backend``): a tensor is read into host memory once, the decoders are fitted on
+    ``device``, and the result goes back to the input's device.
 
     Args:
         iterations: Adam steps per slice (an upper bound: the fit stops at the noise level); default: the
@@ -138,7 +171,8 @@ class DeepDecoderDenoise(Transform):
         channels: decoder channels ``k``; default: the preset's (64).
         slice_axis: spatial axis of a ``(C, H, W, D)`` input that indexes the slices (1, 2, 3 or -1, -2, -3;
             default -1, the last: axial slices for images loaded from an axial DICOM series). Ignored for 2D input.
-        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: where the decoders are fitted: ``"auto"`` (the input's GPU for a CUDA tensor, else CUDA if present,
+            else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0). The same seed, input and device give the same output.
         preset: a ``denoise`` preset of :mod:`dd_medical.presets` (default ``"medium"``; the strengths ``low``,
             ``medium``, ``high``, and ``fast``, ``quality``, ``sure``, ``speed``); used when ``config`` is ``None``.
@@ -153,7 +187,7 @@ class DeepDecoderDenoise(Transform):
         progress: show a progress bar per channel (default ``False``).
     """
 
-    backend = [TransformBackends.TORCH]
+    backend = [TransformBackends.NUMPY]  # what api.denoise computes on; tensors are converted, and converted back
 
     def __init__(
         self,
@@ -189,6 +223,7 @@ class DeepDecoderDenoise(Transform):
         values = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
         values = values.detach().cpu().numpy()
         modality = (self.modality or _meta_modality(img) or "CT").upper()
+        device = _fit_device(self.device, img)
         axis = self.slice_axis % 4  # axis of (C, H, W, D); unused for (C, H, W): each channel is one slice
         out = np.empty(values.shape, dtype=np.float32)
         checks = []
@@ -196,7 +231,7 @@ class DeepDecoderDenoise(Transform):
             # (H, W) or the volume with its slice axis moved first: (D, H', W'); back again afterwards.
             stack = values[c] if values.ndim == 3 else np.moveaxis(values[c], axis - 1, 0)
             try:
-                denoised = api.denoise(stack, config=self.config, device=self.device, progress=self.progress,
+                denoised = api.denoise(stack, config=self.config, device=device, progress=self.progress,
                                        window=self.window, modality=modality, batch_size=self.batch_size)
             except InputError as err:
                 raise InputError(f"channel {c} of image {tuple(values.shape)}: {err.problem}", err.path) from err
@@ -207,17 +242,17 @@ class DeepDecoderDenoise(Transform):
             out_t = torch.round(out_t)  # integer input: nearest stored value (clipped to the dtype's range below)
         result, *_ = convert_to_dst_type(out_t, dst=img, safe=True)
         window = "auto" if self.window is None else f"{self.window.low},{self.window.high}"
-        record = _record("DeepDecoderDenoise", self.config, modality=modality,
+        record = _record("DeepDecoderDenoise", self.config, modality=modality, device=device,
                          slice_axis=axis if values.ndim == 4 else 0, window=window,
                          fidelity_passed=all(r.passed for r in checks),
                          fidelity=" | ".join(f"channel {c}: {r.summary()}" for c, r in enumerate(checks)))
         for c, report in enumerate(checks):
             if not report.passed:
                 log.warning("channel %d: %s", c, report.summary())
-        return _with_record(result, record)
+        return _traced(self, _with_record(result, record), record)
 
 
-class DeepDecoderReconstruct(Transform):
+class DeepDecoderReconstruct(TraceableTransform):
     """
     Reconstruct an MR image from undersampled Cartesian k-space by fitting an untrained Deep Decoder through
     the forward model :class:`dd_medical.core.operators.CartesianFourier` (:func:`dd_medical.api.reconstruct`).
@@ -225,14 +260,17 @@ class DeepDecoderReconstruct(Transform):
     The input is k-space in MONAI's layout ``(C, H, W, 2)`` (``C`` coils, last axis real/imaginary, centred
     orthonormal FFT as ``monai.data.fft_utils``), numpy or torch, with a sampling ``mask`` of shape ``(W,)``
     (columns) or ``(H, W)``; masks as MONAI's k-space mask transforms return them (singleton axes around ``W``)
-    are accepted. The output is the root-sum-of-squares magnitude image ``(1, H, W)``, float32 (of the input's
-    type; a ``MetaTensor`` keeps the input's metadata and gains ``meta["dd_medical"]``).
+    are accepted. The output is the root-sum-of-squares magnitude image ``(1, H, W)``, float32, of the input's type
+    and on its device; a ``MetaTensor`` keeps the input's metadata and gains ``meta["dd_medical"]``, also appended
+    to ``applied_operations`` (MONAI >= 1.6; not invertible, as for :class:`DeepDecoderDenoise`). The computation
+    runs on numpy (``backend``); the decoders are fitted on ``device``.
 
     Args:
         mask: default sampling mask (1 = measured); a mask given to ``__call__`` takes precedence.
         iterations: Adam steps; default: the preset's.
         channels: decoder channels ``k``; default: the preset's.
-        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: where the decoders are fitted: ``"auto"`` (the input's GPU for a CUDA tensor, else CUDA if present,
+            else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0).
         config: a full :class:`~dd_medical.core.config.FitConfig`; default: the ``reconstruct/mri`` preset of
             :mod:`dd_medical.presets` (1000 iterations, the paper's decoder and ConvDecoder, two of each, all
@@ -242,7 +280,7 @@ class DeepDecoderReconstruct(Transform):
         progress: show a progress bar (default ``False``).
     """
 
-    backend = [TransformBackends.TORCH]
+    backend = [TransformBackends.NUMPY]  # what api.reconstruct computes on; tensors are converted, and back
 
     def __init__(
         self,
@@ -283,13 +321,13 @@ class DeepDecoderReconstruct(Transform):
         values = kspace_t.as_tensor() if isinstance(kspace_t, MetaTensor) else kspace_t
         measurements = values.detach().cpu().float().numpy()[None]  # (D=1, coils, H, W, 2)
         operator = CartesianFourier(mask_np, coils=shape[0])
-        image = api.reconstruct(measurements, operator, config=self.config, device=self.device,
-                                progress=self.progress)
+        device = _fit_device(self.device, kspace)
+        image = api.reconstruct(measurements, operator, config=self.config, device=device, progress=self.progress)
         out_t = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, shape[1], shape[2])
         result, *_ = convert_to_dst_type(out_t, dst=kspace, dtype=out_t.dtype)
-        return _with_record(result, _record("DeepDecoderReconstruct", self.config, coils=shape[0],
-                                            sampled_fraction=float(mask_np.mean()),
-                                            job="reconstruction (mri)"))
+        record = _record("DeepDecoderReconstruct", self.config, coils=shape[0], device=device,
+                         sampled_fraction=float(mask_np.mean()), job="reconstruction (mri)")
+        return _traced(self, _with_record(result, record), record)
 
 
 class DeepDecoderDenoised(MapTransform):

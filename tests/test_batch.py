@@ -139,6 +139,47 @@ def test_derived_slices_keep_source_geometry_for_single_frame_series(tmp_path: P
         assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.SOPInstanceUID.startswith("2.25.")
 
 
+def test_a_legacy_multiframe_series_is_processed_and_keeps_its_frames_and_compression(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """Issue 31: a classic multi-frame object without functional groups failed the batch (exit 1, series missing).
+    The fit is replaced by the identity (its output then passes the fidelity check: exit 0); the denoise command's
+    test fits it for real."""
+    from pydicom.data import get_testdata_file
+
+    from dd_medical.batch import tasks
+
+    seen: list[tuple[int, ...]] = []
+
+    def identity(volume, task):
+        seen.append(volume.shape)
+        return volume.array
+
+    monkeypatch.setitem(tasks.TASKS, "denoise", identity)
+    source_path = Path(get_testdata_file("emri_small_jpeg_2k_lossless.dcm"))
+    (tmp_path / "in" / "mf").mkdir(parents=True)
+    (tmp_path / "in" / "mf" / "MF0001").write_bytes(source_path.read_bytes())
+    write_phantom_series(tmp_path / "in" / "ct", depth=2, size=32, seed=1)
+    source = pydicom.dcmread(source_path)
+    runner = CliRunner()
+    for out, args, syntax in ((tmp_path / "out", [], source.file_meta.TransferSyntaxUID),
+                              (tmp_path / "out_rle", ["--transfer-syntax", "rle"], pydicom.uid.RLELossless)):
+        result = runner.invoke(cli, ["batch", str(tmp_path / "in"), str(out), *TINY_ARGS, *args])
+        assert result.exit_code == 0, result.output
+        assert "2 series done" in result.output and "0 failed" in result.output
+        rows = {r["split_key"].split("_")[0]: r for r in _manifest(out)}
+        assert {r["status"] for r in rows.values()} == {"done"} and rows["64x64"]["slices"] == 10
+        (written,) = (out / SERIES_DIR / rows["64x64"]["folder"]).iterdir()
+        ds = pydicom.dcmread(written)
+        assert ds.NumberOfFrames == 10 and ds.file_meta.TransferSyntaxUID == syntax
+        assert validate_derived(ds, source) == []
+        np.testing.assert_allclose(read_volume(written).array, read_volume(source_path).array,
+                                   atol=float(ds.RescaleSlope) / 2 + 1e-4)
+        ct = sorted((out / SERIES_DIR / rows["32x32"]["folder"]).iterdir())
+        assert len(ct) == 2 and pydicom.dcmread(ct[0]).file_meta.TransferSyntaxUID == (
+            syntax if args else ExplicitVRLittleEndian)
+    assert sorted(seen) == [(2, 32, 32), (2, 32, 32), (10, 64, 64), (10, 64, 64)]
+
+
 def test_failed_series_do_not_stop_others_and_are_retried_only_when_asked(tmp_path: Path) -> None:
     write_phantom_series(tmp_path / "in" / "good", depth=2, size=32, seed=1)
     tiny = phantom_volume(depth=2, size=32, seed=1).array[:, :4, :4]  # 4x4 slices: too small to denoise

@@ -16,7 +16,10 @@ from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate
 
 from dd_medical.errors import InputError
 from dd_medical.io import load_series, read_volume, scan_dicom, validate_derived, write_series
+from dd_medical.io._compat import PYDICOM_MAJOR, save, set_pixel_data
+from dd_medical.io.dicom_write import ORIGINAL_ONLY_KEYWORDS
 from dd_medical.phantom import ct_phantom, phantom_volume
+from dd_medical.volume import Volume
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 SECRET_NAME = "Secret^Patient"  # written into every tree file: must never appear in messages
@@ -29,7 +32,7 @@ def _resave(path: Path, out: Path, **changes: object) -> Path:
     if "SOPInstanceUID" in changes:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out, enforce_file_format=True)
+    save(ds, out)
     return out
 
 
@@ -49,7 +52,7 @@ def enhanced_ct(path: Path, depth: int = 3, size: int = 32, seed: int = 5, study
     ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.InstanceNumber = "20240101", "120000", 9, 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
     stored = np.rint(hu[::-1] + 1024).astype(np.uint16)  # frames stored top to bottom
-    ds.set_pixel_data(stored, "MONOCHROME2", 16)
+    set_pixel_data(ds, stored, "MONOCHROME2", 16)
     shared = Dataset()
     measures = Dataset()
     measures.PixelSpacing, measures.SliceThickness = [0.7, 0.7], 2.5
@@ -69,7 +72,7 @@ def enhanced_ct(path: Path, depth: int = 3, size: int = 32, seed: int = 5, study
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save(ds, path)
     return hu
 
 
@@ -105,7 +108,7 @@ def build_tree(root: Path) -> dict[str, object]:
     shutil.copy(get_testdata_file("MR_truncated.dcm"), root / "MR_truncated.dcm")
     no_pixels = pydicom.dcmread(CT_SMALL)
     del no_pixels.PixelData
-    no_pixels.save_as(root / "no_pixels.dcm", enforce_file_format=True)
+    save(no_pixels, root / "no_pixels.dcm")
     (root / "LICENSE").write_text("not DICOM\n")
     for path in root.rglob("*"):  # every DICOM file carries a patient name that must not leak
         if path.is_file() and path.name not in ("LICENSE",) and path != extra:
@@ -194,6 +197,102 @@ def test_enhanced_multiframe_ct_reads_per_frame_and_writes_classic_slices(tmp_pa
         assert ds.StudyInstanceUID == source.StudyInstanceUID
 
 
+#: What a derived object may change or add against its source (new UIDs, dates, pixels, rescale, provenance);
+#: every other attribute of the source is kept with its value and VR. InstanceCreatorUID is dropped, and so are the
+#: acquisition attributes dciodvfy refuses in a DERIVED enhanced object (ORIGINAL_ONLY_KEYWORDS).
+_DERIVED_CHANGES = {
+    "SOPInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime",
+    "ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "ImageType", "PixelData",
+    "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "DerivationDescription", "DerivationCodeSequence", "SourceImageSequence", "ContributingEquipmentSequence",
+}
+
+
+def _assert_derived_from(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """``ds`` keeps every attribute of ``source`` but those a derived object changes (no error beyond the source's:
+    the structure is the source's), and passes :func:`validate_derived` against it."""
+    kept = {e.keyword for e in source if e.keyword and e.keyword not in _DERIVED_CHANGES}
+    assert kept - {e.keyword for e in ds} <= {"InstanceCreatorUID", *ORIGINAL_ONLY_KEYWORDS}
+    changed = [k for k in kept if k in ds and (ds[k].value != source[k].value or ds[k].VR != source[k].VR)]
+    assert changed == []
+    assert validate_derived(ds, source) == []
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm", pytest.param(
+    "emri_small_jpeg_2k_lossless.dcm", marks=pytest.mark.skipif(PYDICOM_MAJOR < 3, reason="pydicom 2: no encoder"))])
+def test_legacy_multiframe_is_read_per_frame_and_written_with_the_same_frames(tmp_path: Path, name: str) -> None:
+    """Issue 31: NumberOfFrames 10 and no functional groups was refused ("without per-frame functional groups");
+    now every frame is a slice, in frame order, and the derived object is one multi-frame object like its source
+    (same SOP class, frames, attributes and compression; new UIDs; DERIVED; provenance)."""
+    path = Path(get_testdata_file(name))
+    source = pydicom.dcmread(path)
+    volume = read_volume(path)
+    assert volume.shape == (10, 64, 64) and volume.modality == "MR"
+    np.testing.assert_array_equal(volume.array, source.pixel_array)  # frame k is slice k; MR: stored values
+    assert volume.metadata["SourceFrameNumbers"] == " ".join(str(k) for k in range(1, 11))
+    assert volume.spacing[2] == pytest.approx(1.2)  # SpacingBetweenSlices
+
+    denoised = volume.array * 0.5 + 3
+    files = write_series(volume.with_array(denoised), tmp_path / "out", series_description="mf derived",
+                         derivation_description="test: halved")
+    assert [f.name for f in files] == ["IM0001.dcm"]
+    ds = pydicom.dcmread(files[0])
+    assert ds.NumberOfFrames == 10 and ds.SOPClassUID == source.SOPClassUID
+    assert ds.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID  # lossless: kept
+    assert ds.SOPInstanceUID != source.SOPInstanceUID and ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert list(ds.ImageType) == ["DERIVED", "PRIMARY", "T1", "NONE"]  # enhanced class: value 2 is PRIMARY only
+    assert ds.DerivationDescription == "test: halved" and ds.DerivationCodeSequence[0].CodeValue == "113087"
+    reference = ds.SourceImageSequence[0]
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID and "ReferencedFrameNumber" not in reference
+    _assert_derived_from(ds, source)
+
+    back = read_volume(tmp_path / "out")  # the round trip: the reader reads the derived object back
+    assert back.shape == volume.shape and back.metadata["SourceFrameNumbers"] == volume.metadata["SourceFrameNumbers"]
+    np.testing.assert_allclose(back.array, denoised, atol=float(ds.RescaleSlope) / 2 + 1e-4)
+
+
+def test_classic_legacy_multiframe_with_a_position_keeps_its_frame_structure(tmp_path: Path) -> None:
+    """A classic MR Image object with 10 frames, one position and a frame increment pointer: the frames are stacked
+    along the slice normal from that position at SpacingBetweenSlices; the derived object keeps the position, the
+    pointer and the frame order, as a classic DERIVED\\SECONDARY image."""
+    source = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    source.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    source.ImagePositionPatient, source.ImageOrientationPatient = [-20.0, -30.0, 5.0], [0, 1, 0, 0, 0, -1]
+    source.PixelSpacing, source.SliceThickness = [0.9, 0.8], 1.2
+    source.FrameIncrementPointer = pydicom.tag.Tag("SliceLocationVector")
+    source.SliceLocationVector = [5.0 + 1.2 * k for k in range(10)]
+    (tmp_path / "in").mkdir()
+    save(source, tmp_path / "in" / "legacy.dcm")
+    volume = read_volume(tmp_path / "in")
+    np.testing.assert_array_equal(volume.array, source.pixel_array)
+    assert volume.origin == (-20.0, -30.0, 5.0) and volume.spacing == pytest.approx((0.8, 0.9, 1.2))
+    np.testing.assert_allclose(np.asarray(volume.direction).reshape(3, 3)[:, 2], [-1, 0, 0])  # row x column
+
+    files = write_series(volume.with_array(volume.array + 1), tmp_path / "out", series_description="classic mf",
+                         derivation_description="test: plus one")
+    ds = pydicom.dcmread(files[0])
+    assert len(files) == 1 and ds.NumberOfFrames == 10 and ds.SOPClassUID == pydicom.uid.MRImageStorage
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
+    assert ds.FrameIncrementPointer == source.FrameIncrementPointer
+    _assert_derived_from(ds, source)
+    assert validate_derived(ds) == []  # it has a geometry: valid on its own
+    back = read_volume(files[0])
+    np.testing.assert_allclose(back.array, volume.array + 1, atol=0.5 + 1e-3)
+    assert back.origin == volume.origin and back.spacing == pytest.approx(volume.spacing)
+
+
+def test_a_legacy_multiframe_object_is_written_only_with_each_of_its_frames(tmp_path: Path) -> None:
+    volume = read_volume(get_testdata_file("emri_small.dcm"))
+    part = Volume(volume.array[:5], spacing=volume.spacing, modality="MR", source_files=volume.source_files[:5],
+                  metadata={**volume.metadata, "SourceFrameNumbers": "1 2 3 4 5"})
+    with pytest.raises(InputError, match="5 slices of this 10-frame object"):
+        write_series(part, tmp_path / "out", series_description="part")
+    assert not (tmp_path / "out").exists()
+
+
 def test_series_split_by_echo_and_repeated_acquisitions_but_not_by_rotation_numbers(tmp_path: Path) -> None:
     files = write_series(phantom_volume(2, 32, seed=6), tmp_path / "src", series_description="src")
     uid = generate_uid()
@@ -249,3 +348,31 @@ def test_pydicom_files_in_one_folder(tmp_path: Path) -> None:
     assert "truncated" in reasons["MR_truncated.dcm"]
     for series in scan.series:
         assert load_series(series.files).shape[0] == 1
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "CT_small.dcm"])
+def test_dciodvfy_finds_no_error_in_a_derived_object_beyond_its_source(tmp_path, name):
+    import subprocess
+
+    from click.testing import CliRunner
+    from pydicom.data import get_testdata_file
+
+    from dd_medical.cli import cli
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(get_testdata_file(name), source / name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["denoise", str(source), str(out), "--preset", "fast", "--iterations", "2",
+                                      "--device", "cpu"])
+    assert result.exit_code in (0, 3), result.output  # 3: the 2-step fit fails the fidelity check, by design
+
+    def errors(path):
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        return {line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
+
+    derived = sorted(out.iterdir())
+    assert len(derived) == 1
+    assert errors(derived[0]) <= errors(source / name)

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-THREE_COMMANDS = ['pip install -e ".[dev,ray]"', "dd-medical demo", "python -m pytest -q"]
+THREE_COMMANDS = ["pip install .", "dd-medical demo", "python -m pytest -q"]
 #: A measured figure in prose: a number with a unit of quality or speed.
 FIGURE = re.compile(r"\b\d+(\.\d+)?\s*(dB|x faster|slices/s|ms per)")
 
@@ -35,6 +35,24 @@ def test_the_readme_is_short_and_its_first_screen_has_the_picture_and_the_three_
     for command in THREE_COMMANDS:
         assert command in first_screen
     assert (ROOT / "docs" / "images" / "before_after.png").is_file()
+
+
+def test_the_install_command_is_the_user_install_and_the_extras_table_matches_pyproject():
+    """A user installs no extras by default; the README's table names every extra and what it really installs."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    text = README.read_text()
+    block = re.search(r"## Install.*?```bash\n(.*?)```", text, flags=re.S).group(1).splitlines()
+    assert block[0].split("#")[0].strip() == "pip install ."
+    assert "python -m pytest -q" in block[2] and '".[dev]"' in block[2]  # the tests say what they need
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, flags=re.M))
+    assert set(rows) == set(extras)
+    for name, requirements in extras.items():
+        packages = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+        named = {p.strip().lower() for p in rows[name].split(",")} - {"..."}
+        assert named <= packages, f"{name}: the README names {sorted(named - packages)}, not in pyproject.toml"
+        if name != "dev":  # dev is summarised; the others are listed in full
+            assert named == packages, f"{name}: pyproject.toml installs {sorted(packages)}"
 
 
 def test_the_results_and_generated_blocks_are_up_to_date_with_the_measured_json():

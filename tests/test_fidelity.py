@@ -136,3 +136,13 @@ def test_a_manifest_from_before_the_check_status_is_upgraded(tmp_path):
         assert upgraded.get("a#")["status"] == "check"
     finally:
         upgraded.close()
+
+
+def test_a_noise_free_input_that_was_changed_is_flagged_in_words_not_infinities():
+    before = np.zeros((64, 64), np.float32)
+    before[16:48, 16:48] = 100.0  # no noise at all
+    report = check_fidelity(before, before * 0.9)
+    assert not report.passed
+    summary = report.summary()
+    assert "no measurable noise" in summary and "inf" not in summary
+    assert check_fidelity(before, before).passed

@@ -13,12 +13,13 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_rescale
 from pydicom.uid import (
     BasicTextSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -36,6 +37,7 @@ from dd_medical.io import (
     write_image,
     write_series,
 )
+from dd_medical.io._compat import PYDICOM_MAJOR, apply_modality_lut, save, set_pixel_data
 from dd_medical.phantom import ct_phantom, phantom_volume
 from dd_medical.volume import Volume
 
@@ -44,6 +46,9 @@ SAMPLE_SERIES = REPO / "sample_data" / "ct_phantom"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 CT_SMALL_PATIENT_NAME = "CompressedSamples"
+#: JPEG 2000 and JPEG-LS encoders came with pydicom 3; on pydicom 2.4 (3D Slicer's) a derived series of such a source
+#: is written uncompressed (tested below for both majors).
+NEEDS_PYDICOM_3 = pytest.mark.skipif(PYDICOM_MAJOR < 3, reason="pydicom 2 has no JPEG 2000 encoder")
 
 
 def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
@@ -227,7 +232,7 @@ def test_ct_small_reads_as_one_slice_in_hu(tmp_path: Path) -> None:
     ds = pydicom.dcmread(CT_SMALL)
     volume = read_volume(CT_SMALL)
     assert volume.shape == (1, 128, 128)
-    np.testing.assert_array_equal(volume.array[0], apply_rescale(ds.pixel_array, ds).astype(np.float32))
+    np.testing.assert_array_equal(volume.array[0], apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
     assert volume.spacing[:2] == (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]))
     assert volume.origin == tuple(float(v) for v in ds.ImagePositionPatient)
     assert volume.source_files == [CT_SMALL]
@@ -249,11 +254,111 @@ def test_ct_small_reads_as_one_slice_in_hu(tmp_path: Path) -> None:
 def test_implicit_vr_source_gives_explicit_vr_derived(tmp_path: Path) -> None:
     ds = pydicom.dcmread(CT_SMALL)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds.save_as(tmp_path / "implicit.dcm", implicit_vr=True, little_endian=True, enforce_file_format=True)
+    save(ds, tmp_path / "implicit.dcm")  # in the file meta's Implicit VR Little Endian
     volume = read_volume(tmp_path / "implicit.dcm")
     files = write_series(volume, tmp_path / "out", series_description="from implicit")
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     np.testing.assert_array_equal(read_volume(files[0]).array, volume.array)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transfer syntax of derived series (issue 31): a lossless source's compression is kept, a lossy one is not re-used
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", pytest.param("MR_small_jp2klossless.dcm", marks=NEEDS_PYDICOM_3)])
+def test_a_lossless_source_keeps_its_compression(tmp_path: Path, name: str) -> None:
+    source = pydicom.dcmread(get_testdata_file(name))
+    volume = read_volume(get_testdata_file(name))
+    denoised = volume.array * 0.5 + 7
+    files = write_series(volume.with_array(denoised), tmp_path / "out", series_description="kept syntax",
+                         derivation_description="halved (test)")
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+    assert ds.get("LossyImageCompression", "00") == "00"
+    assert validate_derived(ds) == []
+    np.testing.assert_allclose(read_volume(files[0]).array, denoised, atol=float(ds.RescaleSlope) / 2 + 1e-4)
+
+
+def test_a_lossy_source_is_not_re_encoded_lossily(tmp_path: Path) -> None:
+    volume = read_volume(get_testdata_file("MR2_J2KI.dcm"))  # JPEG 2000 (irreversible), LossyImageCompression 01
+    files = write_series(volume, tmp_path / "out", series_description="from lossy")
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and ds.LossyImageCompression == "01"
+    np.testing.assert_allclose(read_volume(files[0]).array, volume.array, atol=float(ds.RescaleSlope) / 2 + 1e-3)
+
+
+def test_a_lossless_source_without_an_encoder_is_written_uncompressed_and_said_once(tmp_path: Path, monkeypatch,
+                                                                                     caplog) -> None:
+    monkeypatch.setattr("dd_medical.io.transfer_syntax._said", set())
+    monkeypatch.setattr("dd_medical.io.transfer_syntax.encoder_problem",
+                        lambda uid: "no encoder installed: pip install pyjpegls" if uid == JPEGLSLossless else "")
+    volume = read_volume(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    caplog.set_level("WARNING", logger="dd_medical")
+    for k in range(2):
+        files = write_series(volume, tmp_path / f"out{k}", series_description="from JPEG-LS",
+                             derivation_description="identity (test)")
+        ds = pydicom.dcmread(files[0])
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and validate_derived(ds) == []
+    said = [r.getMessage() for r in caplog.records if "JPEG-LS" in r.getMessage()]
+    assert len(said) == 1 and "Explicit VR Little Endian" in said[0] and "pyjpegls" in said[0]
+
+
+def test_on_pydicom_2_a_jpeg2000_source_is_written_uncompressed_and_said_once(tmp_path: Path, monkeypatch,
+                                                                            caplog) -> None:
+    """Issue 31 (3D Slicer bundles pydicom 2.4): without pydicom 3's JPEG 2000 encoder, a JPEG 2000 Lossless source
+    gives an Explicit VR Little Endian series, said once in the log; choosing jpeg2000-lossless is refused before
+    writing, naming pydicom>=3. On pydicom 2 this is the real behaviour; on pydicom 3 the missing encoder is faked."""
+    import dd_medical.io.transfer_syntax as transfer_syntax
+
+    if PYDICOM_MAJOR >= 3:
+        real = transfer_syntax.encoder_available
+        monkeypatch.setattr(transfer_syntax, "PYDICOM_MAJOR", 2)
+        monkeypatch.setattr(transfer_syntax, "encoder_available",
+                            lambda uid: None if uid in (JPEG2000Lossless, JPEGLSLossless) else real(uid))
+    monkeypatch.setattr(transfer_syntax, "_said", set())
+    caplog.set_level("WARNING", logger="dd_medical")
+    volume = read_volume(get_testdata_file("MR_small_jp2klossless.dcm"))
+    for k in range(2):
+        files = write_series(volume, tmp_path / f"out{k}", series_description="from JPEG 2000",
+                             derivation_description="identity (test)")
+        ds = pydicom.dcmread(files[0])
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and validate_derived(ds) == []
+        np.testing.assert_allclose(read_volume(files[0]).array, volume.array, atol=float(ds.RescaleSlope) / 2)
+    said = [r.getMessage() for r in caplog.records if "JPEG 2000" in r.getMessage()]
+    assert len(said) == 1 and "pydicom>=3" in said[0] and "Explicit VR Little Endian" in said[0]
+    with pytest.raises(InputError, match=r"jpeg2000-lossless .*no encoder for it \(pydicom>=3 has\)"):
+        write_series(volume, tmp_path / "chosen", series_description="x", transfer_syntax="jpeg2000-lossless")
+    assert not (tmp_path / "chosen").exists()
+    assert write_series(volume, tmp_path / "rle", series_description="rle", transfer_syntax="rle")  # RLE: both
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("rle", RLELossless), pytest.param("jpeg2000-lossless", JPEG2000Lossless, marks=NEEDS_PYDICOM_3),
+    pytest.param(str(JPEG2000Lossless), JPEG2000Lossless, marks=NEEDS_PYDICOM_3),
+    ("explicit", ExplicitVRLittleEndian), ("auto", ExplicitVRLittleEndian),
+])
+def test_the_transfer_syntax_can_be_chosen(tmp_path: Path, choice: str, expected: str) -> None:
+    volume = read_volume(CT_SMALL)  # Explicit VR Little Endian
+    files = write_series(volume, tmp_path / "out", series_description="chosen", transfer_syntax=choice,
+                         derivation_description="identity (test)")
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == expected and validate_derived(ds) == []
+    np.testing.assert_array_equal(read_volume(files[0]).array, volume.array)
+
+
+@pytest.mark.parametrize(("choice", "message"), [
+    ("jpeg2000", "'jpeg2000' is not offered"),
+    ("1.2.840.10008.1.2.4.91", r"JPEG 2000 Image Compression\) is not offered.*written losslessly"),
+    ("jpegls-lossless", "no encoder installed: pip install pyjpegls"),
+])
+def test_an_unknown_lossy_or_unavailable_transfer_syntax_is_refused_before_writing(tmp_path: Path, monkeypatch,
+                                                                                   choice: str, message: str) -> None:
+    monkeypatch.setattr("dd_medical.io.transfer_syntax.encoder_problem",
+                        lambda uid: "no encoder installed: pip install pyjpegls" if uid == JPEGLSLossless else "")
+    with pytest.raises(InputError, match=message) as err:
+        write_series(read_volume(CT_SMALL), tmp_path / "out", series_description="x", transfer_syntax=choice)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,7 +458,7 @@ def test_slices_sorted_by_position_not_instance_number_or_name(tmp_path: Path) -
     for new_index, k in enumerate(rng.permutation(len(files))):
         ds = pydicom.dcmread(files[k])
         ds.InstanceNumber = int(len(files) - k)  # reversed numbering
-        ds.save_as(shuffled / f"{new_index:02d}", enforce_file_format=True)  # random names, no extension
+        save(ds, shuffled / f"{new_index:02d}")  # random names, no extension
     back = read_volume(shuffled)
     np.testing.assert_allclose(back.array, read_volume(tmp_path / "written").array)
     _assert_same_geometry(back, volume)
@@ -363,7 +468,8 @@ def test_bare_dataset_without_preamble_or_file_meta(tmp_path: Path) -> None:
     ds = pydicom.dcmread(CT_SMALL)
     del ds.file_meta
     ds.preamble = None
-    pydicom.dcmwrite(tmp_path / "bare", ds, implicit_vr=True, little_endian=True)  # old ACR-NEMA style file
+    # An old ACR-NEMA style file: the data set alone, in Implicit VR Little Endian.
+    save(ds, tmp_path / "bare", implicit_vr=True, little_endian=True, file_format=False)
     volume = read_volume(tmp_path / "bare")
     assert volume.metadata["TransferSyntax"] == "Implicit VR Little Endian"
     np.testing.assert_array_equal(volume.array, read_volume(CT_SMALL).array)
@@ -402,7 +508,7 @@ def test_slices_at_the_same_position_are_refused(tmp_path: Path) -> None:
     files = write_series(phantom_volume(depth=2, size=32), tmp_path / "series", series_description="s")
     ds = pydicom.dcmread(files[0])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(tmp_path / "series" / "IM0003.dcm", enforce_file_format=True)
+    save(ds, tmp_path / "series" / "IM0003.dcm")
     with pytest.raises(InputError, match="3 slices at 2 distinct positions"):
         read_volume(tmp_path / "series")
 
@@ -420,7 +526,7 @@ def _sr_document(path: Path) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = BasicTextSRStorage, ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID = "SR", generate_uid()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save(ds, path)
 
 
 def _rgb_image(path: Path) -> None:
@@ -429,9 +535,10 @@ def _rgb_image(path: Path) -> None:
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.Modality, ds.SeriesInstanceUID = SecondaryCaptureImageStorage, "OT", generate_uid()
-    ds.set_pixel_data(np.zeros((8, 8, 3), np.uint8), "RGB", 8)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    set_pixel_data(ds, np.zeros((8, 8, 3), np.uint8), "RGB", 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save(ds, path)
 
 
 def test_missing_path_and_empty_folders(tmp_path: Path) -> None:
@@ -468,7 +575,7 @@ def test_truncated_dicom_file_names_the_file(tmp_path: Path, keep_bytes: int) ->
 def test_dicom_without_pixel_data(tmp_path: Path) -> None:
     ds = pydicom.dcmread(CT_SMALL)
     del ds.PixelData
-    ds.save_as(tmp_path / "no_pixels.dcm", enforce_file_format=True)
+    save(ds, tmp_path / "no_pixels.dcm")
     with pytest.raises(InputError, match="no_pixels.dcm.*without pixel data"):
         read_volume(tmp_path / "no_pixels.dcm")
     _sr_document(tmp_path / "sr" / "report.dcm")
@@ -483,14 +590,11 @@ def test_undecodable_pixel_data_names_file_and_transfer_syntax(tmp_path: Path, m
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a codestream"])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.save_as(tmp_path / "broken_j2k.dcm", enforce_file_format=True)
+    save(ds, tmp_path / "broken_j2k.dcm")
     with pytest.raises(InputError, match="broken_j2k.dcm.*JPEG 2000.*corrupt"):
         read_volume(tmp_path / "broken_j2k.dcm")
 
-    class _Unavailable:
-        is_available = False
-
-    monkeypatch.setattr(dicom_module, "get_decoder", lambda uid: _Unavailable())
+    monkeypatch.setattr(dicom_module, "decoder_available", lambda uid: False)
     with pytest.raises(InputError, match="JPEG 2000 Image Compression.*install pylibjpeg-openjpeg"):
         read_volume(tmp_path / "broken_j2k.dcm")
 
@@ -569,6 +673,22 @@ def test_jpeg2000_series_reads_like_simpleitk_and_skips_licence(tmp_path: Path) 
     np.testing.assert_array_equal(read_volume(tmp_path / "derived").array, volume.array)
 
 
+@NEEDS_PYDICOM_3
+def test_jpeg2000_series_stays_jpeg2000_lossless_and_about_as_small(tmp_path: Path) -> None:
+    """Issue 31: a 3 MB JPEG 2000 series came out as 10 MB uncompressed; now its lossless compression is kept."""
+    folder = _require_shared("ct_body_j2k")
+    volume = read_volume(folder)
+    files = write_series(volume, tmp_path / "derived", series_description="j2k derived",
+                         derivation_description="identity (test)")
+    source_bytes = sum(p.stat().st_size for p in volume.source_files)
+    derived_bytes = sum(p.stat().st_size for p in files)
+    assert derived_bytes < 1.5 * source_bytes < 0.5 * volume.array.size * 2  # uncompressed int16 is ~3.4x
+    for path in files[:3]:
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless and validate_derived(ds) == []
+    np.testing.assert_array_equal(read_volume(tmp_path / "derived").array, volume.array)  # lossless
+
+
 def test_nifti_ct_written_as_new_dicom_series(tmp_path: Path) -> None:
     path = _require_shared("ct_body_j2k_nifti") / "example_ct_sm.nii.gz"
     volume = read_volume(path)
@@ -588,7 +708,7 @@ def test_mr_source_keeps_stored_values_and_drops_stale_pixel_range(tmp_path: Pat
     mr = Path(get_testdata_file("MR_small.dcm"))
     source = pydicom.dcmread(mr)
     source.LossyImageCompression = "01"
-    source.save_as(tmp_path / "mr.dcm", enforce_file_format=True)
+    save(source, tmp_path / "mr.dcm")
     volume = read_volume(tmp_path / "mr.dcm")
     np.testing.assert_array_equal(volume.array[0], source.pixel_array)  # MR: the stored value range, unscaled
     files = write_series(volume.with_array(volume.array * 0.5), tmp_path / "out", series_description="mr half",

@@ -37,6 +37,7 @@ XML = CLI_DIR / "DeepDecoderDenoise.xml"
 MODULE_DIR = PLUGIN / "DeepDecoder"
 MODULE = MODULE_DIR / "DeepDecoder.py"
 UI = MODULE_DIR / "Resources" / "UI" / "DeepDecoder.ui"
+LIB = MODULE_DIR / "DeepDecoderLib" / "logic.py"
 ICON = MODULE_DIR / "Resources" / "Icons" / "DeepDecoder.png"
 XSD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "ctkCmdLineModule.xsd"
 
@@ -108,8 +109,8 @@ def run_cli(argv: list[str], timeout: float = 240) -> subprocess.CompletedProces
                           timeout=timeout, cwd=str(CLI_DIR))
 
 
-def load_cli_module():
-    spec = importlib.util.spec_from_file_location("DeepDecoderDenoise", CLI)
+def load_cli_module(path: Path = CLI):
+    spec = importlib.util.spec_from_file_location("DeepDecoderDenoise", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -144,6 +145,7 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     assert (params["strength"].default, params["strength"].elements) == ("medium", ["low", "medium", "high"])
     assert tuple(params["strength"].elements) == STRENGTHS  # the denoising strengths of dd_medical.presets
     assert (params["device"].default, params["device"].elements) == ("auto", ["auto", "cpu", "cuda"])
+    assert (params["modality"].default, params["modality"].elements) == ("auto", ["auto", "CT", "MR"])
     for name in ("iterations", "channels", "blocks", "ensemble", "slab", "seed"):
         assert params[name].typ == "integer" and params[name].default == 0
         assert params[name].longflag == f"--{name}"
@@ -164,6 +166,100 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
                                                         Path("a.nrrd"), Path("b.nrrd")))
             assert (parsed.slab, parsed.fp32, parsed.compile, parsed.inputVolume) == (3, fp32 == "true",
                                                                                        compile_ == "true", "a.nrrd")
+
+
+def _xml_parameters() -> dict:
+    from ctk_cli import CLIModule
+
+    return {p.name: p for p in CLIModule(str(XML)).parameters()}
+
+
+def _non_default_values(params: dict) -> dict[str, str]:
+    """A value other than the default for every flagged parameter of the XML, as Slicer writes it."""
+    values = {}
+    for name, param in params.items():
+        if param.index is not None:
+            continue
+        if param.typ == "boolean":
+            values[name] = "true"
+        elif param.elements:
+            values[name] = next(e for e in param.elements if e != param.default)
+        else:
+            values[name] = str(int(param.default) + int(float(param.constraints.step or 1)))
+    return values
+
+
+def test_cli_arguments_are_generated_from_the_xml_and_agree_with_ctk_cli():
+    """Issue 31: the CLI parsed its arguments by hand beside the XML. Now its parser is generated from the XML:
+    every declared parameter is accepted with the value Slicer passes and parses to what ctk-cli parses, an argument
+    the XML does not declare and a value outside the XML's constraints are refused.
+
+    ctk-cli's own parser is not used by the script: it expects ``--fp32 true``, while Slicer passes a true boolean
+    of a command-line module (a scripted CLI is one) as the bare flag, and it is not installed in Slicer."""
+    from ctk_cli import CLIArgumentParser
+
+    cli = load_cli_module()
+    params = _xml_parameters()
+    parser = cli.build_parser()
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == set(params)
+    for values in ({}, _non_default_values(params)):
+        argv = slicer_command_line(values, Path("in.nrrd"), Path("out.nrrd"))
+        booleans = {p.longflag: name for name, p in params.items() if p.typ == "boolean"}
+        ctk_argv = [a for a in argv if a not in booleans]
+        ctk_argv += [item for flag, name in booleans.items() for item in (flag, values.get(name, "false"))]
+        ours, theirs = vars(cli.parse_args(argv)), vars(CLIArgumentParser(str(XML)).parse_args(ctk_argv))
+        assert ours == {name: theirs[name] for name in params}, values
+        for name, value in values.items():
+            assert str(ours[name]).lower() == value.lower(), name
+    for argv in (["--uncertainty", "1", "a", "b"], ["--iterations", "20001", "a", "b"], ["--channels", "-8", "a", "b"],
+                 ["--modality", "PET", "a", "b"], ["a"]):
+        with pytest.raises(SystemExit) as refused:
+            cli.parse_args(argv)
+        assert refused.value.code == 2, argv
+
+
+def test_a_parameter_added_to_the_xml_needs_no_code(tmp_path):
+    """The XML is the one definition: a parameter added there alone is accepted by the script (the hand-written
+    parser of before refused it with exit status 2)."""
+    (tmp_path / CLI.name).write_text(CLI.read_text(encoding="utf-8"), encoding="utf-8")
+    extra = """    <integer>
+      <name>extraSetting</name>
+      <longflag>--extra-setting</longflag>
+      <description><![CDATA[A parameter only the XML knows.]]></description>
+      <label>Extra</label>
+      <default>3</default>
+      <constraints><minimum>1</minimum><maximum>9</maximum><step>1</step></constraints>
+    </integer>
+  </parameters>
+</executable>"""
+    text = XML.read_text(encoding="utf-8")
+    (tmp_path / XML.name).write_text(text[: text.rindex("  </parameters>")] + extra + "\n", encoding="utf-8")
+    cli = load_cli_module(tmp_path / CLI.name)
+    assert cli.parse_args(["a.nrrd", "b.nrrd"]).extraSetting == 3
+    assert cli.parse_args(["--extra-setting", "7", "a.nrrd", "b.nrrd"]).extraSetting == 7
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--extra-setting", "10", "a.nrrd", "b.nrrd"])
+
+
+def test_cli_modality_reaches_the_fit_and_auto_is_mr_for_positive_values(tmp_path, capsys):
+    """Issue 31 (MR was windowed as CT): --modality MR fits in the MR window (robust percentiles) and gives another
+    result than CT on an MR-like volume with a few bright voxels; auto, on values that are never negative (an MR
+    .nrrd from Slicer records no modality), is MR."""
+    cli = load_cli_module()
+    rng = np.random.default_rng(4)
+    mr = rng.normal(300.0, 40.0, (1, 32, 32)).clip(0)
+    mr[0, :2, :2] = 4000.0  # a few very bright voxels: the MR window clips them, the CT window does not
+    input_path = write_nrrd(mr.astype(np.float32), tmp_path / "mr.nrrd")
+    outputs = {}
+    for modality in ("CT", "MR", "auto"):
+        out = tmp_path / f"{modality}.nrrd"
+        argv = ["--iterations", "20", "--channels", "8", "--blocks", "3", "--ensemble", "1", "--device", "cpu",
+                "--modality", modality, str(input_path), str(out)]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        outputs[modality] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert not np.allclose(outputs["CT"], outputs["MR"])
+    np.testing.assert_array_equal(outputs["auto"], outputs["MR"])
 
 
 def test_xml_flag_prints_the_shipped_description():
@@ -338,30 +434,303 @@ def test_cli_calls_only_the_public_dd_medical_api():
             assert not name.startswith("_") and hasattr(importlib.import_module(module_name), name), name
 
 
-def test_ui_widgets_match_the_parameter_node_and_the_cli():
-    from ctk_cli import CLIModule
+def load_module_lib():
+    """``plugin/DeepDecoder/DeepDecoderLib/logic.py``, the scripted module's decisions (no Slicer needed)."""
+    spec = importlib.util.spec_from_file_location("DeepDecoderLib.logic", LIB)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def _parameter_node_defaults(tree: ast.Module) -> dict[str, object]:
+    body = _class(tree, "DeepDecoderParameterNode").body
+    return {n.target.id: ast.literal_eval(n.value) if n.value is not None else None
+            for n in body if isinstance(n, ast.AnnAssign)}
+
+
+def test_the_panel_offers_every_setting_of_the_cli():
+    """Issue 31 (blocks and ensemble were missing from the panel, and modality): every setting the CLI module
+    declares has a parameter-node field with the XML's default, a widget bound to it in the .ui, and reaches both a
+    background run (CLI parameters) and an in-process run; the choices are the XML's and dd_medical.presets'."""
+    lib = load_module_lib()
     tree = ast.parse(MODULE.read_text(encoding="utf-8"))
-    fields = {n.target.id for n in _class(tree, "DeepDecoderParameterNode").body if isinstance(n, ast.AnnAssign)}
+    defaults = _parameter_node_defaults(tree)
+    params = _xml_parameters()
+    settings = {name for name, p in params.items() if p.index is None}
+    assert set(lib.DEFAULT_SETTINGS) == settings
+    for name in settings:
+        assert defaults[name] == lib.DEFAULT_SETTINGS[name] == params[name].default, name
+    assert set(defaults) == settings | {"inputVolume", "outputVolume", "runInBackground"}
     ui = ET.parse(UI).getroot()
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound == fields
+    assert bound == set(defaults)
     widget_names = {w.get("name") for w in ui.iter("widget")}
     used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
             and n.value.attr == "ui" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
     assert used and used <= widget_names, used - widget_names
-    constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(t, ast.Name) and t.id in ("STRENGTHS", "DEVICES")}
-    params = {p.name: p for p in CLIModule(str(XML)).parameters()}
-    assert constants["STRENGTHS"] == params["strength"].elements == list(STRENGTHS)
-    assert constants["DEVICES"] == params["device"].elements
-    # The background run passes only parameters the CLI declares.
-    method = next(n for n in _class(tree, "DeepDecoderLogic").body
-                  if isinstance(n, ast.FunctionDef) and n.name == "processInBackground")
-    passed = next(n.value for n in ast.walk(method) if isinstance(n, ast.Assign)
-                  and any(isinstance(t, ast.Name) and t.id == "parameters" for t in n.targets))
-    keys = {ast.literal_eval(k) for k in passed.keys}
-    assert {"inputVolume", "outputVolume", "strength"} <= keys <= set(params)
+    for name, choices in (("strength", lib.STRENGTHS), ("device", lib.DEVICES), ("modality", lib.MODALITIES)):
+        assert choices == params[name].elements, name
+        combo = next(w for w in ui.iter("widget") if any(
+            p.get("name") == "SlicerParameterName" and p.find("string").text == name for p in w.findall("property")))
+        assert [i.find("property/string").text for i in combo.findall("item")] == choices, name
+    assert lib.STRENGTHS == list(STRENGTHS)
+    assert set(lib.cli_parameters("in", "out", {})) == set(params)
+    apply = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "onApplyButton")
+    call = next(n for n in ast.walk(apply) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                and n.func.id == "dict")
+    assert {k.arg for k in call.keywords} == settings  # what Apply passes to process / processInBackground
+
+
+@pytest.mark.parametrize(("chosen", "dicom", "expected"), [
+    ("auto", "MR", "MR"), ("auto", "CT", "CT"), ("auto", " mr ", "MR"), ("auto", "", "auto"), ("auto", None, "auto"),
+    ("auto", "PT", "auto"), ("CT", "MR", "CT"), ("MR", "", "MR"),
+])
+def test_modality_comes_from_the_dicom_series_or_the_choice(chosen, dicom, expected):
+    lib = load_module_lib()
+    assert lib.resolve_modality(chosen, dicom) == expected
+    note = lib.modality_note(chosen, dicom)
+    assert note.startswith(expected if expected != "auto" else "from the values")
+    preset, arguments = lib.denoise_arguments(lib.run_settings(modality=lib.resolve_modality(chosen, dicom)))
+    assert preset == "medium" and arguments["modality"] == {"auto": "OT"}.get(expected, expected)
+
+
+def test_modality_rejects_what_the_xml_does_not_offer():
+    lib = load_module_lib()
+    with pytest.raises(ValueError, match="modality 'PT'"):
+        lib.resolve_modality("PT", "")
+    with pytest.raises(TypeError, match="uncertainty"):
+        lib.run_settings(uncertainty=True)
+
+
+def test_in_process_arguments_are_those_of_dd_medical_api_denoise():
+    lib = load_module_lib()
+    preset, arguments = lib.denoise_arguments(lib.run_settings(iterations=3, channels=8, blocks=3, ensemble=1,
+                                                               modality="MR", fp32=True, device="cpu"))
+    assert arguments["slab"] is None and arguments["amp"] is False and arguments["compile"] is None
+    _, noisy = phantom_hu(depth=1, size=16)
+    out = denoise(noisy - noisy.min(), preset, progress=False, **arguments)
+    assert out.shape == noisy.shape and np.isfinite(out).all()
+
+
+def test_background_parameters_are_what_slicer_passes_to_the_cli():
+    lib = load_module_lib()
+    settings = lib.run_settings(strength="high", modality="MR", iterations=500, blocks=4, ensemble=3, fp32=True,
+                                seed=9)
+    parameters = lib.cli_parameters("vtkMRMLScalarVolumeNode1", "vtkMRMLScalarVolumeNode2", settings)
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in parameters.items()}
+    parsed = load_cli_module().parse_args(slicer_command_line(values, Path("in.nrrd"), Path("out.nrrd")))
+    for name, value in settings.items():
+        assert getattr(parsed, name) == value, name
+
+
+# --- the scripted module's glue, run against a stand-in for Slicer -------------------------------------------
+
+
+class FakeDisplayNode:
+    """The vtkMRMLScalarVolumeDisplayNode methods the module uses."""
+
+    def __init__(self, window=350.0, level=50.0, auto=1, presets=(), color="vtkMRMLColorTableNodeGrey", interp=1):
+        self.window, self.level, self.auto, self.presets = window, level, auto, list(presets)
+        self.color, self.interpolate = color, interp
+
+    def GetWindow(self): return self.window
+    def GetLevel(self): return self.level
+    def GetAutoWindowLevel(self): return self.auto
+    def SetAutoWindowLevel(self, value): self.auto = value
+    def SetWindowLevel(self, window, level): self.window, self.level = window, level
+    def GetNumberOfWindowLevelPresets(self): return len(self.presets)
+    def GetWindowPreset(self, p): return self.presets[p][0]
+    def GetLevelPreset(self, p): return self.presets[p][1]
+    def ResetWindowLevelPresets(self): self.presets = []
+    def AddWindowLevelPreset(self, window, level): self.presets.append((window, level))
+    def GetColorNodeID(self): return self.color
+    def SetAndObserveColorNodeID(self, color): self.color = color
+    def GetInterpolate(self): return self.interpolate
+    def SetInterpolate(self, value): self.interpolate = value
+
+
+class FakeVolumeNode:
+    """The vtkMRMLScalarVolumeNode methods the module uses; ``array`` is (D, H, W) in KJI order."""
+
+    def __init__(self, node_id, array=None, transform=None, display=None):
+        self.node_id, self.array, self.transform, self.display = node_id, array, transform, display
+        self.ijk_to_ras = None
+
+    def GetID(self): return self.node_id
+    def GetName(self): return self.node_id
+    def IsA(self, class_name): return False
+    def GetImageData(self): return None if self.array is None else object()
+    def GetTransformNodeID(self): return self.transform
+    def SetAndObserveTransformNodeID(self, node_id): self.transform = node_id
+    def GetDisplayNode(self): return self.display
+    def GetIJKToRASMatrix(self, matrix): matrix.values = "input geometry"
+    def SetIJKToRASMatrix(self, matrix): self.ijk_to_ras = matrix.values
+
+    def CreateDefaultDisplayNodes(self):
+        self.display = self.display or FakeDisplayNode()
+
+
+class FakeCliNode:
+    """A vtkMRMLCommandLineModuleNode: running until :meth:`end`, which fires StatusModifiedEvent."""
+
+    def __init__(self):
+        self.status, self.observers, self.next_tag = "Running", {}, 1
+
+    def AddObserver(self, event, callback):
+        self.next_tag += 1
+        self.observers[self.next_tag] = callback
+        return self.next_tag
+
+    def RemoveObserver(self, tag): del self.observers[tag]
+    def IsBusy(self): return self.status == "Running"
+    def GetStatusString(self): return self.status
+
+    def end(self, status):
+        self.status = status
+        for callback in list(self.observers.values()):
+            callback(self, "StatusModifiedEvent")
+
+
+@pytest.fixture()
+def fake_slicer(monkeypatch):
+    """``DeepDecoder.py`` imported against stand-ins for ``slicer`` and ``vtk``; returns (module, recorder)."""
+    import types
+
+    seen = {"cli_runs": [], "pip": [], "modality": {}}
+    slicer = types.ModuleType("slicer")
+    util = types.ModuleType("slicer.util")
+    util.VTKObservationMixin = type("VTKObservationMixin", (), {})
+    util.arrayFromVolume = lambda node: node.array
+    util.updateVolumeFromArray = lambda node, array: setattr(node, "array", array)
+    util.pip_install = lambda requirements: seen["pip"].append(requirements)
+    util.confirmOkCancelDisplay = lambda *args, **kwargs: True
+    shNode = types.SimpleNamespace(GetItemByDataNode=lambda node: node.node_id,
+                                   GetItemAttribute=lambda item, name: seen["modality"].get(item, ""))
+    slicer.util = util
+    slicer.mrmlScene = types.SimpleNamespace(GetSubjectHierarchyNode=lambda: shNode)
+    slicer.vtkMRMLSubjectHierarchyConstants = types.SimpleNamespace(
+        GetDICOMSeriesModalityAttributeName=lambda: "DICOM.Modality")
+    slicer.vtkMRMLCommandLineModuleNode = types.SimpleNamespace(StatusModifiedEvent="StatusModifiedEvent")
+    slicer.vtkMRMLScalarVolumeNode = FakeVolumeNode
+    slicer.modules = types.SimpleNamespace(deepdecoderdenoise="the CLI module")
+
+    def cli_run(module, node, parameters, wait_for_completion=False, update_display=True):
+        cli_node = FakeCliNode()
+        seen["cli_runs"].append((module, dict(parameters), wait_for_completion, cli_node))
+        return cli_node
+
+    slicer.cli = types.SimpleNamespace(run=cli_run)
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.Choice = wrapper.WithinRange = lambda *args: None
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (), {}))
+    scripted.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
+    vtk = types.ModuleType("vtk")
+    vtk.vtkMatrix4x4 = type("vtkMatrix4x4", (), {"values": None})
+    vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent="ModifiedEvent")
+    for name, module in (("slicer", slicer), ("slicer.util", util), ("slicer.i18n", i18n),
+                         ("slicer.parameterNodeWrapper", wrapper), ("slicer.ScriptedLoadableModule", scripted),
+                         ("vtk", vtk)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    monkeypatch.delitem(sys.modules, "DeepDecoderLib", raising=False)
+    monkeypatch.delitem(sys.modules, "DeepDecoderLib.logic", raising=False)
+    spec = importlib.util.spec_from_file_location("DeepDecoder", MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, seen
+
+
+def _input_volume() -> FakeVolumeNode:
+    display = FakeDisplayNode(window=400.0, level=40.0, auto=0, presets=[(400.0, 40.0), (1500.0, -600.0)],
+                              color="vtkMRMLColorTableNodeInvertedGrey", interp=0)
+    _, noisy = phantom_hu(depth=1, size=16)
+    return FakeVolumeNode("vtkMRMLScalarVolumeNode1", noisy, transform="vtkMRMLLinearTransformNode7", display=display)
+
+
+def _assert_shown_like_the_input(output: FakeVolumeNode, source: FakeVolumeNode) -> None:
+    assert output.transform == source.transform == "vtkMRMLLinearTransformNode7"
+    shown, reference = output.display, source.display
+    assert (shown.auto, shown.window, shown.level) == (0, 400.0, 40.0)
+    assert shown.presets == reference.presets and shown.color == reference.color
+    assert shown.interpolate == reference.interpolate == 0
+
+
+def test_background_run_keeps_the_parent_transform_and_the_window_level(fake_slicer):
+    """Issue 31: a background run dropped the input's parent transform and showed the output with its own
+    automatic window/level. Now the output is placed under the input's transform when the run starts, and shown
+    with the input's window/level, presets, colours and interpolation when it completes (without the widget)."""
+    module, seen = fake_slicer
+    source, output = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2")
+    seen["modality"][source.node_id] = "MR"
+    cli_node = module.DeepDecoderLogic().processInBackground(source, output, blocks=4, ensemble=3, device="cpu")
+    (cli_module, parameters, wait, _), = seen["cli_runs"]
+    assert cli_module == "the CLI module" and wait is False
+    assert set(parameters) == set(_xml_parameters())
+    assert (parameters["modality"], parameters["blocks"], parameters["ensemble"]) == ("MR", 4, 3)
+    assert output.transform == source.transform  # in place while it runs
+    output.transform = None  # as if Slicer had replaced the node's content on reading the CLI's output
+    cli_node.end("Completed")
+    _assert_shown_like_the_input(output, source)
+    assert cli_node.observers == {}
+
+
+@pytest.mark.parametrize("status", ["Cancelled", "Completed with errors"])
+def test_a_cancelled_or_failed_background_run_leaves_the_output_alone(fake_slicer, status):
+    module, _ = fake_slicer
+    source, output = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2")
+    cli_node = module.DeepDecoderLogic().processInBackground(source, output)
+    cli_node.end(status)
+    assert output.display is None and cli_node.observers == {}
+
+
+def test_in_process_run_passes_the_modality_and_shows_the_output_like_the_input(fake_slicer, monkeypatch):
+    module, seen = fake_slicer
+    calls = []
+
+    def spy(array, preset, **kwargs):
+        calls.append((preset, kwargs))
+        return (array + 1).astype(np.float32)
+
+    monkeypatch.setattr("dd_medical.api.denoise", spy)
+    for dicom, expected in (("CT", "CT"), ("", "OT"), ("MR", "MR")):
+        source, output = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2")
+        seen["modality"][source.node_id] = dicom
+        module.DeepDecoderLogic().process(source, output, strength="low", blocks=5)
+        preset, kwargs = calls[-1]
+        assert (preset, kwargs["modality"], kwargs["blocks"], kwargs["ensemble"]) == ("low", expected, 5, None)
+        np.testing.assert_array_equal(output.array, source.array + 1)
+        assert output.ijk_to_ras == "input geometry"
+        _assert_shown_like_the_input(output, source)
+
+
+def test_installing_dd_medical_keeps_slicers_pydicom(fake_slicer, monkeypatch):
+    """Issue 31 (Slicer bundles pydicom 2.4; extensions that replaced it were removed from the index): the module
+    pins the installed pydicom while pip installs dd-medical, which runs on pydicom 2.4 and 3.x."""
+    import types
+    from importlib.metadata import version
+
+    module, seen = fake_slicer
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    monkeypatch.setitem(sys.modules, "dd_medical", None)  # not installed yet
+    module.DeepDecoderLogic.setupPythonRequirements(askConfirmation=False)
+    assert seen["pip"] == [f"dd-medical pydicom=={version('pydicom')}"]
+    assert load_module_lib().pip_requirements(None) == "dd-medical"
+    requirement = next(r for r in _project_dependencies() if r.startswith("pydicom"))
+    assert requirement == "pydicom>=2.4"  # the pin is satisfiable on Slicer 5.10's pydicom 2.4
+
+
+def _project_dependencies() -> list[str]:
+    """The quoted requirements of pyproject.toml's ``dependencies = [...]`` (tomllib needs Python 3.11)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+    return re.findall(r'"([^"]+)"', block)
 
 
 # --- extension packaging --------------------------------------------------------------------------------------
@@ -371,19 +740,32 @@ def _cmake_sets(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text)}
 
 
+RAW_URL = "https://raw.githubusercontent.com/dd-medical/dd-medical/main/"
+SCREENSHOT = PLUGIN / "Screenshots" / "1.png"
+SLICER_STUB = Path(__file__).resolve().parent / "slicer_stub"
+
+
 def test_extension_cmake_and_catalog_entry():
-    text = (PLUGIN / "CMakeLists.txt").read_text(encoding="utf-8")
+    """Issue 31: the Slicer ExtensionsIndex builds the repository root (build_subdirectory "."), so the extension's
+    CMakeLists.txt (Slicer's template) is the root one; the catalog entry, the CMake metadata and the modules'
+    categories agree, and the icon and screenshot URLs name files of this repository."""
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert not (PLUGIN / "CMakeLists.txt").exists()  # one extension file, where the index looks for it
+    assert re.search(r"^project\(DDMedical\)$", text, re.M)
     meta = _cmake_sets(text)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert meta.get(f"EXTENSION_{key}"), key
     assert meta["EXTENSION_DEPENDS"] == "PyTorch"
-    for module_dir in ("DeepDecoderDenoise", "DeepDecoder"):
-        assert f"add_subdirectory({module_dir})" in text
+    order = [text.index(line) for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                                           "add_subdirectory(plugin/DeepDecoderDenoise)",
+                                           "add_subdirectory(plugin/DeepDecoder)",
+                                           "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                           "include(${Slicer_EXTENSION_CPACK})")]
+    assert order == sorted(order)
     assert "SlicerMacroBuildScriptedCLI" in (CLI_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "slicerMacroBuildScriptedModule" in module_cmake
-    for resource in re.findall(r"Resources/\S+", module_cmake):
-        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "DeepDecoder")).is_file(), resource
+    assert "slicerMacroBuildScriptedModule" in (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    for url in (meta["EXTENSION_ICONURL"], *meta["EXTENSION_SCREENSHOTURLS"].split()):
+        assert url.startswith(RAW_URL) and (ROOT / url[len(RAW_URL):]).is_file(), url
 
     entry = json.loads((PLUGIN / "DDMedical.json").read_text(encoding="utf-8"))
     # Slicer's catalog entry schema v1.0.1: required keys, no others (additionalProperties: false).
@@ -391,14 +773,81 @@ def test_extension_cmake_and_catalog_entry():
                "build_subdirectory", "enabled", "tier"}
     assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
-    assert entry["build_dependencies"] == ["PyTorch"] and entry["tier"] in (1, 3, 5)
+    assert entry["build_dependencies"] == meta["EXTENSION_DEPENDS"].split() and entry["tier"] in (1, 3, 5)
     assert entry["category"] == meta["EXTENSION_CATEGORY"]
+    assert entry["build_subdirectory"] == meta["EXTENSION_BUILD_SUBDIRECTORY"] == "."
+    repository = entry["scm_url"].removesuffix(".git")
+    assert meta["EXTENSION_HOMEPAGE"].startswith(repository) and RAW_URL.startswith(
+        repository.replace("https://github.com/", "https://raw.githubusercontent.com/"))
+    # Both modules show up under the extension's category.
+    assert ET.parse(XML).getroot().findtext("category").split(".")[0] == entry["category"]
+    module_tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    categories = next(n.value for n in ast.walk(module_tree) if isinstance(n, ast.Assign)
+                      and any(isinstance(t, ast.Attribute) and t.attr == "categories" for t in n.targets))
+    assert ast.literal_eval(categories) == ["Filtering.Denoising"]
+
+
+def _has_compilers() -> bool:
+    import shutil
+
+    return bool(shutil.which("cmake") and (shutil.which("cc") or shutil.which("gcc"))
+                and (shutil.which("c++") or shutil.which("g++")))
+
+
+@pytest.mark.skipif(not _has_compilers(), reason="cmake and a C/C++ compiler are needed to configure the extension")
+def test_extension_configures_with_cmake_and_describes_itself_as_the_catalog_entry(tmp_path):
+    """What a developer runs first: configure the extension (here against tests/slicer_stub, a stand-in for a
+    Slicer build tree whose macros check the modules' files). The description file it writes (.s4ext, the form
+    Slicer generates from the CMake metadata) agrees with plugin/DDMedical.json and names files that exist."""
+    done = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path), f"-DSlicer_DIR={SLICER_STUB}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    description = dict(line.split(" ", 1) for line in (tmp_path / "DDMedical.s4ext").read_text().splitlines())
+    entry = json.loads((PLUGIN / "DDMedical.json").read_text(encoding="utf-8"))
+    assert description["category"] == entry["category"]
+    assert description["depends"].split() == entry["build_dependencies"]
+    assert description["build_subdirectory"] == entry["build_subdirectory"]
+    for url in (description["iconurl"], *description["screenshoturls"].split()):
+        assert (ROOT / url[len(RAW_URL):]).is_file(), url
+    modules = (tmp_path / "modules.txt").read_text().split("\n")
+    assert f"cli DeepDecoderDenoise {CLI_DIR}" in modules and f"scripted DeepDecoder {MODULE_DIR}" in modules
+
+
+def test_the_scripted_module_lists_every_python_file_it_needs():
+    """slicerMacroBuildScriptedModule installs only the files it is given: DeepDecoderLib must be among them."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "DeepDecoder")
+    listed = set(re.findall(r"^\s+(\S+\.(?:py|png|ui))$", text, re.M))
+    shipped = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
+               if p.suffix in (".py", ".png", ".ui") and "__pycache__" not in p.parts}
+    assert listed == shipped
 
 
 @pytest.mark.parametrize("path", [ICON, PLUGIN / "DDMedical.png"], ids=["module", "extension"])
 def test_icons_are_png_images(path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sitk.ReadImage(str(path)).GetSize() == (128, 128)
+
+
+def test_the_screenshot_is_a_small_png_of_input_and_output():
+    from PIL import Image
+
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size < 200_000
+    with Image.open(SCREENSHOT) as image:
+        assert image.width >= 2 * image.height > 600
+
+
+def test_the_images_are_made_by_a_script_from_the_demo_data(tmp_path):
+    """plugin/make_images.py draws the icon and the screenshot from the demo series (a few iterations here)."""
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("make_images", PLUGIN / "make_images.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path), "--iterations", "3"]) == 0
+    made = [tmp_path / "DDMedical.png", tmp_path / "DeepDecoder" / "Resources" / "Icons" / "DeepDecoder.png",
+            tmp_path / "Screenshots" / "1.png"]
+    sizes = [Image.open(path).size for path in made]
+    assert sizes[:2] == [(128, 128)] * 2 and sizes[2] == Image.open(SCREENSHOT).size
 
 
 # --- the numpy entry point, called as the plugin calls it ------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pydicom
@@ -14,21 +16,26 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     Flip,
+    Flipd,
     LoadImage,
     LoadImaged,
     Rotate90,
     SaveImage,
     SaveImaged,
+    TraceableTransform,
 )
+from monai.utils import TraceKeys, TransformBackends
 
 import dd_medical
+from dd_medical import api
 from dd_medical.core.fit import FitConfig
 from dd_medical.errors import InputError
 from dd_medical.io import read_volume, write_series
 from dd_medical.metrics import psnr
-from dd_medical.monai_writer import DicomSeriesWriter, series_folder
+from dd_medical.monai_writer import DicomSeriesWriter, register, series_folder
 from dd_medical.phantom import write_phantom_series
 from dd_medical.transforms import (
+    TRACES_NON_INVERTIBLE,
     DeepDecoderDenoise,
     DeepDecoderDenoiseD,
     DeepDecoderDenoised,
@@ -118,6 +125,7 @@ def test_dicom_writer_undoes_flips_and_rotations(series, tmp_path):
     image = LoadImage(reader="PydicomReader", ensure_channel_first=True, image_only=True)(series["noisy_dir"])
     moved = Rotate90(k=1, spatial_axes=(0, 1))(Flip(spatial_axis=2)(image))  # slice order reversed, x/y swapped
     assert not np.allclose(moved.affine.numpy(), image.affine.numpy())
+    register()  # explicit: SaveImage(output_ext=".dcm") then finds the writer without writer=...
     SaveImage(output_dir=tmp_path, output_postfix="moved", output_ext=".dcm", output_dtype=None,
               print_log=False)(moved)  # the registered "dcm" writer
     written = read_volume(tmp_path / "noisy" / "noisy_moved")
@@ -158,7 +166,7 @@ def test_dataset_and_dataloader(loader_outputs, series, tmp_path, num_workers):
     assert relative_error(image, loader_outputs[0][0]["image"]) < 1e-3  # worker processes give the same result
     (item,) = decollate_batch(batch)
     SaveImaged("image", output_dir=tmp_path, output_postfix="dd", output_ext=".dcm", output_dtype=None,
-               print_log=False)(item)
+               writer=DicomSeriesWriter, print_log=False)(item)
     written = read_volume(tmp_path / "noisy" / "noisy_dd")
     np.testing.assert_allclose(written.array, item["image"][0].numpy().transpose(2, 1, 0), atol=0.51)
 
@@ -274,3 +282,88 @@ def test_reconstruct_from_monai_masked_kspace():
     assert operator.output == "linear"  # signed coil images: the operator decides the decoder's output
     direct = reconstruct_volume(masked.numpy()[None], operator, config, "cpu", progress=False)
     assert relative_error(out[0].numpy(), direct[0]) < 1e-4
+
+
+def test_importing_registers_no_writer_and_register_is_explicit():
+    """Importing dd-medical leaves MONAI's writer table alone; ``register()`` adds the DICOM writer for "dcm"."""
+    code = (
+        "import dd_medical, dd_medical.transforms, dd_medical.monai_writer as w\n"
+        "from monai.data import image_writer\n"
+        "print(any(w.DicomSeriesWriter in ws for ws in image_writer.SUPPORTED_WRITERS.values()))\n"
+        "w.register(); w.register()\n"
+        "print(image_writer.resolve_writer('dcm')[0] is w.DicomSeriesWriter,\n"
+        "      image_writer.SUPPORTED_WRITERS['dcm'].count(w.DicomSeriesWriter),\n"
+        "      len(image_writer.resolve_writer('nii.gz')) > 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True", "1", "True"]
+
+
+def test_the_declared_backend_is_what_the_engine_computes_on(monkeypatch):
+    """MONAI's ``backend`` lists the array types a transform computes on: the engine gets numpy, from torch too."""
+    seen = []
+    monkeypatch.setattr(api, "denoise", lambda image, **kw: seen.append(type(image)) or np.zeros_like(image))
+    monkeypatch.setattr(api, "reconstruct",
+                        lambda data, op, **kw: seen.append(type(data)) or np.zeros(data.shape[:1] + data.shape[2:4]))
+    out = DeepDecoderDenoise(config=TINY, device="cpu")(torch.ones((1, 16, 16)))
+    assert isinstance(out, torch.Tensor) and float(out.abs().max()) == 0.0
+    out = DeepDecoderReconstruct(mask=np.ones(16), iterations=1, device="cpu")(torch.ones((1, 16, 16, 2)))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 16, 16)
+    assert seen == [np.ndarray, np.ndarray]
+    assert DeepDecoderDenoise.backend == DeepDecoderReconstruct.backend == [TransformBackends.NUMPY]
+    assert DeepDecoderDenoised.backend == DeepDecoderReconstructd.backend == [TransformBackends.NUMPY]
+
+
+def _trace_pipeline(device: str) -> tuple[Compose, dict]:
+    data = np.random.default_rng(3).normal(0, 50, (1, 24, 20, 2)).astype(np.float32)
+    image = MetaTensor(torch.from_numpy(data).to(device), affine=np.diag([0.7, 0.7, 2.5, 1.0]),
+                       meta={"Modality": "CT", "filename_or_obj": "phantom"})
+    pipeline = Compose([Flipd("image", spatial_axis=0),
+                        DeepDecoderDenoised("image", config=TINY, device="auto", seed=5)])
+    return pipeline, {"image": image}
+
+
+def _check_trace_and_inverse(device: str) -> None:
+    pipeline, data = _trace_pipeline(device)
+    source = data["image"]
+    out = pipeline(data)["image"]
+    assert isinstance(out, MetaTensor) and out.device == source.device and out.shape == source.shape
+    assert source.applied_operations == [] and "dd_medical" not in source.meta  # the input is left alone
+    flipped = Flipd("image", spatial_axis=0)({"image": source.clone()})["image"]
+    np.testing.assert_allclose(out.affine.numpy(), flipped.affine.numpy())  # the input's geometry, as Flipd left it
+    assert out.meta["filename_or_obj"] == "phantom"
+    record = out.meta["dd_medical"]
+    assert record["device"] == str(source.device) or (device == "cuda" and record["device"].startswith("cuda"))
+
+    # The MONAI way: the operation is on the trace, after Flip, with the record as its extra_info.
+    assert [op[TraceKeys.CLASS_NAME] for op in out.applied_operations] == ["Flip", "DeepDecoderDenoise"]
+    traced = out.applied_operations[-1][TraceKeys.EXTRA_INFO]
+    assert traced["method"] == "DeepDecoderDenoise" and traced["version"] == dd_medical.__version__
+    assert traced["iterations"] == 2 and traced["seed"] == 5 and "Deep Decoder" in traced["description"]
+    assert isinstance(pipeline.transforms[1].converter, TraceableTransform)
+
+    # Compose.inverse: the flip is undone, the denoising stays (it has no inverse), and so does its trace entry.
+    inverted = pipeline.inverse({"image": out})["image"]
+    np.testing.assert_allclose(inverted.affine.numpy(), source.affine.numpy())
+    np.testing.assert_allclose(inverted.cpu().numpy(), out.cpu().numpy()[:, ::-1], rtol=0, atol=1e-6)
+    assert [op[TraceKeys.CLASS_NAME] for op in inverted.applied_operations] == ["DeepDecoderDenoise"]
+    assert inverted.device == source.device
+
+
+@pytest.mark.skipif(not TRACES_NON_INVERTIBLE, reason="MONAI < 1.6: the trace entry is left out (see transforms.py)")
+def test_compose_metatensor_trace_and_inverse_on_the_cpu():
+    _check_trace_and_inverse("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRACES_NON_INVERTIBLE, reason="needs a CUDA GPU")
+def test_compose_metatensor_trace_and_inverse_on_the_gpu():
+    """A CUDA MetaTensor stays on its GPU; ``device="auto"`` fits there."""
+    _check_trace_and_inverse("cuda")
+
+
+def test_tracing_off_leaves_applied_operations_alone():
+    transform = DeepDecoderDenoise(config=TINY, device="cpu")
+    transform.tracing = False
+    out = transform(MetaTensor(np.zeros((1, 16, 16), dtype=np.float32)))
+    assert out.applied_operations == [] and out.meta["dd_medical"]["method"] == "DeepDecoderDenoise"

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +18,13 @@ from tqdm import tqdm
 
 from ..core.config import FitConfig
 from ..errors import InputError
-from ..io import scan_dicom
+from ..io import resolve_transfer_syntax, scan_dicom
 from ..io.dicom import DicomSeries
 from ..presets import resolve
 from ..report import ReportEntry, relative_to, write_report
 from .executors import EXECUTORS, Executor
 from .manifest import MANIFEST_NAME, Manifest
-from .tasks import MONTAGE_DIR, RECEIPT_DIR, SERIES_DIR, TASKS, SeriesTask, process_series, verify_outputs
+from .tasks import MONTAGE_DIR, RECEIPT_DIR, SERIES_DIR, TASKS, SeriesResult, SeriesTask, process_series, verify_outputs
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def run_batch(
     org_root: str | None = None,
     retry_failed: bool = False,
     executor: str | Executor = "serial",
-    progress: bool = True,
+    progress: bool | None = None,
+    transfer_syntax: str | None = None,
 ) -> BatchSummary:
     """Run ``task`` on every image volume under ``input_root``; derived series, manifest and report go to
     ``output_root`` (see the module docstring for the layout). Resumable: volumes done earlier are skipped once
@@ -163,12 +165,19 @@ def run_batch(
         retry_failed: redo volumes that failed in an earlier run.
         executor: a name in :data:`EXECUTORS` (``"serial"``, ``"ray"``) or an :class:`Executor` such as
             ``RayExecutor(address, gpus_per_task=0.5, chunk_slices=64)``.
-        progress: tqdm bars for series and slices.
+        progress: ``None`` (default): tqdm bars for series and slices on a terminal, else one line per finished
+            series on stderr (log files get no escape codes); ``True``: bars always; ``False``: nothing.
+        transfer_syntax: of the derived series (:func:`dd_medical.io.write_series`): ``None`` or ``"auto"`` (each
+            series keeps its source's lossless compression where an encoder is installed, else Explicit VR Little
+            Endian), ``"explicit"``, ``"rle"``, ``"jpeg2000-lossless"``, ``"jpegls-lossless"`` or a UID; an unknown
+            or unavailable one raises :class:`InputError` before anything is read.
 
-    Returns a :class:`BatchSummary`; raises :class:`InputError` only for problems with the roots themselves.
+    Returns a :class:`BatchSummary`; raises :class:`InputError` only for problems with the roots themselves or
+    the options.
     """
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    resolve_transfer_syntax(transfer_syntax)  # an unknown or unavailable syntax: refused before any work
     config = resolve("denoise", config=config)
     runner = EXECUTORS[executor]() if isinstance(executor, str) else executor
     inp, out = check_roots(input_root, output_root)
@@ -177,14 +186,14 @@ def run_batch(
         manifest = Manifest(out / MANIFEST_NAME)
         try:
             return _run(inp, out, manifest, task, config, device, batch_size, window, org_root, retry_failed,
-                        runner, progress)
+                        runner, progress, transfer_syntax)
         finally:
             manifest.close()
 
 
 def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig, device: str,
          batch_size: int | None, window: tuple[float, float] | None, org_root: str | None, retry_failed: bool,
-         runner: Executor, progress: bool) -> BatchSummary:
+         runner: Executor, progress: bool | None, transfer_syntax: str | None) -> BatchSummary:
     recorded_root = manifest.meta("input_root")
     if recorded_root is not None and recorded_root != str(inp):
         raise InputError(f"output root holds the batch of another input root ({recorded_root})", out)
@@ -234,12 +243,27 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
             key=item.key, files=tuple(str(p) for p in item.series.files),
             output_dir=str(out / SERIES_DIR / item.folder), montage_path=str(out / MONTAGE_DIR / f"{item.folder}.png"),
             task=task, config=config, device=device, batch_size=batch_size, window=window, org_root=org_root,
-            progress=progress, slices=0 if item.series.multiframe else len(item.series.files), token=token,
+            transfer_syntax=transfer_syntax, progress=progress,
+            slices=0 if item.series.multiframe else len(item.series.files), token=token,
         ))
 
-    bar = tqdm(total=len(tasks), unit="series", desc="series", disable=not progress)
+    _collect(runner, tasks, manifest, summary, out, token, progress)
+    _remove_leftovers(out)  # temporary folders of tasks whose worker was killed (the task was retried)
+    with contextlib.suppress(OSError):
+        (out / RECEIPT_DIR).rmdir()
+
+    summary.report = _write_report(out, manifest, planned, summary)
+    return summary
+
+
+def _collect(runner: Executor, tasks: list[SeriesTask], manifest: Manifest, summary: BatchSummary, out: Path,
+             token: str, progress: bool | None) -> None:
+    """Run ``tasks`` and record each result as it arrives: in the manifest, the summary, and the progress (a bar on a
+    terminal, else one line per series)."""
+    bar = tqdm(total=len(tasks), unit="series", desc="series", disable=None if progress is None else not progress)
+    lines = bar.disable and progress is not False
     try:
-        for result in runner.map(process_series, tasks):
+        for number, result in enumerate(runner.map(process_series, tasks), start=1):
             manifest.record(result)
             if token:
                 (out / RECEIPT_DIR / f"{output_folder_name(result.key)}.json").unlink(missing_ok=True)
@@ -253,14 +277,18 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
                 summary.failed.append((result.key, result.reason))
                 log.warning("failed %s: %s", result.key, result.reason)
             bar.update(1)
+            if lines:
+                tqdm.write(f"series {number}/{len(tasks)} {result.status}: {result.key}{_figures(result)}",
+                           file=sys.stderr)
     finally:
         bar.close()
-    _remove_leftovers(out)  # temporary folders of tasks whose worker was killed (the task was retried)
-    with contextlib.suppress(OSError):
-        (out / RECEIPT_DIR).rmdir()
 
-    summary.report = _write_report(out, manifest, planned, summary)
-    return summary
+
+def _figures(result: SeriesResult) -> str:
+    if result.status == "failed":
+        return ""
+    seconds = f" in {result.seconds_task:.1f} s" if result.seconds_task is not None else ""
+    return f" ({result.slices} slice(s){seconds})"
 
 
 def _write_report(out: Path, manifest: Manifest, planned: list[Planned], summary: BatchSummary) -> Path:

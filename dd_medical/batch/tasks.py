@@ -49,7 +49,8 @@ class SeriesTask:
     batch_size: int | None = None
     window: tuple[float, float] | None = None
     org_root: str | None = None
-    progress: bool = False
+    transfer_syntax: str | None = None  # derived series: None/"auto" (a lossless source's), a name or a UID
+    progress: bool | None = False  # slice bars: None on a terminal only (pipeline.Progress)
     slices: int = 0  # number of slices when known before reading (single-frame series), else 0: never chunked
     token: str = ""  # set by the driver for executors that retry tasks: a receipt marks outputs of this run
 
@@ -143,7 +144,7 @@ def _write_outputs(task: SeriesTask, volume, values: np.ndarray, result: SeriesR
     written = write_series(
         volume.with_array(values), task.output_dir, series_description=SERIES_DESCRIPTION,
         derivation_description=f"{derivation_description(task.config)}; {fidelity.summary()}", org_root=task.org_root,
-        overwrite=True,
+        overwrite=True, transfer_syntax=task.transfer_syntax,
     )
     middle = volume.shape[0] // 2
     write_montage(volume.array[middle], values[middle], task.montage_path)

@@ -7,6 +7,7 @@ weights (:mod:`dd_medical.codec.format`). Decoding on the CPU reproduces bit for
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 
@@ -16,10 +17,10 @@ import torch
 from ..core.config import FitConfig
 from ..core.decoder import BatchedDeepDecoder, num_parameters, slice_generator
 from ..core.fit import fit
-from ..core.intensity import Window, default_window
+from ..core.intensity import Window, default_window, resolve_modality
 from ..core.operators import Identity
 from ..errors import InputError
-from ..pipeline import Progress, Tracker, auto_batch_size, check_slices, in_batches, resolve_device
+from ..pipeline import FASTER, Progress, Tracker, auto_batch_size, check_slices, in_batches, resolve_device
 from ..volume import Volume
 from .format import FORMAT_NAME, compression_ratio, decode_payload, encode_payload, pack, read_header
 
@@ -138,14 +139,17 @@ def compress(
     device: str | torch.device = "auto",
     batch_size: int | None = None,
     progress: Progress = None,
+    modality: str | None = None,
 ) -> Compressed:
     """Encode ``volume`` (``(D, H, W)``, HU for CT) as a ``.ddc`` file's bytes.
 
-    Each slice is mapped to [0, 1] with ``window`` (default: the volume's full range) and fitted by its own decoder
-    (``config``: the ``compress`` settings of :mod:`dd_medical.presets`), refined for ``refine_iterations`` steps
-    with fake-quantised weights (default ``REFINE_FRACTION`` of ``config.iterations``; 0: quantise the fit
-    directly; the best quantised iterate is kept), and stored as ``bits``-bit (8 or 16) weights. The result is
-    decoded again on the CPU and measured: ``Compressed.volume`` and ``.psnr`` are what :func:`decompress` gives.
+    Each slice is mapped to [0, 1] with ``window`` (default: the ``default_window`` of ``modality``, which defaults
+    to the volume's own or, unknown, to :func:`~dd_medical.core.intensity.resolve_modality`'s rule) and fitted by
+    its own decoder (``config``: the ``compress`` settings of :mod:`dd_medical.presets`), refined for
+    ``refine_iterations`` steps with fake-quantised weights (default ``REFINE_FRACTION`` of ``config.iterations``;
+    0: quantise the fit directly; the best quantised iterate is kept), and stored as ``bits``-bit (8 or 16)
+    weights. The result is decoded again on the CPU and measured: ``Compressed.volume`` and ``.psnr`` are what
+    :func:`decompress` gives. ``progress``: as for :func:`dd_medical.pipeline.Tracker` (the fit and the refinement).
     """
     if bits not in (8, 16):
         raise InputError(f"bits must be 8 or 16, got {bits}")
@@ -153,33 +157,38 @@ def compress(
     if refine_iterations < 0:
         raise InputError(f"refine_iterations must be >= 0, got {refine_iterations}")
     hu = check_slices(volume.array, "volume")
-    window = default_window(hu, volume.modality) if window is None else window if isinstance(window, Window) \
-        else Window(*window)
+    if window is None:
+        window = default_window(hu, resolve_modality(modality or volume.modality, hu))
+    window = window if isinstance(window, Window) else Window(*window)
     dev = resolve_device(device)
     depth, height, width = hu.shape
     unit = torch.from_numpy(window.to_unit(hu))[:, None]
     refine = replace(config, iterations=refine_iterations + 1, learning_rate=REFINE_LEARNING_RATE,
                      final_learning_rate=None, input_noise=0.0, result="best")  # n steps: n + 1 iterates
-    tracker = Tracker(depth, "compressing", progress)
+    tracker = Tracker(depth, "compressing", progress, device=dev, faster=FASTER["compress"])
+    share = config.iterations / (config.iterations + refine_iterations)  # of each slice's steps: the fit's
 
     def work(start: int, stop: int) -> tuple[list, list]:
-        def step(it: int, total: int) -> None:
-            tracker.to(start + (stop - start) * it / total)
+        def step(it: int, total: int, first: float = 0.0, part: float = share) -> None:
+            tracker.to(start + (stop - start) * (first + part * it / total))
 
         fitted = fit(Identity(), unit[start:stop], config, slice_indices=range(start, stop), device=dev,
                      callback=step).weights
         state = fitted if not refine_iterations else fit(
             Identity(), unit[start:stop], refine, slice_indices=range(start, stop), device=dev,
-            initial_weights=fitted, weight_hook=FakeQuantisation(bits)).weights
+            initial_weights=fitted, weight_hook=FakeQuantisation(bits),
+            callback=functools.partial(step, first=share, part=1 - share)).weights
         tracker.to(stop)
         blocks = config.depth(height, width)
         return ([_slice_tensors(fitted, b, blocks) for b in range(stop - start)],
                 [_slice_tensors(state, b, blocks) for b in range(stop - start)])
 
     t0 = time.perf_counter()
-    parts = list(in_batches(depth, batch_size or auto_batch_size(depth, height, width, config, dev), dev, work,
-                            what=f"compressing one {height}x{width} slice"))
-    tracker.close()
+    try:
+        parts = list(in_batches(depth, batch_size or auto_batch_size(depth, height, width, config, dev), dev, work,
+                                what=f"compressing one {height}x{width} slice"))
+    finally:
+        tracker.close()
     seconds = time.perf_counter() - t0
     fitted = [t for *_, (f, _) in parts for t in f]  # before refinement, for the record
     weights = [t for *_, (_, w) in parts for t in w]

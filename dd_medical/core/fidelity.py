@@ -4,6 +4,7 @@ or concentrated on edges, lost anatomy, and is flagged."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,9 +57,12 @@ class FidelityReport:
 
     def summary(self) -> str:
         """One line: passed, or which slices failed and their worst figures."""
-        worst_ratio = max(s.residual_ratio for s in self.slices)
+        worst = max(self.slices, key=lambda s: s.residual_ratio)
         worst_edge = max(s.edge_ratio for s in self.slices)
-        figures = f"residual up to {worst_ratio:.2f}x the noise, edges up to {worst_edge:.2f}x flat tissue"
+        residual = (f"residual up to {worst.residual_ratio:.2f}x the noise" if math.isfinite(worst.residual_ratio)
+                    else f"residual of {worst.residual:.3g} where the input has no measurable noise")
+        edges = f"{worst_edge:.2f}x" if math.isfinite(worst_edge) else "far more than"
+        figures = f"{residual}, edges up to {edges} flat tissue"
         if self.passed:
             return f"fidelity check passed ({figures})"
         failed = self.failed

@@ -38,6 +38,20 @@ class Window:
         return (np.asarray(unit, dtype=np.float64) * self.width + self.low).astype(np.float32)
 
 
+#: Modalities that a file may leave unrecorded (NIfTI, NRRD): their values decide (:func:`resolve_modality`).
+UNKNOWN_MODALITIES = ("", "OT")
+
+
+def resolve_modality(modality: str | None, values: np.ndarray) -> str:
+    """The modality whose window and units ``values`` get: ``modality`` (upper-cased) when it is known, else the
+    rule for files that do not record it (``None``, ``""``, ``"OT"``): ``"CT"`` when any value is negative (HU: air
+    is -1000, fat -100), else ``"MR"`` (stored magnitudes, never negative)."""
+    name = (modality or "").strip().upper()
+    if name not in UNKNOWN_MODALITIES:
+        return name
+    return "CT" if float(np.nanmin(values)) < 0 else "MR"
+
+
 def default_window(values: np.ndarray, modality: str = "CT") -> Window:
     """The window used when none is given.
 

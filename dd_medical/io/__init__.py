@@ -1,5 +1,6 @@
-"""Reading and writing volumes: DICOM series (in and derived out), NIfTI / NRRD / MetaImage, raw measurements
-(:mod:`dd_medical.io.raw`), provenance, atomic outputs.
+"""Reading and writing volumes: DICOM series (in and derived out, in a lossless transfer syntax:
+:mod:`dd_medical.io.transfer_syntax`), NIfTI / NRRD / MetaImage, raw measurements (:mod:`dd_medical.io.raw`),
+provenance, atomic outputs.
 
 ```python
 from dd_medical.io import read_volume, write_series
@@ -29,12 +30,14 @@ from dd_medical.io.dicom_write import write_lossy_series, write_series
 from dd_medical.io.image import IMAGE_SUFFIXES, is_image_path, read_image, write_image
 from dd_medical.io.output import OUTPUT_FORMATS, check_output, output_format, write_volume
 from dd_medical.io.provenance import derivation_description
+from dd_medical.io.transfer_syntax import TRANSFER_SYNTAXES, resolve_transfer_syntax
 from dd_medical.io.validate import validate_derived
 from dd_medical.volume import Volume
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "OUTPUT_FORMATS",
+    "TRANSFER_SYNTAXES",
     "DicomScan",
     "DicomSeries",
     "SkippedFile",
@@ -48,6 +51,7 @@ __all__ = [
     "read_image",
     "read_series",
     "read_volume",
+    "resolve_transfer_syntax",
     "scan_dicom",
     "validate_derived",
     "write_image",

@@ -2,8 +2,9 @@
 
 Every file in a folder tree is checked for DICOM content whatever its name; image objects are grouped into series
 (SeriesInstanceUID, split by orientation, matrix size, echo number, repeated acquisitions and multi-frame object)
-and each series' slices are sorted by their position along the slice normal, never by InstanceNumber. Enhanced
-(functional group) multi-frame CT/MR objects give one slice per frame. Inputs are opened read-only and never
+and each series' slices are sorted by their position along the slice normal, never by InstanceNumber. Multi-frame
+objects give one slice per frame: enhanced (functional group) CT/MR objects with each frame's geometry, legacy ones
+(frames sharing the object's attributes) in frame order. Inputs are opened read-only and never
 written to. Messages name files and UIDs, never patient data. Writing derived series is
 :mod:`dd_medical.io.dicom_write`.
 """
@@ -21,7 +22,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -30,6 +30,7 @@ from pydicom.uid import (
 )
 
 from dd_medical.errors import InputError
+from dd_medical.io._compat import apply_modality_lut, decoder_available, deferred_element, read_encoding
 from dd_medical.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -381,7 +382,7 @@ def _fill_transfer_syntax(ds: Dataset) -> None:
         return
     if file_meta is None:
         ds.file_meta = FileMetaDataset()
-    implicit, little = ds.original_encoding
+    implicit, little = read_encoding(ds)
     if implicit:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     else:
@@ -420,10 +421,7 @@ _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 def _check_pixel_length(header: Dataset, path: Path) -> None:
     """Raise :class:`InputError` when the (deferred) pixel data runs past the end of the file, is shorter than
     Rows x Columns x frames needs, or (encapsulated) lacks its closing delimiter: a truncated file."""
-    try:
-        raw = header.get_item(0x7FE00010, keep_deferred=True)
-    except (KeyError, TypeError):
-        return
+    raw = deferred_element(header, 0x7FE00010)
     length, tell = getattr(raw, "length", None), getattr(raw, "value_tell", None)
     if length is None or tell is None:
         return  # read in full: complete as far as the header can tell
@@ -453,14 +451,14 @@ def _check_pixel_length(header: Dataset, path: Path) -> None:
 
 
 class UnsupportedSeriesError(InputError):
-    """A well-formed image series this project cannot use as a volume (RGB, legacy multi-frame, 4D)."""
+    """A well-formed image series this project cannot use as a volume (RGB, 4D, incomplete functional groups)."""
 
 
 def read_series(folder: str | Path) -> list[Volume]:
     """Every image series under ``folder`` (recursively) as one :class:`Volume` each, ``(D, H, W)`` float32.
 
     CT values are Hounsfield units, other modalities their stored values after any rescale. Series this project
-    cannot treat as a volume (RGB, legacy multi-frame, several slices at one position) are skipped with a warning; if
+    cannot treat as a volume (RGB, several slices at one position) are skipped with a warning; if
     nothing usable is found an :class:`InputError` says why. Volumes are ordered by SeriesInstanceUID.
     """
     scan = scan_dicom(folder)
@@ -533,7 +531,9 @@ def load_series(files: Sequence[str | Path]) -> Volume:
     third column is the unit vector from the first to the last slice (so a gantry tilt shows as a shear), the z
     spacing the median distance between neighbouring slices along it, the origin the first slice's position.
     ``source_files`` keeps each slice's own file, in slice order. An enhanced (multi-frame) CT/MR object gives one
-    slice per frame, with each frame's geometry and rescale from its functional groups; then
+    slice per frame, with each frame's geometry and rescale from its functional groups; a legacy multi-frame object
+    (NumberOfFrames > 1, no functional groups) one slice per frame in frame order, stacked along the slice normal
+    from its ImagePositionPatient at SpacingBetweenSlices (else SliceThickness) where it records them. Then
     ``metadata["SourceFrameNumbers"]`` lists each slice's 1-based frame number (0: a single-frame file).
     """
     if not files:
@@ -559,7 +559,7 @@ def load_series(files: Sequence[str | Path]) -> Volume:
 
 
 def _read_slices(path: Path) -> list[_Slice]:
-    """The slice of a single-frame file, or one slice per frame of an enhanced multi-frame object."""
+    """The slice of a single-frame file, or one slice per frame of a multi-frame object (enhanced or legacy)."""
     has_preamble = looks_like_dicom(path)[1]
     try:
         ds = pydicom.dcmread(path, force=not has_preamble)
@@ -575,30 +575,46 @@ def _read_slices(path: Path) -> list[_Slice]:
         )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if frames > 1 and (not per_frame or len(per_frame) != frames):
+    if per_frame and len(per_frame) != frames:
         raise UnsupportedSeriesError(
-            f"multi-frame image ({frames} frames) without per-frame functional groups; only single-frame slices "
-            "and enhanced (functional group) multi-frame CT/MR objects are supported",
-            path,
+            f"multi-frame image with per-frame functional groups for {len(per_frame)} of its {frames} frames", path
         )
     try:
         stored = ds.pixel_array
     except Exception as err:  # decoders raise many types; every failure becomes one clear message
         raise InputError(_decode_problem(ds, err), path) from err
-    if per_frame is None:
-        if stored.ndim != 2:
-            raise UnsupportedSeriesError(f"pixel array of shape {stored.shape}; expected one 2D slice", path)
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-        thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
-        return [_Slice(
-            path=path, dataset=ds, values=values,
-            position=_floats(ds.get("ImagePositionPatient"), 3),
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            pixel_spacing=_spacing(ds), thickness=float(thickness) if thickness else None,
-        )]
+    if not per_frame:
+        if stored.shape[-2:] != (int(ds.Rows), int(ds.Columns)) or stored.size != frames * ds.Rows * ds.Columns:
+            raise UnsupportedSeriesError(f"pixel array of shape {stored.shape}; expected {frames} grey-level "
+                                         f"frame(s) of {ds.Rows}x{ds.Columns}", path)
+        return _legacy_slices(path, ds, stored.reshape(frames, *stored.shape[-2:]), frames)
     stored = stored.reshape(frames, *stored.shape[-2:])
     shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
     return [_frame_slice(path, ds, stored[i], i, per_frame[i], shared) for i in range(frames)]
+
+
+def _legacy_slices(path: Path, ds: Dataset, stored: np.ndarray, frames: int) -> list[_Slice]:
+    """The slice of a single-frame image, or one slice per frame of a legacy multi-frame object (no functional
+    groups: every frame shares the object's attributes). Frame ``k`` (0-based) of such an object lies ``k``
+    SpacingBetweenSlices (else SliceThickness) along the slice normal from the object's ImagePositionPatient, when
+    it records a position, an orientation and a spacing; else its frames have no position and keep frame order."""
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    dz = float(thickness) if thickness else None
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    if frames == 1:
+        return [_Slice(path=path, dataset=ds, values=values[0], position=position, orientation=orientation,
+                       pixel_spacing=_spacing(ds), thickness=dz)]
+    step = None
+    if position is not None and orientation is not None and dz:
+        normal = np.cross(orientation[:3], orientation[3:])
+        step = dz * normal / (np.linalg.norm(normal) or 1.0)
+    return [_Slice(
+        path=path, dataset=ds, values=values[k], frame=k,
+        position=None if step is None else position + k * step,  # type: ignore[operator]
+        orientation=orientation, pixel_spacing=_spacing(ds), thickness=dz,
+    ) for k in range(frames)]
 
 
 def _frame_slice(path: Path, ds: Dataset, stored: np.ndarray, index: int, own: Dataset, shared: Dataset) -> _Slice:
@@ -644,9 +660,8 @@ def _decode_problem(ds: Dataset, err: BaseException) -> str:
     base = f"cannot decode pixel data in transfer syntax {ts_name}"
     if not tsuid:
         return f"{base}: the file meta information is incomplete"
-    try:
-        available = get_decoder(tsuid).is_available
-    except NotImplementedError:
+    available = decoder_available(tsuid)
+    if available is None:
         return f"{base}: no decoder exists for this transfer syntax"
     if not available:
         package = _DECODER_PACKAGES.get(str(tsuid), "a pydicom pixel data plugin")
@@ -668,7 +683,10 @@ def _geometry(
     nominal_dz = first.thickness or 1.0
     have_geometry = all(s.position is not None and s.orientation is not None for s in slices)
     if not have_geometry:
-        if len(slices) > 1:
+        if len({s.path for s in slices}) == 1 and len(slices) > 1:
+            logger.info("multi-frame object %s records no frame positions: frames kept in frame order",
+                        first.path.name)
+        elif len(slices) > 1:
             logger.warning(
                 "series %s has no ImagePositionPatient/ImageOrientationPatient: slices ordered by InstanceNumber",
                 first.dataset.get("SeriesInstanceUID", ""),

@@ -2,8 +2,11 @@
 
 With source slices every output slice is derived from its own source (highdicom-style: each required attribute
 set explicitly, provenance in DerivationCodeSequence / SourceImageSequence / ContributingEquipmentSequence).
-Without sources a new anonymous study is built from the volume's geometry. Pixels are int16, uncompressed
-Explicit VR Little Endian, with a rescale that fits the values. The folder appears only once every file is written.
+Without sources a new anonymous study is built from the volume's geometry. A legacy multi-frame source (frames
+without functional groups) gives one derived multi-frame object with the same frames. Pixels are int16 with a
+rescale that fits the values, encoded losslessly (:mod:`dd_medical.io.transfer_syntax`: by default the source's
+lossless compression where it can be kept, else Explicit VR Little Endian). The folder appears only once every file
+is written.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from dd_medical.errors import InputError
+from dd_medical.io._compat import compress, save, set_pixel_data
 from dd_medical.io.atomic import atomic_output_dir
 from dd_medical.io.dicom import looks_like_dicom, one_line, sop_class_of
+from dd_medical.io.transfer_syntax import derived_transfer_syntax, resolve_transfer_syntax
 from dd_medical.volume import Volume
 
 # Derivation codes (DICOM part 16, CID 7203 and CID 7202 / DCM).
@@ -75,6 +80,16 @@ _TYPE2_KEYWORDS = (
     "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
 )
 _CLASSIC_SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
+#: SOP classes whose ImageType has four values and a second value that can only be PRIMARY (PS3.3 C.8.16.1).
+ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+}
 
 
 def write_series(
@@ -86,6 +101,7 @@ def write_series(
     org_root: str | None = None,
     series_number: int | None = None,
     overwrite: bool = False,
+    transfer_syntax: str | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a new DICOM series (one file per slice, ``IM0001.dcm`` ... in slice order).
 
@@ -93,13 +109,20 @@ def write_series(
     frame of reference and slice geometry; new Series/SOP Instance UIDs; ImageType ``DERIVED\\SECONDARY``;
     DerivationCodeSequence "Smoothing" and SourceImageSequence pointing at the source slice. Without sources a new
     anonymous study is built from the volume's geometry (CT Image, MR Image or Secondary Capture storage).
-    Pixels are int16, Explicit VR Little Endian, with RescaleSlope/Intercept chosen so the values fit (slope 1 for
-    HU whenever possible). UIDs use ``org_root`` as prefix, or pydicom's ``2.25.`` UUID form when ``None``.
+    Pixels are int16, with RescaleSlope/Intercept chosen so the values fit (slope 1 for HU whenever possible).
+    UIDs use ``org_root`` as prefix, or pydicom's ``2.25.`` UUID form when ``None``.
     Slices from an enhanced multi-frame source (``volume.metadata["SourceFrameNumbers"]``, set by the reader) are
-    written as classic single-frame CT/MR images with that frame's geometry, referencing the source frame.
+    written as classic single-frame CT/MR images with that frame's geometry, referencing the source frame. The
+    frames of a legacy multi-frame source (NumberOfFrames > 1 without functional groups) stay one object: a derived
+    multi-frame object of the source's SOP class, its frames in the source's frame order, the source's shared
+    attributes (geometry included), one file; the volume must hold each of its frames once.
+    ``transfer_syntax``: ``"auto"`` (or ``None``, the default: the sources' syntax when it is lossless and its
+    encoder is installed, else Explicit VR Little Endian), ``"explicit"``, ``"rle"``, ``"jpeg2000-lossless"``,
+    ``"jpegls-lossless"`` or one of their UIDs (:mod:`dd_medical.io.transfer_syntax`); always lossless.
     ``out_dir`` must not exist or be empty (``overwrite=True``: a complete old folder is replaced as a whole);
     files appear only once all are written. Returns the files written.
     """
+    chosen = resolve_transfer_syntax(transfer_syntax)
     if not np.all(np.isfinite(volume.array)):
         raise InputError("volume holds NaN or infinite values; cannot write DICOM")
     prefix = _uid_prefix(org_root)
@@ -107,6 +130,10 @@ def write_series(
     if sources and len(sources) != volume.shape[0]:
         raise InputError(f"volume has {volume.shape[0]} slices but {len(sources)} source files")
     stored, slope, intercept = encode_int16(volume.array, volume.modality)
+    headers: dict[Path, Dataset] = {}
+    frames = _frame_numbers(volume)
+    plan = _plan(sources, frames, headers)
+    syntaxes = [_syntax_of(_read_source(source, headers)) for source in dict.fromkeys(sources)]
     now = dt.datetime.now()
     context = _WriteContext(
         series_uid=generate_uid(prefix=prefix),
@@ -118,19 +145,21 @@ def write_series(
         prefix=prefix,
         slope=slope,
         intercept=intercept,
+        transfer_syntax=derived_transfer_syntax(chosen, syntaxes),
     )
-    frames = _frame_numbers(volume)
-    width = max(4, len(str(volume.shape[0])))
-    names = [f"IM{k + 1:0{width}d}.dcm" for k in range(volume.shape[0])]
-    headers: dict[Path, Dataset] = {}
+    width = max(4, len(str(len(plan))))
+    names = [f"IM{n + 1:0{width}d}.dcm" for n in range(len(plan))]
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp_dir:
-        for k, name in enumerate(names):
-            if sources:
+        for name, item in zip(names, plan, strict=True):
+            k = item.slices[0]
+            if item.multiframe:
+                ds = _derived_multiframe(sources[k], stored[list(item.slices)], context, headers)
+            elif sources:
                 ds = _derived_slice(sources[k], stored[k], context, frame=frames[k], instance_number=k + 1,
                                     headers=headers)
             else:
                 ds = _new_slice(volume, k, stored[k], context)
-            ds.save_as(tmp_dir / name, enforce_file_format=True)
+            save(ds, tmp_dir / name)
     return [Path(out_dir) / name for name in names]
 
 
@@ -147,8 +176,50 @@ class _WriteContext:
     prefix: str | None
     slope: str
     intercept: str
+    transfer_syntax: UID = ExplicitVRLittleEndian
     study_uid: str = ""
     frame_of_reference_uid: str = ""
+
+
+@dataclass
+class _Output:
+    """One file to write: the volume slices it holds (in its frame order) and whether it is a multi-frame object."""
+
+    slices: list[int]
+    multiframe: bool = False
+
+
+def _is_legacy_multiframe(header: Dataset) -> bool:
+    """Several frames and no per-frame functional groups: frames that share the object's attributes."""
+    return int(header.get("NumberOfFrames", 1) or 1) > 1 and not header.get("PerFrameFunctionalGroupsSequence")
+
+
+def _plan(sources: list[Path], frames: list[int], headers: dict[Path, Dataset]) -> list[_Output]:
+    """The files of a derived series, in slice order: one per slice, except the frames of a legacy multi-frame
+    source, which stay together in one object (at the place of its first slice) in the source's frame order."""
+    plan: list[_Output] = []
+    objects: dict[Path, _Output] = {}
+    for k, frame in enumerate(frames):
+        source = sources[k] if sources else None
+        if source is None or not frame or not _is_legacy_multiframe(_read_source(source, headers)):
+            plan.append(_Output([k]))
+        elif source in objects:
+            objects[source].slices.append(k)
+        else:
+            objects[source] = _Output([k], multiframe=True)
+            plan.append(objects[source])
+    for source, item in objects.items():
+        item.slices.sort(key=lambda k: frames[k])
+        count = int(headers[source].NumberOfFrames)
+        if [frames[k] for k in item.slices] != list(range(1, count + 1)):
+            raise InputError(f"the volume holds {len(item.slices)} slices of this {count}-frame object, not each "
+                             "of its frames once; its derived multi-frame object needs every frame", source)
+    return plan
+
+
+def _syntax_of(header: Dataset) -> str:
+    meta = getattr(header, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
 
 
 def _uid_prefix(org_root: str | None) -> str | None:
@@ -197,8 +268,17 @@ def _software_version() -> str:
 
 
 def _set_pixels(ds: Dataset, stored: np.ndarray, context: _WriteContext, photometric: str) -> None:
+    """int16 pixels ``stored`` ((H, W), or (frames, H, W) for a multi-frame object), encoded losslessly in the
+    series' transfer syntax, and the rescale that maps them to the volume's values."""
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.set_pixel_data(np.ascontiguousarray(stored), photometric, 16, generate_instance_uid=False)
+    pixels = np.ascontiguousarray(stored)
+    set_pixel_data(ds, pixels, photometric, 16)
+    if context.transfer_syntax != ExplicitVRLittleEndian:
+        try:
+            compress(ds, context.transfer_syntax, pixels)
+        except Exception as err:  # encoders raise many types; one clear message naming the syntax
+            raise InputError(f"cannot encode the derived pixels as {context.transfer_syntax.name}: "
+                             f"{one_line(err)}") from err
     ds.RescaleSlope = context.slope
     ds.RescaleIntercept = context.intercept
     ds.RescaleType = "HU" if str(ds.get("Modality", "")) == "CT" else "US"
@@ -304,6 +384,7 @@ def _derived_slice(
     instance_number: int | None = None,
     headers: dict[Path, Dataset] | None = None,
 ) -> Dataset:
+    """A single-frame image derived from ``source`` (or from frame ``frame``, 1-based, of an enhanced source)."""
     header = _read_source(source, {} if headers is None else headers)
     frames_in_source = int(header.get("NumberOfFrames", 1) or 1)
     if frame:
@@ -312,12 +393,76 @@ def _derived_slice(
         raise InputError(f"source is a {frames_in_source}-frame object but the volume names no source frame", source)
     else:
         ds = copy.deepcopy(header)
-    if (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) != stored.shape:
+    _check_matrix(ds, stored.shape, source)
+    sop_class = None
+    if frame:  # one frame of an enhanced object: a classic single-frame image of the same modality
+        sop_class = str(_CLASSIC_SOP_CLASSES.get(str(ds.get("Modality", "")), SecondaryCaptureImageStorage))
+        ds.InstanceNumber = instance_number or frame
+        if sop_class == SecondaryCaptureImageStorage and "ConversionType" not in ds:
+            ds.ConversionType = "WSD"
+    _derive(ds, context, sop_class=sop_class, frame=frame, instance_number=instance_number)
+    _set_pixels(ds, stored, context, str(ds.get("PhotometricInterpretation") or "MONOCHROME2"))
+    return ds
+
+
+#: Attributes of the MR Pulse Sequence and Bulk Motion Synchronization modules that describe an acquisition and are
+#: conditional on ImageType value 1 being ORIGINAL or MIXED (PS3.3 C.8.13.4, C.7.6.18.3): dciodvfy refuses them in a
+#: DERIVED enhanced object, so they are left out of one.
+ORIGINAL_ONLY_KEYWORDS = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultiPlanarExcitation", "PhaseContrast",
+    "TimeOfFlightContrast", "SteadyStatePulseSequence", "EchoPlanarPulseSequence", "SaturationRecovery",
+    "SpectrallySelectedSuppression", "OversamplingPhase", "GeometryOfKSpaceTraversal",
+    "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories", "BulkMotionCompensationTechnique",
+)
+
+
+def _derived_multiframe(source: Path, stored: np.ndarray, context: _WriteContext,
+                        headers: dict[Path, Dataset]) -> Dataset:
+    """A multi-frame object derived from the legacy multi-frame ``source``: ``stored`` (frames, H, W) in its frame
+    order; the source's SOP class, shared attributes (geometry) and frame structure (FrameIncrementPointer and
+    what it points at); a SourceImageSequence referencing the whole source object."""
+    ds = copy.deepcopy(_read_source(source, headers))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if stored.shape[0] != frames:
+        raise InputError(f"source has {frames} frames but the volume gives {stored.shape[0]}", source)
+    _check_matrix(ds, stored.shape[1:], source)
+    increment = ds.get("FrameIncrementPointer")
+    _derive(ds, context, sop_class=None, frame=0, instance_number=None)
+    if ds.SOPClassUID in ENHANCED_SOP_CLASSES:
+        for keyword in ORIGINAL_ONLY_KEYWORDS:
+            if keyword in ds:
+                delattr(ds, keyword)
+    if increment is not None:
+        ds.FrameIncrementPointer = increment
+    _set_pixels(ds, stored, context, str(ds.get("PhotometricInterpretation") or "MONOCHROME2"))
+    return ds
+
+
+def _check_matrix(ds: Dataset, shape: tuple[int, ...], source: Path) -> None:
+    if (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) != tuple(shape):
         raise InputError(
             f"source slice is {ds.get('Rows')}x{ds.get('Columns')} but the volume slice is "
-            f"{stored.shape[0]}x{stored.shape[1]} (was the volume resampled?)",
+            f"{shape[0]}x{shape[1]} (was the volume resampled?)",
             source,
         )
+
+
+def _derived_image_type(source_image_type: list[str], sop_class: str, modality: object) -> list[str]:
+    """``DERIVED\\SECONDARY`` and the source's third value; for an enhanced SOP class, whose second value can only
+    be PRIMARY and which has four values, ``DERIVED\\PRIMARY`` and the source's third and fourth."""
+    if sop_class in ENHANCED_SOP_CLASSES:
+        rest = (source_image_type[2:4] + ["NONE", "NONE"])[:2]
+        return ["DERIVED", "PRIMARY", *rest]
+    third = source_image_type[2:3] or (["AXIAL"] if modality == "CT" else [])
+    return ["DERIVED", "SECONDARY", *third]
+
+
+def _derive(ds: Dataset, context: _WriteContext, *, sop_class: str | None, frame: int,
+            instance_number: int | None) -> None:
+    """Turn a copy of a source header into the header of a derived image: stale and private attributes removed,
+    new SOP/series UIDs (``sop_class``: the source's when None), series attributes, ImageType, derivation and
+    source references (frame ``frame`` when not 0), contributing equipment, Type 2 attributes."""
     source_class = sop_class_of(ds)
     source_instance = str(ds.get("SOPInstanceUID", "") or "")
     if not source_instance and getattr(ds, "file_meta", None) is not None:
@@ -334,12 +479,8 @@ def _derived_slice(
             delattr(ds, keyword)
 
     sop_instance = generate_uid(prefix=context.prefix)
-    sop_class = source_class or str(CTImageStorage if ds.get("Modality") == "CT" else SecondaryCaptureImageStorage)
-    if frame:  # one frame of an enhanced object: a classic single-frame image of the same modality
-        sop_class = str(_CLASSIC_SOP_CLASSES.get(str(ds.get("Modality", "")), SecondaryCaptureImageStorage))
-        ds.InstanceNumber = instance_number or frame
-        if sop_class == SecondaryCaptureImageStorage and "ConversionType" not in ds:
-            ds.ConversionType = "WSD"
+    sop_class = sop_class or source_class or str(
+        CTImageStorage if ds.get("Modality") == "CT" else SecondaryCaptureImageStorage)
     ds.file_meta = _file_meta(sop_class, sop_instance)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_instance
@@ -359,8 +500,7 @@ def _derived_slice(
     ds.SeriesDate, ds.SeriesTime = context.date, context.time
     ds.ContentDate, ds.ContentTime = context.date, context.time
     ds.InstanceCreationDate, ds.InstanceCreationTime = context.date, context.time
-    third = source_image_type[2:3] or (["AXIAL"] if ds.get("Modality") == "CT" else [])
-    ds.ImageType = ["DERIVED", "SECONDARY", *third]
+    ds.ImageType = _derived_image_type(source_image_type, sop_class, ds.get("Modality"))
     if context.derivation_description:
         ds.DerivationDescription = context.derivation_description
     ds.DerivationCodeSequence = DicomSequence([_code_item(_SMOOTHING_CODE)])
@@ -388,8 +528,6 @@ def _derived_slice(
     if "InstanceNumber" not in ds or ds.InstanceNumber in (None, ""):
         ds.InstanceNumber = instance_number or ""
     _set_text_charset(ds, context.series_description, context.derivation_description)
-    _set_pixels(ds, stored, context, str(ds.get("PhotometricInterpretation") or "MONOCHROME2"))
-    return ds
 
 
 def _new_slice(volume: Volume, k: int, stored: np.ndarray, context: _WriteContext) -> Dataset:
@@ -491,5 +629,5 @@ def write_lossy_series(volume: Volume, out_dir: str | Path, *, ratio: float, met
             ds.LossyImageCompression = "01"
             ds.LossyImageCompressionRatio = [DSfloat(ratio, auto_format=True)]
             ds.LossyImageCompressionMethod = [method]
-            ds.save_as(tmp / Path(name).name, enforce_file_format=True)
+            save(ds, tmp / Path(name).name)
     return [out_dir / Path(name).name for name in files]

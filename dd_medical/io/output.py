@@ -44,10 +44,12 @@ def check_output(output_path: str | Path, input_path: str | Path | None = None, 
 
 
 def write_volume(volume: Volume, output_path: str | Path, *, series_description: str, derivation_description: str,
-                 org_root: str | None = None, overwrite: bool = False, format: str | None = None) -> list[Path]:
-    """Write ``volume`` to an image file or, as a derived DICOM series, to a folder (:func:`output_format`).
-    Atomic. Returns the files written."""
+                 org_root: str | None = None, overwrite: bool = False, format: str | None = None,
+                 transfer_syntax: str | None = None) -> list[Path]:
+    """Write ``volume`` to an image file or, as a derived DICOM series in ``transfer_syntax`` (:func:`write_series`;
+    default ``"auto"``), to a folder (:func:`output_format`). Atomic. Returns the files written."""
     if output_format(output_path, format) == "image":
         return [write_image(volume, output_path, overwrite=overwrite)]
     return write_series(volume, output_path, series_description=series_description,
-                        derivation_description=derivation_description, org_root=org_root, overwrite=overwrite)
+                        derivation_description=derivation_description, org_root=org_root, overwrite=overwrite,
+                        transfer_syntax=transfer_syntax)

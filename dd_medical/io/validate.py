@@ -1,19 +1,25 @@
 """Checks of a derived image written by :func:`dd_medical.io.write_series`: the attributes PACS and viewers need.
 
 :func:`validate_derived` lists what is missing or wrong (an empty list: valid) for the modules a derived
-single-frame CT/MR/SC image must carry: SOP Common (with consistent file meta information), Patient, General
-Study, General Series, Frame of Reference, General Image with the derivation attributes, Image Plane, Image Pixel
-and Modality LUT (rescale). Messages name attributes and UIDs only, never their patient-related values.
+CT/MR/SC image (single-frame, or multi-frame with the frames of a legacy multi-frame source) must carry: SOP Common
+(with consistent file meta information), Patient, General Study, General Series, Frame of Reference, General Image
+with the derivation attributes, Image Plane, Image Pixel (and Multi-frame) and Modality LUT (rescale). Messages
+name attributes and UIDs only, never their patient-related values.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID
+
+from .dicom import one_line
+from .dicom_write import ENHANCED_SOP_CLASSES
+from .transfer_syntax import TRANSFER_SYNTAXES
 
 _SMOOTHING = ("113087", "DCM")
 _SOURCE_PURPOSE = ("121322", "DCM")
+_COMPRESSED = {uid for uid in TRANSFER_SYNTAXES.values() if uid.is_compressed}  # encapsulated pixel data
 _TYPE2 = {  # present (may be empty)
     "Patient": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
     "General Study": ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"),
@@ -32,20 +38,30 @@ def _uid_problem(ds: Dataset, keyword: str) -> str:
     return ""
 
 
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+
+
 def _has_code(sequence: object, code: tuple[str, str]) -> bool:
     return any((item.get("CodeValue"), item.get("CodingSchemeDesignator")) == code for item in sequence or [])  # type: ignore[attr-defined]
 
 
-def validate_derived(ds: Dataset) -> list[str]:
-    """Problems of one derived single-frame image dataset (read with :func:`pydicom.dcmread`); ``[]`` when valid.
+def validate_derived(ds: Dataset, source: Dataset | None = None) -> list[str]:
+    """Problems of one derived image dataset (read with :func:`pydicom.dcmread`); ``[]`` when valid.
 
-    Checks: file meta (SOP class/instance equal to the data set's, Explicit VR Little Endian, implementation UID);
-    valid UIDs (SOP class/instance, study, series, frame of reference, referenced sources); Type 1 and Type 2
-    attributes of the modules listed in the module docstring; ImageType ``DERIVED\\SECONDARY``; a
-    DerivationDescription, DerivationCodeSequence (113087, DCM), SourceImageSequence with purpose (121322, DCM);
-    BurnedInAnnotation ``NO``; ContentDate/Time; a SeriesDescription of at most 64 characters; orthonormal
-    ImageOrientationPatient, positive PixelSpacing; 16-bit grey pixels whose length matches Rows x Columns; a
-    rescale, and no stale Smallest/LargestImagePixelValue.
+    Checks: file meta (SOP class/instance equal to the data set's, a lossless transfer syntax that
+    :func:`~dd_medical.io.write_series` writes, implementation UID); valid UIDs (SOP class/instance, study, series,
+    frame of reference, referenced sources); Type 1 and Type 2 attributes of the modules listed in the module
+    docstring; ImageType ``DERIVED\\SECONDARY`` (``DERIVED\\PRIMARY`` for an enhanced SOP class, whose second
+    value can only be PRIMARY); a DerivationDescription, DerivationCodeSequence (113087, DCM), SourceImageSequence
+    with purpose (121322, DCM); BurnedInAnnotation ``NO``; ContentDate/Time; a SeriesDescription of at most 64
+    characters; orthonormal ImageOrientationPatient, positive PixelSpacing; 16-bit grey pixels that decode to
+    NumberOfFrames (default 1) x Rows x Columns; a rescale, and no stale Smallest/LargestImagePixelValue.
+
+    ``source``: the dataset the image was derived from. A derived image keeps its source's geometry, so the Image
+    Plane problems the source has too (a legacy multi-frame object that records no position) are not counted:
+    no problem beyond the source's.
     """
     problems: list[str] = []
     meta = getattr(ds, "file_meta", None)
@@ -56,8 +72,8 @@ def validate_derived(ds: Dataset) -> list[str]:
             problems.append("file meta MediaStorageSOPClassUID differs from SOPClassUID")
         if meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID"):
             problems.append("file meta MediaStorageSOPInstanceUID differs from SOPInstanceUID")
-        if meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
-            problems.append(f"transfer syntax {meta.get('TransferSyntaxUID')} is not Explicit VR Little Endian")
+        if meta.get("TransferSyntaxUID") not in TRANSFER_SYNTAXES.values():
+            problems.append(f"transfer syntax {meta.get('TransferSyntaxUID')} is not one write_series writes")
         if not UID(str(meta.get("ImplementationClassUID", ""))).is_valid:
             problems.append("file meta ImplementationClassUID is missing or invalid")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
@@ -74,8 +90,9 @@ def validate_derived(ds: Dataset) -> list[str]:
         problems.append("General Image: ContentDate/ContentTime missing")
 
     image_type = [str(v) for v in ds.get("ImageType") or []]
-    if image_type[:2] != ["DERIVED", "SECONDARY"]:
-        problems.append(f"ImageType {'/'.join(image_type)} does not start with DERIVED/SECONDARY")
+    expected = ["DERIVED", "PRIMARY" if ds.get("SOPClassUID") in ENHANCED_SOP_CLASSES else "SECONDARY"]
+    if image_type[:2] != expected:
+        problems.append(f"ImageType {'/'.join(image_type)} does not start with {'/'.join(expected)}")
     if not ds.get("DerivationDescription"):
         problems.append("DerivationDescription is missing")
     if not _has_code(ds.get("DerivationCodeSequence"), _SMOOTHING):
@@ -93,7 +110,12 @@ def validate_derived(ds: Dataset) -> list[str]:
     if ds.get("BurnedInAnnotation") != "NO":
         problems.append("BurnedInAnnotation is not NO")
 
-    problems += _image_plane_problems(ds)
+    plane = [p for p in problems if p.startswith("Image Plane:")] + _image_plane_problems(ds)
+    if source is not None:
+        kept = set(_image_plane_problems(source)) | {f"Image Plane: {k} is missing" for k in _TYPE2["Image Plane"]
+                                                     if k not in source}
+        plane = [p for p in plane if p not in kept]
+    problems = [p for p in problems if not p.startswith("Image Plane:")] + plane
     problems += _image_pixel_problems(ds)
     return problems
 
@@ -132,11 +154,25 @@ def _image_pixel_problems(ds: Dataset) -> list[str]:
         problems.append("Image Pixel: HighBit is not BitsStored - 1")
     if ds.get("PixelRepresentation") not in (0, 1):
         problems.append("Image Pixel: PixelRepresentation is not 0 or 1")
-    if "NumberOfFrames" in ds and int(ds.NumberOfFrames) != 1:
-        problems.append("Image Pixel: a derived slice must be single-frame")
+    frames = ds.get("NumberOfFrames", 1)
+    if frames in (None, "") or int(frames) < 1:
+        problems.append("Multi-frame: NumberOfFrames is empty or not positive")
+        frames = 1
+    frames = int(frames)
     pixel_data = ds.get("PixelData")
-    if pixel_data is None or len(pixel_data) != rows * columns * 2:
-        problems.append("Image Pixel: PixelData missing or not Rows x Columns x 2 bytes")
+    if pixel_data is None:
+        problems.append("Image Pixel: PixelData missing")
+    elif _syntax(ds) not in _COMPRESSED:
+        if len(pixel_data) != frames * rows * columns * 2:
+            problems.append("Image Pixel: PixelData is not NumberOfFrames x Rows x Columns x 2 bytes")
+    else:
+        try:
+            shape = ds.pixel_array.shape
+        except Exception as err:  # decoders raise many types
+            problems.append(f"Image Pixel: PixelData does not decode ({one_line(err)})")
+        else:
+            if shape != ((frames,) if frames > 1 else ()) + (rows, columns):
+                problems.append(f"Image Pixel: PixelData decodes to {shape}, not NumberOfFrames x Rows x Columns")
     if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         problems.append("Modality LUT: RescaleSlope/RescaleIntercept missing")
     stale = [k for k in ("SmallestImagePixelValue", "LargestImagePixelValue") if k in ds]

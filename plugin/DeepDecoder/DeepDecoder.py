@@ -14,6 +14,19 @@ from typing import Annotated
 
 import slicer
 import vtk
+from DeepDecoderLib.logic import (
+    DEVICES,
+    MODALITIES,
+    STRENGTHS,
+    cli_parameters,
+    copy_display,
+    denoise_arguments,
+    keep_parent_transform,
+    modality_note,
+    pip_requirements,
+    resolve_modality,
+    run_settings,
+)
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -25,11 +38,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: ``dd_medical.presets.STRENGTHS``, mirrored here because Slicer loads this module before dd-medical is installed
-#: (a test checks that the two agree, and the CLI module's XML).
-STRENGTHS = ["low", "medium", "high"]
-DEVICES = ["auto", "cpu", "cuda"]
-PIP_REQUIREMENT = "dd-medical"
 TORCH_REQUIREMENT = ">=2.2"
 
 
@@ -72,7 +80,9 @@ class DeepDecoderParameterNode:
     inputVolume - noisy scalar volume (CT in HU, or MR).
     outputVolume - receives the denoised volume (float32, the input's geometry).
     strength - low / medium / high: the dd_medical.presets denoising preset of that name.
-    iterations, channels - decoder settings; 0 means the preset's value.
+    modality - auto (the series' DICOM modality when CT or MR, else decided from the values), CT or MR: the
+        intensity window of the fit (CT: the full HU range; MR: robust percentiles).
+    iterations, channels, blocks, ensemble - decoder settings; 0 means the preset's value.
     slab - 2.5D: odd number of adjacent slices fitted together by each decoder; 0 means the preset's value (1).
     fp32 - on a CUDA GPU, fit in float32 instead of bfloat16 (no effect on a CPU).
     compile - on a CUDA GPU, fuse the decoder's kernels with torch.compile (no effect on a CPU).
@@ -84,8 +94,11 @@ class DeepDecoderParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     strength: Annotated[str, Choice(STRENGTHS)] = "medium"
+    modality: Annotated[str, Choice(MODALITIES)] = "auto"
     iterations: Annotated[int, WithinRange(0, 20000)] = 0
     channels: Annotated[int, WithinRange(0, 512)] = 0
+    blocks: Annotated[int, WithinRange(0, 10)] = 0
+    ensemble: Annotated[int, WithinRange(0, 16)] = 0
     slab: Annotated[int, WithinRange(0, 15)] = 0
     fp32: bool = False
     compile: bool = False
@@ -163,6 +176,11 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         running = self._cliNode is not None and self._cliNode.IsBusy()
+        if self._parameterNode and self._parameterNode.inputVolume:
+            dicomModality = self.logic.dicomModality(self._parameterNode.inputVolume)
+            self.ui.modalityNoteLabel.text = modality_note(self._parameterNode.modality, dicomModality)
+        else:
+            self.ui.modalityNoteLabel.text = ""
         if running:
             self.ui.applyButton.toolTip = _("A run is in progress")
             self.ui.applyButton.enabled = False
@@ -182,8 +200,9 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(p.inputVolume.GetName() + " DD")
                 )
-            settings = dict(strength=p.strength, iterations=p.iterations, channels=p.channels, slab=p.slab,
-                            fp32=p.fp32, compile=p.compile, device=p.device, seed=p.seed)
+            settings = dict(strength=p.strength, modality=p.modality, iterations=p.iterations, channels=p.channels,
+                            blocks=p.blocks, ensemble=p.ensemble, slab=p.slab, fp32=p.fp32, compile=p.compile,
+                            device=p.device, seed=p.seed)
             self.ui.progressBar.value = 0
             if p.runInBackground:
                 self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume, **settings)
@@ -249,8 +268,23 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         return DeepDecoderParameterNode(super().getParameterNode())
 
     @staticmethod
+    def dicomModality(volumeNode) -> str:
+        """The DICOM Modality of the series ``volumeNode`` was loaded from (the subject hierarchy's
+        ``DICOM.Modality`` attribute, set by Slicer's DICOM import), or "" when it was not loaded from DICOM."""
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        itemID = shNode.GetItemByDataNode(volumeNode) if shNode and volumeNode else 0
+        if not itemID:
+            return ""
+        attribute = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
+        return shNode.GetItemAttribute(itemID, attribute) or ""
+
+    @staticmethod
     def setupPythonRequirements(askConfirmation: bool = True) -> None:
-        """Install PyTorch (through the PyTorch extension's PyTorchUtils) and dd-medical (pip) when missing."""
+        """Install PyTorch (through the PyTorch extension's PyTorchUtils) and dd-medical (pip) when missing.
+
+        Slicer's own pydicom (2.4 up to Slicer 5.10, which its DICOM modules need) is pinned at its installed
+        version during the install, so pip never replaces it; dd-medical runs on pydicom 2.4 and 3.x.
+        """
         try:
             import PyTorchUtils
         except ModuleNotFoundError as err:
@@ -270,84 +304,91 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
                 _("This module needs the Python package dd-medical (and its dependencies). Install it now?")
             ):
                 raise RuntimeError(_("dd-medical is not installed.")) from None
-            slicer.util.pip_install(PIP_REQUIREMENT)
+            slicer.util.pip_install(pip_requirements(DeepDecoderLogic._installedVersion("pydicom")))
+
+    @staticmethod
+    def _installedVersion(distribution: str) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            return None
 
     def process(
         self,
         inputVolume: vtkMRMLScalarVolumeNode,
         outputVolume: vtkMRMLScalarVolumeNode,
-        strength: str = "medium",
-        iterations: int = 0,
-        channels: int = 0,
-        device: str = "auto",
-        seed: int = 0,
-        blocks: int = 0,
-        ensemble: int = 0,
-        slab: int = 0,
-        fp32: bool = False,
-        compile: bool = False,
         progress=None,
+        **settings,
     ) -> None:
         """Denoise in this process (blocks Slicer until done): node -> numpy -> dd_medical -> node.
 
-        ``iterations``, ``channels``, ``blocks``, ``ensemble``, ``slab`` of 0 mean the strength preset's value;
-        ``fp32`` fits in float32 on CUDA instead of bfloat16; ``compile`` fuses the kernels on CUDA.
-        ``progress(fraction)`` is called with values rising in [0, 1].
+        ``settings``: ``strength``, ``modality`` ("auto": the series' DICOM modality when CT or MR, else decided
+        from the values), ``iterations``, ``channels``, ``blocks``, ``ensemble``, ``slab`` (0: the strength
+        preset's value), ``fp32``, ``compile``, ``device``, ``seed`` (``DeepDecoderLib.logic.DEFAULT_SETTINGS``).
+        ``progress(fraction)`` is called with values rising in [0, 1]. The output gets the input's geometry,
+        parent transform and window/level.
         """
         from dd_medical.api import denoise
 
         self._checkNodes(inputVolume, outputVolume)
+        settings = self._resolvedSettings(inputVolume, settings)
+        preset, arguments = denoise_arguments(settings)
         array = slicer.util.arrayFromVolume(inputVolume)  # (slices, rows, columns) = KJI
-        denoised = denoise(
-            array, strength, device=device, progress=progress or False, iterations=iterations or None,
-            channels=channels or None, blocks=blocks or None, ensemble=ensemble or None, slab=slab or None,
-            seed=seed, amp=False if fp32 else None, compile=True if compile else None,
-        )
+        denoised = denoise(array, preset, progress=progress or False, **arguments)
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(ijkToRas)
         outputVolume.SetIJKToRASMatrix(ijkToRas)
         slicer.util.updateVolumeFromArray(outputVolume, denoised)
-        outputVolume.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-        outputVolume.CreateDefaultDisplayNodes()
+        self.finishOutput(inputVolume, outputVolume)
 
     def processInBackground(
         self,
         inputVolume: vtkMRMLScalarVolumeNode,
         outputVolume: vtkMRMLScalarVolumeNode,
-        strength: str = "medium",
-        iterations: int = 0,
-        channels: int = 0,
-        device: str = "auto",
-        seed: int = 0,
-        blocks: int = 0,
-        ensemble: int = 0,
-        slab: int = 0,
-        fp32: bool = False,
-        compile: bool = False,
         wait: bool = False,
+        **settings,
     ):
         """Start the DeepDecoderDenoise CLI module (a separate process) and return its CLI node at once.
 
-        Follow it with the node's ``StatusModifiedEvent`` and ``GetProgress()`` (0-100); ``Cancel()`` stops it.
-        ``wait=True`` blocks until it ends (for tests).
+        ``settings`` as for :meth:`process`. Follow the run with the node's ``StatusModifiedEvent`` and
+        ``GetProgress()`` (0-100); ``Cancel()`` stops it. When it completes, the output is placed under the input's
+        parent transform and shown with the input's window/level (:meth:`finishOutput`), with or without the
+        widget. ``wait=True`` blocks until it ends (for tests).
         """
         self._checkNodes(inputVolume, outputVolume)
-        parameters = {
-            "inputVolume": inputVolume.GetID(),
-            "outputVolume": outputVolume.GetID(),
-            "strength": strength,
-            "iterations": int(iterations),
-            "channels": int(channels),
-            "blocks": int(blocks),
-            "ensemble": int(ensemble),
-            "slab": int(slab),
-            "fp32": bool(fp32),
-            "compile": bool(compile),
-            "device": device,
-            "seed": int(seed),
-        }
-        return slicer.cli.run(slicer.modules.deepdecoderdenoise, None, parameters, wait_for_completion=wait,
-                              update_display=False)
+        settings = self._resolvedSettings(inputVolume, settings)
+        parameters = cli_parameters(inputVolume.GetID(), outputVolume.GetID(), settings)
+        keep_parent_transform(inputVolume, outputVolume)  # shown in place while the run goes on
+        cliNode = slicer.cli.run(slicer.modules.deepdecoderdenoise, None, parameters, wait_for_completion=wait,
+                                 update_display=False)
+        if wait:
+            if cliNode.GetStatusString() == "Completed":
+                self.finishOutput(inputVolume, outputVolume)
+            return cliNode
+
+        def onStatusModified(caller, event):
+            if caller.IsBusy():
+                return
+            caller.RemoveObserver(observer)
+            if caller.GetStatusString() == "Completed":
+                self.finishOutput(inputVolume, outputVolume)
+
+        observer = cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, onStatusModified)
+        return cliNode
+
+    def finishOutput(self, inputVolume, outputVolume) -> None:
+        """The output under the input's parent transform, shown with the input's window/level, presets, colour
+        table and interpolation (``DeepDecoderLib.logic``)."""
+        keep_parent_transform(inputVolume, outputVolume)
+        outputVolume.CreateDefaultDisplayNodes()
+        copy_display(inputVolume.GetDisplayNode(), outputVolume.GetDisplayNode())
+
+    def _resolvedSettings(self, inputVolume, settings) -> dict:
+        settings = run_settings(**settings)
+        settings["modality"] = resolve_modality(str(settings["modality"]), self.dicomModality(inputVolume))
+        return settings
 
     @staticmethod
     def _checkNodes(inputVolume, outputVolume) -> None:
@@ -389,6 +430,14 @@ class DeepDecoderTest(ScriptedLoadableModuleTest):
         volume = slicer.util.addVolumeFromArray(noisy.astype(np.float32), name="DeepDecoderTestInput")
         volume.SetSpacing(0.7, 0.8, 2.5)
         volume.SetOrigin(10.0, -20.0, 30.0)
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "DeepDecoderTestShift")
+        shift = vtk.vtkMatrix4x4()
+        shift.SetElement(0, 3, 25.0)
+        transform.SetMatrixTransformToParent(shift)
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        volume.CreateDefaultDisplayNodes()
+        volume.GetDisplayNode().SetAutoWindowLevel(0)
+        volume.GetDisplayNode().SetWindowLevel(400.0, 40.0)
         return volume, clean
 
     def _check(self, inputVolume, outputVolume, clean):
@@ -399,6 +448,9 @@ class DeepDecoderTest(ScriptedLoadableModuleTest):
         self.assertEqual(out.shape, noisy.shape)
         self.assertEqual(outputVolume.GetSpacing(), inputVolume.GetSpacing())
         self.assertEqual(outputVolume.GetOrigin(), inputVolume.GetOrigin())
+        self.assertEqual(outputVolume.GetTransformNodeID(), inputVolume.GetTransformNodeID())
+        display = outputVolume.GetDisplayNode()
+        self.assertEqual((display.GetAutoWindowLevel(), display.GetWindow(), display.GetLevel()), (0, 400.0, 40.0))
         self.assertLess(np.abs(out - clean).mean(), np.abs(noisy - clean).mean())
 
     def test_DeepDecoder_inProcess(self):

@@ -7,11 +7,13 @@ positional arguments of ``DeepDecoderDenoise.xml``) and reads progress from stdo
     python DeepDecoderDenoise.py --strength medium noisy.nrrd denoised.nrrd
     python DeepDecoderDenoise.py --xml          # the module description, exactly DeepDecoderDenoise.xml
 
-Advanced integers given as 0 (their default) mean "the strength preset's value"; ``--fp32`` and ``--compile`` are
-flags (Slicer passes them only when the box is ticked). Inputs that are refused, with a
-one-line message on stderr and exit status 1: a missing or unreadable file; an image that is not 3D (2D, 4D) or
-not single-component; and a label map, i.e. an integer-typed image with no negative values and at most
-``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
+The arguments are generated from the XML (:func:`build_parser`): it is their one definition. Advanced integers
+given as 0 (their default) mean "the strength preset's value"; ``--fp32`` and ``--compile`` are flags (Slicer
+passes them only when the box is ticked); ``--modality auto`` (the default) lets dd-medical decide from the values
+(any negative value: CT, else MR), since the .nrrd files Slicer passes record no modality. Inputs that are
+refused, with a one-line message on stderr and exit status 1: a missing or unreadable file; an image that is not
+3D (2D, 4D) or not single-component; and a label map, i.e. an integer-typed image with no negative values and at
+most ``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
 negative values (CT) or many more distinct values. Bad flags exit with status 2 (argparse).
 """
 
@@ -42,32 +44,75 @@ def xml_choices(name: str) -> tuple[str, ...]:
     raise KeyError(name)
 
 
+#: Parameter types of the XML and the Python type of their values (the Execution Model's scalar types).
+_SCALAR_TYPES = {"integer": int, "float": float, "double": float, "string": str, "image": str, "file": str,
+                 "directory": str, "string-enumeration": str, "integer-enumeration": int,
+                 "float-enumeration": float, "double-enumeration": float}
+
+
+def build_parser(xml_text: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser generated from the module description (``DeepDecoderDenoise.xml`` by default), so
+    the XML is the one definition of the arguments: a ``<longflag>`` parameter becomes ``--flag value`` (a boolean
+    a bare ``--flag``, passed only when true, as Slicer does), an ``<index>`` parameter a positional argument in
+    index order; defaults, enumeration ``<element>`` choices and ``<constraints>`` minimum/maximum come from the XML.
+    An argument the XML does not declare is refused (exit status 2)."""
+    root = ElementTree.fromstring(xml_text if xml_text is not None else xml_description())
+    parser = argparse.ArgumentParser(prog=MODULE_NAME, description=(root.findtext("title") or "").strip())
+    positional: list[tuple[int, str, str]] = []
+    for group in root.iter("parameters"):
+        for node in group:
+            if node.tag in ("label", "description"):
+                continue
+            name = (node.findtext("name") or "").strip()
+            label = (node.findtext("label") or name).strip()
+            if node.findtext("index") is not None:
+                positional.append((int(node.findtext("index")), name, label))
+                continue
+            flags = [f"--{node.findtext('longflag').strip().lstrip('-')}"] if node.findtext("longflag") else []
+            if node.findtext("flag"):
+                flags.insert(0, f"-{node.findtext('flag').strip().lstrip('-')}")
+            if not flags:
+                raise ValueError(f"{XML_PATH.name}: parameter {name!r} has neither a flag nor an index")
+            default = (node.findtext("default") or "").strip()
+            if node.tag == "boolean":
+                if default.lower() == "true":
+                    raise ValueError(f"{XML_PATH.name}: boolean {name!r} defaults to true: a bare flag cannot unset it")
+                parser.add_argument(*flags, dest=name, action="store_true", help=label)
+                continue
+            if node.tag not in _SCALAR_TYPES:
+                raise ValueError(f"{XML_PATH.name}: parameter type <{node.tag}> of {name!r} is not supported here")
+            kind = _SCALAR_TYPES[node.tag]
+            choices = [kind(e.text.strip()) for e in node.findall("element")] or None
+            value_type = _bounded(kind, node.findtext("constraints/minimum"), node.findtext("constraints/maximum"))
+            parser.add_argument(*flags, dest=name, type=value_type, choices=choices,
+                                default=value_type(default) if default else None, help=label)
+    for _, name, label in sorted(positional):
+        parser.add_argument(name, help=label)
+    return parser
+
+
+def _bounded(kind: type, minimum: str | None, maximum: str | None):
+    """A parser of ``kind`` values that refuses those outside ``[minimum, maximum]`` (XML ``<constraints>``)."""
+    low = kind(minimum) if minimum not in (None, "") else None
+    high = kind(maximum) if maximum not in (None, "") else None
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from err
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Arguments as Slicer passes them: ``--flag value`` pairs, then the input and output paths."""
-    parser = argparse.ArgumentParser(
-        prog=MODULE_NAME, description="Denoise a 3D volume with an untrained Deep Decoder (Slicer CLI module)."
-    )
-    parser.add_argument("inputVolume", help="noisy 3D scalar volume (.nrrd, .nii.gz, .mha)")
-    parser.add_argument("outputVolume", help="denoised volume to write (same geometry, float32)")
-    parser.add_argument("--strength", choices=xml_choices("strength"), default="medium")
-    parser.add_argument("--iterations", type=_non_negative, default=0, help="0: the preset's value")
-    parser.add_argument("--channels", type=_non_negative, default=0, help="0: the preset's value")
-    parser.add_argument("--blocks", type=_non_negative, default=0, help="0: the preset's value")
-    parser.add_argument("--ensemble", type=_non_negative, default=0, help="0: the preset's value")
-    parser.add_argument("--slab", type=_non_negative, default=0, help="odd slices per decoder; 0: the preset's value")
-    parser.add_argument("--fp32", action="store_true", help="on CUDA, float32 instead of bf16 autocast")
-    parser.add_argument("--compile", action="store_true", help="on CUDA, fuse the decoder's kernels (torch.compile)")
-    parser.add_argument("--device", choices=xml_choices("device"), default="auto")
-    parser.add_argument("--modality", choices=xml_choices("modality"), default="CT")
-    parser.add_argument("--seed", type=_non_negative, default=0)
-    return parser.parse_args(argv)
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    """Arguments as Slicer passes them (``--flag value`` pairs, then the input and output paths), by the parser
+    generated from the XML (:func:`build_parser`)."""
+    return build_parser().parse_args(argv)
 
 
 def emit(line: str) -> None:
@@ -138,7 +183,8 @@ def run(args: argparse.Namespace) -> None:
     in_path, out_path = Path(args.inputVolume), Path(args.outputVolume)
     if out_path.resolve() == in_path.resolve():
         raise InputError("output is the input (inputs are never modified)", out_path)
-    volume = read_image(in_path, modality=args.modality)
+    # auto: the file records no modality (Slicer writes .nrrd): dd-medical decides from the values (negative: CT).
+    volume = read_image(in_path, modality=None if args.modality == "auto" else args.modality)
     depth, height, width = volume.shape
     emit("<filter-start>")
     emit(f"<filter-name>{MODULE_NAME}</filter-name>")
@@ -149,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
     report(0.0)
     fitting = {name: getattr(args, name) or None for name in ("iterations", "channels", "blocks", "ensemble", "slab")}
     denoised = denoise(
-        volume.array, args.strength, device=args.device, modality=args.modality,
+        volume.array, args.strength, device=args.device, modality=volume.modality,
         progress=lambda fraction: report(0.95 * fraction), seed=args.seed, amp=False if args.fp32 else None,
         compile=True if args.compile else None, **fitting,
     )

@@ -35,11 +35,13 @@ class ForwardModel(nn.Module):
     - ``prepare(measurements)``: checked float32 measurements batched over slices.
 
     Class attributes: ``kind`` names the settings in :mod:`dd_medical.presets` (``reconstruct/<kind>``);
-    ``output`` is the decoder's output for this model's images (``"sigmoid"``: [0, 1]; ``"linear"``: signed);
-    ``measurement_ndim`` counts the axes of batched measurements.
+    ``baseline_name`` says what ``baseline`` is, for messages; ``output`` is the decoder's output for this model's
+    images (``"sigmoid"``: [0, 1]; ``"linear"``: signed); ``measurement_ndim`` counts the axes of batched
+    measurements.
     """
 
     kind = ""
+    baseline_name = "adjoint"
     output = "sigmoid"
     measurement_ndim = 4
 

@@ -82,6 +82,7 @@ class ParallelBeamRadon(ForwardModel):
     """
 
     kind = "ct"
+    baseline_name = "filtered back-projection"
 
     #: Weight of the zero frequency relative to the Nyquist frequency's 0.5 in :meth:`data_loss`.
     PRECONDITION_EPSILON = 0.003

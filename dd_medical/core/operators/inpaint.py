@@ -16,6 +16,7 @@ class PixelMask(ForwardModel):
     """
 
     kind = "inpaint"
+    baseline_name = "masked input (missing pixels 0)"
 
     def __init__(self, mask) -> None:
         super().__init__()

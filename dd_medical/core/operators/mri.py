@@ -43,6 +43,7 @@ class CartesianFourier(ForwardModel):
     """
 
     kind = "mri"
+    baseline_name = "zero-filled"
     measurement_ndim = 5
 
     def __init__(self, mask, coils: int = 1, real: bool = False) -> None:

@@ -21,6 +21,7 @@ class GaussianProjection(ForwardModel):
     """
 
     kind = "cs"
+    baseline_name = "pseudo-inverse"
     measurement_ndim = 2
 
     def __init__(self, m: int, image_shape: tuple[int, ...], seed: int = 0) -> None:
