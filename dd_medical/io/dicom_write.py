@@ -22,6 +22,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -40,10 +42,10 @@ from dd_medical.io.dicom import looks_like_dicom, one_line, sop_class_of
 from dd_medical.io.transfer_syntax import derived_transfer_syntax, resolve_transfer_syntax
 from dd_medical.volume import Volume
 
-# Derivation codes (DICOM part 16, CID 7203 and CID 7202 / DCM).
-_SMOOTHING_CODE = ("113087", "DCM", "Smoothing")
-_SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
-_MODIFYING_EQUIPMENT = ("109103", "DCM", "Modifying Equipment")
+# Derivation codes (DICOM part 16, CID 7203 and CID 7202 / DCM), from pydicom's code dictionary.
+_SMOOTHING_CODE = codes.DCM.Smoothing
+_SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+_MODIFYING_EQUIPMENT = codes.DCM.ModifyingEquipment
 
 # Attributes of a source slice that describe its old pixel data or signatures and are stale once it is replaced.
 _STALE_KEYWORDS = (
@@ -252,9 +254,9 @@ def encode_int16(values: np.ndarray, modality: str) -> tuple[np.ndarray, str, st
     return stored, str(slope_ds), str(intercept_ds)
 
 
-def _code_item(code: tuple[str, str, str]) -> Dataset:
+def _code_item(code: Code) -> Dataset:
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
     return item
 
 

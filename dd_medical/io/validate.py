@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from .dicom import one_line
 from .dicom_write import ENHANCED_SOP_CLASSES
 from .transfer_syntax import TRANSFER_SYNTAXES
 
-_SMOOTHING = ("113087", "DCM")
-_SOURCE_PURPOSE = ("121322", "DCM")
+_SMOOTHING = (codes.DCM.Smoothing.value, codes.DCM.Smoothing.scheme_designator)
+_SOURCE_PURPOSE = (codes.DCM.SourceImageForImageProcessingOperation.value,
+                   codes.DCM.SourceImageForImageProcessingOperation.scheme_designator)
 _COMPRESSED = {uid for uid in TRANSFER_SYNTAXES.values() if uid.is_compressed}  # encapsulated pixel data
 _TYPE2 = {  # present (may be empty)
     "Patient": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
