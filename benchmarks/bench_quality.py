@@ -220,16 +220,7 @@ def slicewise(make: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[
     return run
 
 
-def diffusion(noisy: np.ndarray, conductance_iterations: tuple[float, int]) -> np.ndarray:
-    """SimpleITK curvature anisotropic diffusion of a 2D [0, 1] image, time step 0.0625 (Slicer's default)."""
-    import SimpleITK as sitk
-
-    conductance, iterations = conductance_iterations
-    flt = sitk.CurvatureAnisotropicDiffusionImageFilter()
-    flt.SetTimeStep(0.0625)
-    flt.SetConductanceParameter(float(conductance))
-    flt.SetNumberOfIterations(int(iterations))
-    return sitk.GetArrayFromImage(flt.Execute(sitk.GetImageFromArray(noisy.astype(np.float32))))
+diffusion = lowdose.diffusion_slice  # SimpleITK curvature anisotropic diffusion of a 2D [0, 1] image
 
 
 def sigma_for(noisy: np.ndarray, known: float | None) -> float:

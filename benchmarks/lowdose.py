@@ -304,18 +304,16 @@ def estimated_psd(noisy: np.ndarray, body: np.ndarray) -> np.ndarray:
     n, patch = noisy.shape[-1], PSD_TILE
     yy, xx = np.mgrid[:patch, :patch].astype(np.float64)
     basis = np.stack([np.ones_like(yy).ravel(), yy.ravel(), xx.ravel()], 1)
-    tiles = []
-    for image, mask in zip(noisy, body, strict=True):
-        for top in range(0, n - patch + 1, patch // 2):
-            for left in range(0, n - patch + 1, patch // 2):
-                if not mask[top : top + patch, left : left + patch].all():
-                    continue
-                tile = image[top : top + patch, left : left + patch].astype(np.float64).ravel()
-                tile = tile - basis @ np.linalg.lstsq(basis, tile, rcond=None)[0]
-                tiles.append(tile.reshape(patch, patch))
+    tiles = [image[top : top + patch, left : left + patch]
+             for image, mask in zip(noisy, body, strict=True)
+             for top in range(0, n - patch + 1, patch // 2)
+             for left in range(0, n - patch + 1, patch // 2)
+             if mask[top : top + patch, left : left + patch].all()]
     if not tiles:
         raise ValueError("no tile of the image lies inside the body: cannot estimate the noise spectrum")
-    periodograms = np.abs(np.fft.fft2(np.stack(tiles))) ** 2
+    flat = np.stack(tiles).astype(np.float64).reshape(len(tiles), -1)
+    flat -= flat @ np.linalg.pinv(basis).T @ basis.T  # each tile minus its least-squares plane
+    periodograms = np.abs(np.fft.fft2(flat.reshape(-1, patch, patch))) ** 2
     level = np.quantile(periodograms, PSD_QUANTILE, axis=0) / -np.log1p(-PSD_QUANTILE)
     small = np.fft.fftshift(_smooth_periodic(level, 1.0))
     big = ndimage.zoom(small, n / patch, order=1, mode="nearest", grid_mode=True)
@@ -428,18 +426,22 @@ def tv(noisy: np.ndarray, weight: float) -> np.ndarray:
     return np.stack([denoise_tv_chambolle(s, weight=weight) for s in noisy]).astype(np.float32)
 
 
-def diffusion(noisy: np.ndarray, params: tuple[float, int]) -> np.ndarray:
+def diffusion_slice(noisy: np.ndarray, params: tuple[float, int]) -> np.ndarray:
+    """SimpleITK's curvature anisotropic diffusion (3D Slicer's denoiser) of a 2D [0, 1] image, time step 0.0625
+    (Slicer's default); ``params``: (conductance, iterations)."""
     import SimpleITK as sitk
 
     conductance, iterations = params
-    out = []
-    for s in noisy:
-        flt = sitk.CurvatureAnisotropicDiffusionImageFilter()
-        flt.SetTimeStep(0.0625)
-        flt.SetConductanceParameter(float(conductance))
-        flt.SetNumberOfIterations(int(iterations))
-        out.append(sitk.GetArrayFromImage(flt.Execute(sitk.GetImageFromArray(s.astype(np.float32)))))
-    return np.stack(out)
+    flt = sitk.CurvatureAnisotropicDiffusionImageFilter()
+    flt.SetTimeStep(0.0625)
+    flt.SetConductanceParameter(float(conductance))
+    flt.SetNumberOfIterations(int(iterations))
+    return sitk.GetArrayFromImage(flt.Execute(sitk.GetImageFromArray(noisy.astype(np.float32))))
+
+
+def diffusion(noisy: np.ndarray, params: tuple[float, int]) -> np.ndarray:
+    """:func:`diffusion_slice` of every slice of ``(D, H, W)``."""
+    return np.stack([diffusion_slice(s, params) for s in noisy])
 
 
 # ----------------------------------------------------------------------------------------------------------------

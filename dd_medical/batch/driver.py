@@ -291,20 +291,24 @@ def _figures(result: SeriesResult) -> str:
     return f" ({result.slices} slice(s){seconds})"
 
 
+def report_entry(out: Path, row: dict, *, key: str, folder: str, modality: str,
+                 excluded: list[tuple[str, str]], skipped_now: bool = False) -> ReportEntry:
+    """The report's entry for one series from its manifest ``row`` (empty: not processed yet) under the batch
+    output ``out``: its figures, and its montage when the series was written."""
+    montage = out / MONTAGE_DIR / f"{folder}.png"
+    written = row.get("status") in ("done", "check") and montage.is_file()
+    return ReportEntry(
+        key=key, folder=f"{SERIES_DIR}/{folder}", modality=modality, status=row.get("status", "pending"),
+        reason=row.get("reason", "") or "", slices=row.get("slices") or 0, seconds_read=row.get("seconds_read"),
+        seconds_task=row.get("seconds_task"), seconds_write=row.get("seconds_write"),
+        noise_before=row.get("noise_before"), noise_after=row.get("noise_after"),
+        montage=f"{MONTAGE_DIR}/{montage.name}" if written else "", excluded=excluded, skipped_now=skipped_now,
+    )
+
+
 def _write_report(out: Path, manifest: Manifest, planned: list[Planned], summary: BatchSummary) -> Path:
     skipped = set(summary.skipped)
-    entries = []
-    for item in planned:
-        row = manifest.get(item.key) or {}
-        montage = out / MONTAGE_DIR / f"{item.folder}.png"
-        entries.append(ReportEntry(
-            key=item.key, folder=f"{SERIES_DIR}/{item.folder}", modality=item.series.modality,
-            status=row.get("status", "pending"), reason=row.get("reason", "") or "", slices=row.get("slices") or 0,
-            seconds_read=row.get("seconds_read"), seconds_task=row.get("seconds_task"),
-            seconds_write=row.get("seconds_write"), noise_before=row.get("noise_before"),
-            noise_after=row.get("noise_after"),
-            montage=f"{MONTAGE_DIR}/{montage.name}" if row.get("status") in ("done", "check") and montage.is_file()
-            else "",
-            excluded=item.excluded, skipped_now=item.key in skipped,
-        ))
+    entries = [report_entry(out, manifest.get(item.key) or {}, key=item.key, folder=item.folder,
+                            modality=item.series.modality, excluded=item.excluded, skipped_now=item.key in skipped)
+               for item in planned]
     return write_report(out / REPORT_NAME, entries, summary.bad_files)

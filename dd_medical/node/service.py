@@ -23,12 +23,13 @@ from pathlib import Path
 
 import pydicom
 
-from ..batch import MANIFEST_NAME, MONTAGE_DIR, REPORT_NAME, SERIES_DIR, Manifest, run_batch
+from ..batch import MANIFEST_NAME, REPORT_NAME, SERIES_DIR, Manifest, run_batch
+from ..batch.driver import report_entry
 from ..core.config import FitConfig
 from ..errors import DDMedicalError, InputError
 from ..io import atomic_output_dir
 from ..io.dicom import one_line
-from ..report import ReportEntry, write_report
+from ..report import write_report
 from .logs import event
 from .receiver import Limits, Receiver, server_tls_context
 from .sender import Destination, SendOutcome, send_folder
@@ -390,18 +391,10 @@ class Node:
             rows = manifest.rows()
         finally:
             manifest.close()
-        entries = []
-        for row in rows:
-            montage = self.work.batch / MONTAGE_DIR / f"{row['folder']}.png"
-            written = row["status"] in ("done", "check") and montage.is_file()
-            entries.append(ReportEntry(
-                key=row["key"], folder=f"{SERIES_DIR}/{row['folder']}", modality=row["modality"],
-                status=row["status"], reason=row["reason"] or "", slices=row["slices"] or 0,
-                seconds_read=row["seconds_read"], seconds_task=row["seconds_task"],
-                seconds_write=row["seconds_write"], noise_before=row["noise_before"], noise_after=row["noise_after"],
-                montage=f"{MONTAGE_DIR}/{montage.name}" if written else "",
-                excluded=[tuple(e) for e in json.loads(row["excluded"] or "[]")],
-            ))
+        entries = [report_entry(self.work.batch, row, key=row["key"], folder=row["folder"],
+                                modality=row["modality"],
+                                excluded=[tuple(e) for e in json.loads(row["excluded"] or "[]")])
+                   for row in rows]
         refused = [(f"instance {r['sop_uid'] or '?'} of series {r['series_uid'] or '?'} from {r['calling_ae']}",
                     r["reason"]) for r in self.state.rejected()]
         return write_report(self.work.batch / REPORT_NAME, entries, refused, title="dd-medical node report")
