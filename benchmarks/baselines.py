@@ -43,11 +43,14 @@ def tv_reconstruct(
     weight: float,
     iterations: int = 300,
     nonnegative: bool = False,
+    data_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TV-regularised least squares by PDHG (Chambolle & Pock 2011):
-    ``argmin_x 0.5 ||A x - y||^2 + weight * TV(x)`` with isotropic TV coupled over the image channels.
+    ``argmin_x 0.5 sum_i w_i ((A x)_i - y_i)^2 + weight * TV(x)`` with isotropic TV coupled over the image channels.
 
     ``measurements`` batched ``(B, ...)``; returns ``(B, C, H, W)``. ``nonnegative`` adds ``x >= 0``.
+    ``data_weights`` ``w`` (the shape of ``y``; ``None``: all 1), e.g. each ray's inverse variance, enter the data
+    term's proximal step, so that rays of very different weight do not slow the iteration down.
     """
     with torch.no_grad():
         # Solve the equivalent problem with A' = A / c, y' = y / c, weight' = weight / c^2 (c = ||A||), so that
@@ -55,13 +58,14 @@ def tv_reconstruct(
         c = operator_norm(operator, measurements.float())
         y = measurements.float() / c
         weight = weight / c**2
+        w = torch.ones_like(y) if data_weights is None else data_weights.float().to(y.device).clamp_min(1e-12)
         tau = sigma = 1.0 / 3.0
         x = operator.adjoint(y).clone() / c
         x_bar = x.clone()
         p = torch.zeros_like(y)
         q = torch.zeros_like(_grad(x))
         for _ in range(iterations):
-            p = (p + sigma * (operator.forward(x_bar) / c - y)) / (1 + sigma)
+            p = (p + sigma * (operator.forward(x_bar) / c - y)) / (1 + sigma / w)
             q = q + sigma * _grad(x_bar)
             q_norm = q.pow(2).sum(dim=(0, 2), keepdim=True).sqrt()  # over gradient directions and channels
             q = q / torch.clamp(q_norm / weight, min=1.0)

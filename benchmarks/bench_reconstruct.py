@@ -21,6 +21,14 @@ setting shared by all three methods. ``--ct-downsample 2`` avoids it for CT: eac
 ``--json``: the printed rows (``image``, ``setting``, ``method``, ``psnr``, ``ssim``, ``seconds``) under ``rows``,
 with the machine and the command (``benchmarks/machine.py``), written after every row.
 
+``--realistic`` runs another benchmark, on data like users have (issue 32; ``benchmarks/realistic.py``): multi-coil
+MRI k-space written as fastMRI ``.h5`` files, low-dose sparse-view CT with Poisson counts, and baselines from sigpy
+(SENSE, l1-wavelet, TV with ESPIRiT maps) and scikit-image (FBP) with calibrated weights:
+
+    python benchmarks/bench_reconstruct.py --realistic --json auto                 # MRI 320 px, CT 512 px, 6 slices
+    python benchmarks/bench_reconstruct.py --realistic --only mri --size 256 --slices 6 --device cuda --json auto
+    python benchmarks/bench_reconstruct.py --realistic --quick                     # a smoke run (under a minute)
+
 MRI's default decoder is ``architecture="both"`` (the paper's decoder and ConvDecoder, two of each per slice, all
 averaged); its rows show both kinds alone (each kind fitted once, timed on its own: what ``architecture="deep"`` or
 ``"conv"`` gives) and their average (what ``"both"`` gives, timed as both fits together; :func:`decoder_results`).
@@ -47,6 +55,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realistic  # noqa: E402
 from baselines import tv_reconstruct  # noqa: E402
 from machine import json_help, json_path, write_json  # noqa: E402
 
@@ -237,7 +246,9 @@ def run_setting(image: np.ndarray, modality: str, kind: str, options: dict, weig
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="CT and MR slice size in pixels (default 256)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="CT and MR slice size in pixels (default 256; --realistic: MRI 320, CT 512, --quick 48 "
+                             "and 32)")
     parser.add_argument("--only", choices=["mri", "ct", "inpaint"], default=None)
     parser.add_argument("--iterations", type=int, default=None, help="override the decoder's iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -256,13 +267,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="CT: simulate the scan from the slice at this many times --size (detector bins as "
                              "fine) and reconstruct at --size (simulate(downsample=...)): no inverse crime "
                              "(default 1: the same operator simulates and reconstructs)")
-    parser.add_argument("--views", type=int, nargs="+", default=None, help="only CT settings with these views")
+    parser.add_argument("--views", type=int, nargs="+", default=None,
+                        help="only CT settings with these views (--realistic: the view counts, default 60 120)")
     parser.add_argument("--shared", action="store_true",
                         help="also the middle slices of the ../shared/data CT series (CT settings) and of its MR "
                              "volume (MRI settings)")
     parser.add_argument("--json", type=Path,
                         help=json_help("reconstruct", "write the rows as JSON here (after every row)"))
+    realistic.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.realistic:
+        realistic.main(args, None if argv is None else [__file__, *argv])
+        return
+    if args.size is None:
+        args.size = 256
     architectures = tuple(args.architectures.split(","))
     unknown = sorted(set(architectures) - {"default", "deep", "conv", "both"})
     if unknown:

@@ -23,8 +23,8 @@ MEASURED = ROOT / "benchmarks" / "measured"
 RESULTS = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "images" / "results"
 README = ROOT / "README.md"
-TOPICS = {"denoising": "Denoising", "speed": "Speed", "reconstruction": "Reconstruction", "codec": "The codec",
-          "tried": "What was tried and lost"}
+TOPICS = {"denoising": "Denoising", "uncertainty": "Uncertainty", "speed": "Speed", "reconstruction": "Reconstruction",
+          "codec": "The codec", "tried": "What was tried and lost"}
 MACHINES = {
     "cpu-2core": "the development machine's 2-core x86-64 CPU (AMD EPYC or Intel Xeon), torch 2.13 CPU build; times "
                  "inflated when other jobs shared it",
@@ -101,6 +101,12 @@ def headline(records: list[dict]) -> str:
         rows.append([f"Low-dose CT, simulated scan, {dose}, 128 px, {ours[2]} stacks: PSNR against the anatomy (dB); "
                      "lesion contrast kept (%)", f"{ours[psnr]}; {ours[kept]}",
                      f"{best}: {mine[best][psnr]}; {mine[best][kept]}", scanner["machine"]])
+    spread = _record(records, UNCERTAINTY)
+    scored = {row[0].rsplit(", against ", 1)[1]: row for row in spread["rows"] if row[0].startswith("low-dose")}
+    rows.append(["Uncertainty map on simulated low-dose CT its calibration never saw: Spearman of predicted SD and "
+                 "actual error per voxel; the 95% interval covers (%)",
+                 "; ".join(f"{r[1]}; {r[4]} (against {against})" for against, r in scored.items()),
+                 "BM3D, BM4D, TV: no uncertainty output", spread["machine"]])
     low = _record(records, "denoising_lowdose_ct_small_cpu-2core.json")
     base = _best(low, 4, ["BM3D", "NLM", "TV", "anisotropic"])
     rows.append(["Low-dose CT (FBP of 2e4-photon counts), CT_small, PSNR / SSIM against the image",
@@ -161,9 +167,11 @@ def limits(records: list[dict]) -> str:
 
 
 def _section(record: dict) -> str:
-    parts = [f"### {record['title']}", "", record["what"], "", table(record["columns"], record["rows"]), "",
-             f"Machine: `{record['machine']}`. Re-run: `{record['command']}`. Source: `{record['file']}` "
-             f"({record['source']})."]
+    parts = [f"### {record['title']}", "", record["what"], "", table(record["columns"], record["rows"]), ""]
+    for extra in record.get("tables", []):  # further tables of the same run: {"what", "columns", "rows"}
+        parts += [extra["what"], "", table(extra["columns"], extra["rows"]), ""]
+    parts.append(f"Machine: `{record['machine']}`. Re-run: `{record['command']}`. Source: `{record['file']}` "
+                 f"({record['source']}).")
     return "\n".join(parts)
 
 
@@ -244,6 +252,56 @@ def lowdose_figures(write: bool) -> list[tuple[str, str, str]]:
     return figures
 
 
+UNCERTAINTY = "uncertainty_128_cpu-2core.json"
+
+
+def uncertainty_figures(write: bool) -> list[tuple[str, str, str]]:
+    """The uncertainty map's reliability diagram: per set, the actual RMS error against the predicted SD (deciles
+    of the prediction, both relative to the noise)."""
+    path = MEASURED / UNCERTAINTY
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    figures = [("uncertainty", "Reliability of the uncertainty map: actual RMS error against predicted SD, in deciles "
+                "of the prediction, relative to the noise; on the diagonal the map is exact (raw output "
+                f"{UNCERTAINTY})", "images/results/uncertainty_reliability.png")]
+    if not write:
+        return figures
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    top = 0.0
+    for name, scores in record["results"].items():
+        xs, ys = zip(*scores["reliability"], strict=True)
+        ax.plot(xs, ys, "o-", label=name, markersize=4)
+        top = max(top, *xs, *ys)
+    ax.plot([0, top], [0, top], "k--", linewidth=1, label="ideal")
+    ax.set_xlabel("predicted SD / noise SD (RMS in each decile)")
+    ax.set_ylabel("actual RMS error / noise SD")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FIGURES / "uncertainty_reliability.png", dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    return figures
+
+
+def uncertainty_block(records: list[dict]) -> str:
+    """The uncertainty page's figures: the scores per set, and what the map showed where lesions lost contrast."""
+    record = _record(records, UNCERTAINTY)
+    out = [record["what"], "", table(record["columns"], record["rows"]), ""]
+    for extra in record.get("tables", []):
+        out += [extra["what"], "", table(extra["columns"], extra["rows"]), ""]
+    out += ["![reliability diagram](images/results/uncertainty_reliability.png)", "",
+            "*Actual RMS error against the predicted SD, in deciles of the prediction, relative to the noise: on the "
+            "diagonal the map is exact.*", "",
+            f"Machine: `{record['machine']}`. Re-run: `{record['command']}`. Source: `{record['file']}`."]
+    return "\n".join(out)
+
+
 def readme_with(text: str, blocks: dict[str, str]) -> str:
     """A Markdown file's text with each generated block replaced."""
     for name, block in blocks.items():
@@ -261,6 +319,7 @@ def generated_blocks(records: list[dict]) -> dict[Path, dict[str, str]]:
                             "[docs/results.md](docs/results.md)."},
         ROOT / "docs" / "index.md": {"picture": _picture("")},
         ROOT / "docs" / "reconstruction.md": {"limits": limits(records)},
+        ROOT / "docs" / "uncertainty.md": {"uncertainty": uncertainty_block(records)},
     }
 
 
@@ -278,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if anything is out of date")
     args = parser.parse_args(argv)
     records = load_records()
-    pages = {RESULTS: render(records, lowdose_figures(write=not args.check))}
+    pages = {RESULTS: render(records, lowdose_figures(write=not args.check) + uncertainty_figures(not args.check))}
     pages |= {path: readme_with(path.read_text(), blocks) for path, blocks in generated_blocks(records).items()}
     stale = [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
     if args.check:

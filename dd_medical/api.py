@@ -61,8 +61,9 @@ def denoise(
     window: tuple[float, float] | Window | None = None,
     modality: str | None = None,
     batch_size: int | None = None,
+    uncertainty: bool = False,
     **overrides: object,
-) -> np.ndarray | Volume:
+) -> np.ndarray | Volume | tuple[np.ndarray, np.ndarray] | tuple[Volume, Volume]:
     """Denoise a CT/MR slice or volume with untrained Deep Decoders (Heckel & Hand 2019), one per slice.
 
     Args:
@@ -78,18 +79,24 @@ def denoise(
             for an array, CT.
         batch_size: slices fitted at once (memory only; default from free device memory).
         progress: a bar (``True``; ``None``: on a terminal only), nothing (``False``) or ``callback(fraction)``.
+        uncertainty: also return the calibrated per-voxel standard deviation of the error, from the spread of the
+            ensemble's members (:mod:`dd_medical.core.uncertainty`; needs ``ensemble >= 2``, the default).
         overrides: :class:`FitConfig` fields.
 
-    Returns float32 of the input's shape and units for an array, else a :class:`Volume` with the same geometry.
+    Returns float32 of the input's shape and units for an array, else a :class:`Volume` with the same geometry; with
+    ``uncertainty=True``, ``(image, sd)``, the map of the same kind, shape and units (HU for CT).
     """
     config = resolve("denoise", preset, config, **overrides)
     window = Window(*window) if isinstance(window, (tuple, list)) else window
     image = _as_volume_or_array(image)
-    if isinstance(image, Volume):
-        return image.with_array(denoise_volume(image.array, config, device, window=window, batch_size=batch_size,
-                                               modality=modality or image.modality, progress=progress))
-    return denoise_volume(image, config, device, window=window, modality=modality or "CT", batch_size=batch_size,
-                          progress=progress)
+    volume = image if isinstance(image, Volume) else None
+    values = volume.array if volume is not None else image
+    out = denoise_volume(values, config, device, window=window, batch_size=batch_size, progress=progress,
+                         modality=modality or (volume.modality if volume is not None else "CT"),
+                         uncertainty=uncertainty)
+    if volume is None:
+        return out
+    return tuple(volume.with_array(a) for a in out) if uncertainty else volume.with_array(out)
 
 
 def reconstruct(
@@ -102,8 +109,9 @@ def reconstruct(
     progress: Progress = None,
     data_consistency: bool = True,
     batch_size: int | None = None,
+    uncertainty: bool = False,
     **overrides: object,
-) -> np.ndarray | Volume:
+) -> np.ndarray | Volume | tuple[np.ndarray, np.ndarray] | tuple[Volume, Volume]:
     """Reconstruct slices from undersampled measurements, untrained decoders as the prior (Heckel &
     Soltanolkotabi 2020; Darestani & Heckel 2021).
 
@@ -120,9 +128,11 @@ def reconstruct(
         batch_size: slices fitted at once (memory only).
         overrides: :class:`FitConfig` fields.
         data_consistency: the operator's ``finalize`` (MRI: keep the measured k-space samples).
+        uncertainty: also return the members' per-pixel standard deviation, in the image's scale (not calibrated;
+            needs at least two decoders per slice).
 
     Returns ``(D, H, W)`` float32 in the measurements' scale (MRI: RSS magnitude; CT: attenuation), or a
-    :class:`Volume` for a path.
+    :class:`Volume` for a path; with ``uncertainty=True``, ``(image, spread)`` of the same kind.
     """
     modality = None
     if isinstance(measurements, (str, Path)):
@@ -134,8 +144,10 @@ def reconstruct(
         raise InputError("reconstruct needs the forward model of the measurements (operator=...)")
     config = resolve(f"reconstruct/{operator.kind}", preset, config, **overrides)
     result = reconstruct_volume(measurements, operator, config, device, batch_size=batch_size, progress=progress,
-                                data_consistency=data_consistency)
-    return result if modality is None else Volume(result, modality=modality)
+                                data_consistency=data_consistency, uncertainty=uncertainty)
+    if modality is None:
+        return result
+    return tuple(Volume(r, modality=modality) for r in result) if uncertainty else Volume(result, modality=modality)
 
 
 def baseline(measurements: np.ndarray | torch.Tensor, operator: ForwardModel, device: str = "cpu") -> np.ndarray:

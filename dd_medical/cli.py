@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import click
+import numpy as np
 
 from . import api, presets
 from .errors import DDMedicalError, InputError
@@ -19,6 +20,9 @@ from .io import (
     derivation_description,
     read_volume,
     resolve_transfer_syntax,
+    uncertainty_derivation,
+    uncertainty_series_description,
+    write_uncertainty,
     write_volume,
 )
 from .io.transfer_syntax import transfer_syntax_names
@@ -173,6 +177,31 @@ def _transfer_syntax_option():
              "refused before any fitting.")
 
 
+def _uncertainty_option(what: str, needs: str):
+    return click.option(
+        "--uncertainty", "uncertainty_path", type=click.Path(path_type=Path), default=None, metavar="SD_OUT",
+        help=f"Also write {what}: an image file, or a derived DICOM series (a folder) that references OUTPUT's "
+             f"series when OUTPUT is one; SD_OUT's kind is decided like OUTPUT's (--format, else its extension). "
+             f"{needs}")
+
+
+def _check_uncertainty_output(sd_path: Path, output_path: Path, input_path: Path, output_kind: str | None) -> str:
+    """Refuse, before any work, an SD_OUT that is OUTPUT, lies inside it or holds it, or that ``check_output``
+    refuses (it exists and is not an empty folder, it is INPUT, its kind is unknown); returns its kind."""
+    sd, out = sd_path.resolve(), output_path.resolve()
+    if sd == out:
+        raise InputError("--uncertainty SD_OUT is OUTPUT; give the map its own path", sd_path)
+    if out in sd.parents or sd in out.parents:
+        raise InputError("--uncertainty SD_OUT and OUTPUT lie one inside the other; give each its own place", sd_path)
+    return check_output(sd_path, input_path, output_kind)
+
+
+def _uncertainty_summary(sd: Volume, units: str, what: str, sd_path: Path) -> str:
+    """The summary line of a written map: its median and 99th percentile over the volume."""
+    median, p99 = (float(v) for v in np.percentile(sd.array, [50, 99]))
+    return f"uncertainty: {what}, median {median:.1f} {units}, 99th percentile {p99:.1f} {units}; wrote {sd_path}"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dd-medical")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done (file names and UIDs only).")
@@ -192,10 +221,13 @@ def cli(verbose: bool) -> None:
               help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
                    "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
 @_transfer_syntax_option()
+@_uncertainty_option("the calibrated per-voxel standard deviation of the denoised value (HU for CT, stored values "
+                     "for MR), from the spread of the ensemble's decoders",
+                     "Needs 2 or more decoders per slice (--ensemble; the fast, sure and speed presets fit one).")
 @_handle_errors
 def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
             modality: str, window: tuple[float, float] | None, output_kind: str | None,
-            transfer_syntax: str) -> None:
+            transfer_syntax: str, uncertainty_path: Path | None) -> None:
     """Denoise INPUT (a DICOM series folder or a NIfTI/NRRD/MHA file) into OUTPUT.
 
     OUTPUT is a folder for a derived DICOM series, or a file whose extension (.nii.gz, .nrrd, .mha) gives the
@@ -206,24 +238,38 @@ def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size:
     """
     config = settings.resolve("denoise")
     resolve_transfer_syntax(transfer_syntax)
-    if check_output(output_path, input_path, output_kind) == "image" and _given(click.get_current_context(),
-                                                                                "transfer_syntax"):
+    kinds = [check_output(output_path, input_path, output_kind)]
+    if uncertainty_path is not None:
+        kinds.append(_check_uncertainty_output(uncertainty_path, output_path, input_path, output_kind))
+        if config.ensemble < 2:
+            _fail(f"--uncertainty needs --ensemble 2 or more: the map is the spread of the decoders fitted per slice, "
+                  f"and these settings fit {config.ensemble}")
+    if "dicom" not in kinds and _given(click.get_current_context(), "transfer_syntax"):
         _fail("--transfer-syntax applies to a DICOM series OUTPUT, not to an image file")
     volume = read_volume(input_path)
     modality = _modality(volume, modality)
     t0 = time.perf_counter()
     result = api.denoise(volume, config=config, device=device, window=window, modality=modality,
-                         batch_size=batch_size)
+                         batch_size=batch_size, uncertainty=uncertainty_path is not None)
+    result, sd = result if uncertainty_path is not None else (result, None)
     seconds = time.perf_counter() - t0
     fidelity = api.check(volume, result)
     decoders = f"{config.ensemble} decoder{'s' if config.ensemble > 1 else ''}"
-    write_volume(result, output_path, series_description=f"DD denoised (k={config.channels}, {decoders})",
+    description = f"DD denoised (k={config.channels}, {decoders})"
+    write_volume(result, output_path, series_description=description,
                  derivation_description=f"{derivation_description(config)}; {fidelity.summary()}", format=output_kind,
                  transfer_syntax=transfer_syntax)
     depth, height, width = volume.shape
+    units = _units(modality)
     click.echo(f"denoised {depth} slice(s) of {height}x{width} ({modality}) in {seconds:.1f} s; noise estimate "
-               f"{fidelity.noise:.1f} -> {api.estimate_noise(result):.1f} {_units(modality)}; {fidelity.summary()}; "
+               f"{fidelity.noise:.1f} -> {api.estimate_noise(result):.1f} {units}; {fidelity.summary()}; "
                f"wrote {output_path}")
+    if sd is not None:
+        write_uncertainty(sd, uncertainty_path, series_description=uncertainty_series_description(description, units),
+                          derivation_description=uncertainty_derivation(config, units), units=units,
+                          denoised=output_path if kinds[0] == "dicom" else None, format=output_kind,
+                          transfer_syntax=transfer_syntax)
+        click.echo(_uncertainty_summary(sd, units, "calibrated SD of the denoised value", uncertainty_path))
     if not fidelity.passed:
         sys.exit(EXIT_FIDELITY)
 
@@ -270,11 +316,16 @@ def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_siz
 @_fit_options("denoise")
 @_window_option("each series' own: CT the full range, MR percentiles 0.5 and 99.5")
 @_transfer_syntax_option()
+@click.option("--uncertainty", is_flag=True,
+              help="Also write each series' uncertainty map (the calibrated per-voxel standard deviation of the "
+                   "denoised value, HU for CT) as a derived series series/<hash>-uncertainty/ referencing the "
+                   "denoised one, and show it in the report's montage. Needs --ensemble 2 or more. Series done "
+                   "earlier without one are redone.")
 @_handle_errors
 def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, org_root: str | None, engine: str,
           ray_address: str | None, gpus_per_task: float | None, max_retries: int, chunk_slices: int | None,
           settings: Settings, batch_size: int | None, device: str, window: tuple[float, float] | None,
-          transfer_syntax: str) -> None:
+          transfer_syntax: str, uncertainty: bool) -> None:
     """Process every DICOM image series under INPUT_ROOT into derived series under OUTPUT_ROOT.
 
     OUTPUT_ROOT gets manifest.sqlite (status per series), series/<hash>/ (one derived series each), report.html
@@ -298,7 +349,7 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
                                chunk_slices=chunk_slices)
     summary = run_batch(input_root, output_root, task=task, config=config, device=device, batch_size=batch_size,
                         window=window, org_root=org_root, retry_failed=retry_failed, executor=executor,
-                        transfer_syntax=transfer_syntax)
+                        transfer_syntax=transfer_syntax, uncertainty=uncertainty)
     click.echo(summary.format())
     if not summary.ok:
         sys.exit(1)
@@ -337,12 +388,15 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--format", "output_kind", type=click.Choice(["dicom", "image"]), default=None,
               help="What OUTPUT is: a folder for a derived DICOM series, or an image file (default: from OUTPUT: "
                    "an extension .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd is an image file, no extension a folder).")
+@_uncertainty_option("the per-pixel standard deviation of the decoders' images (their spread, in OUTPUT's units)",
+                     "It is NOT calibrated: it shows where the decoders disagree, not an error bar. Needs 2 or more "
+                     "decoders per slice (--ensemble 2, or --architecture both).")
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
                 mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
                 image_size: int | None, real_object: bool, architecture: str | None,
-                tv_weight: float | None, output_kind: str | None) -> None:
+                tv_weight: float | None, output_kind: str | None, uncertainty_path: Path | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
     INPUT is raw data (fastMRI .h5 k-space, .npy k-space or sinogram) or, with --simulate, an image file or
@@ -352,7 +406,9 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
     """
     from .io.raw import is_raw_path, load_mask, read_raw
 
-    check_output(output_path, input_path, output_kind)
+    out_kind = check_output(output_path, input_path, output_kind)
+    if uncertainty_path is not None:
+        _check_uncertainty_output(uncertainty_path, output_path, input_path, output_kind)
     if not input_path.exists():
         raise InputError("path does not exist", input_path)
     raw = is_raw_path(input_path)
@@ -375,8 +431,14 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
                                                     image_size=image_size)
         _refuse_unused(click.get_current_context(), f"raw {operator.kind}")
     config = settings.resolve(f"reconstruct/{operator.kind}", architecture=architecture, tv_weight=tv_weight)
+    decoders = config.ensemble * (2 if config.architecture == "both" else 1)
+    if uncertainty_path is not None and decoders < 2:
+        _fail(f"--uncertainty needs 2 or more decoders per slice (--ensemble 2, or --architecture both): the map is "
+              f"their spread, and these settings fit {decoders}")
     t0 = time.perf_counter()
-    result = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size)
+    result = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size,
+                             uncertainty=uncertainty_path is not None)
+    result, spread = result if uncertainty_path is not None else (result, None)
     seconds = time.perf_counter() - t0
     quality = ""
     if like is not None:
@@ -384,12 +446,23 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
         out_volume = like.with_array(sim.to_input_units(result))
     else:
         out_volume = Volume(result, modality=modality)
+    job = f"reconstruction ({operator.kind})"
     write_volume(out_volume, output_path, series_description="DD reconstruction",
-                 derivation_description=derivation_description(config, f"reconstruction ({operator.kind})"),
-                 format=output_kind)
+                 derivation_description=derivation_description(config, job), format=output_kind)
     depth, height, width = out_volume.shape
     click.echo(f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s (decoder: "
                f"{config.architecture}){quality}; wrote {output_path}")
+    if spread is not None:
+        units = _units(api.modality_of(like)) if like is not None else "image units"
+        if like is not None:  # the input's units: only the scale of an affine map applies to a spread
+            spread = np.abs(sim.to_input_units(spread) - sim.to_input_units(np.zeros_like(spread)))
+        sd = out_volume.with_array(np.asarray(spread, dtype=np.float32))
+        write_uncertainty(sd, uncertainty_path, units=units, format=output_kind,
+                          series_description=uncertainty_series_description("DD reconstruction", units,
+                                                                            calibrated=False),
+                          derivation_description=uncertainty_derivation(config, units, job=job, calibrated=False),
+                          denoised=output_path if out_kind == "dicom" else None)
+        click.echo(_uncertainty_summary(sd, units, "spread of the decoders, not calibrated", uncertainty_path))
 
 
 #: Where each measurement option of ``reconstruct`` has an effect: ``"simulate <kind>"`` or ``"raw <kind>"``.

@@ -7,8 +7,8 @@ import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
 
-def _as_batch(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(image, dtype=np.float32))
+def _as_batch(image: np.ndarray | torch.Tensor, dtype: type = np.float32) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(image, dtype=dtype))
     if t.ndim == 2:  # (H, W)
         t = t[None, None]
     elif t.ndim == 3:  # (D, H, W): slices as a batch
@@ -19,8 +19,10 @@ def _as_batch(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def psnr(image: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, data_range: float = 1.0) -> np.ndarray:
-    """PSNR in dB per slice, ``(D,)`` for ``(D, H, W)`` input (a float for one ``(H, W)`` image)."""
-    values = PSNRMetric(max_val=data_range, reduction="none")(_as_batch(image), _as_batch(reference))
+    """PSNR in dB per slice, ``(D,)`` for ``(D, H, W)`` input (a float for one ``(H, W)`` image); computed in float64;
+    ``inf`` for identical slices."""
+    values = PSNRMetric(max_val=data_range, reduction="none")(_as_batch(image, np.float64),
+                                                              _as_batch(reference, np.float64))
     out = values.reshape(-1).numpy().astype(np.float64)
     return float(out[0]) if np.ndim(image) == 2 else out
 

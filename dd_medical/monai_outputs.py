@@ -9,13 +9,16 @@ each item of a datalist, and refuses existing ones up front. The bundle in ``exa
 "imports": ["$import dd_medical.monai_outputs as monai_outputs"],
 "initialize": ["$monai_outputs.check_outputs([@save_nifti, @save_dicom], @datalist, @overwrite)"]
 ```
+
+A saved key that the pipeline derives from a loaded one (``image_uncertainty`` from ``image``) carries that
+image's file name: ``source_keys={"image_uncertainty": "image"}`` says so.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +68,22 @@ def _output_path(saver: SaveImage, source: Any) -> Path:
     return series_folder(path) if path.suffix.lower() == f".{DCM_EXT}" else path
 
 
-def planned_outputs(savers: Sequence[SaveImage | SaveImaged], data: Sequence[Mapping] | Mapping) -> list[Path]:
+def planned_outputs(savers: Sequence[SaveImage | SaveImaged], data: Sequence[Mapping] | Mapping,
+                    source_keys: Mapping[Hashable, Hashable] | None = None) -> list[Path]:
     """The files (a folder for a DICOM series) that ``savers`` will write for ``data``, a datalist as given to a
     ``Dataset``: each item maps the savers' keys to the source path ``LoadImage`` reads (a file or a DICOM folder).
-    A ``SaveImage`` (no keys) uses each item's ``"image"``. Items without a saver's key are skipped."""
+    A ``SaveImage`` (no keys) uses each item's ``"image"``. ``source_keys`` maps a saver's key made by the pipeline
+    to the datalist key whose image it was derived from (and whose file name it carries), e.g.
+    ``{"image_uncertainty": "image"}``. Items without a saver's (source) key are skipped."""
     items = [data] if isinstance(data, Mapping) else list(data)
+    sources = dict(source_keys or {})
     paths: list[Path] = []
     for item in items:
         for saver in savers:
             array_saver, keys = _saver_and_keys(saver)
             for key in keys:
-                source = item.get("image" if key is None else key)
+                key = "image" if key is None else key
+                source = item.get(sources.get(key, key))
                 if source is not None:
                     paths.append(_output_path(array_saver, source))
     return paths
@@ -87,11 +95,12 @@ def _exists(path: Path) -> bool:
 
 
 def check_outputs(savers: Sequence[SaveImage | SaveImaged], data: Sequence[Mapping] | Mapping,
-                  overwrite: bool = False) -> list[Path]:
+                  overwrite: bool | int | str = False,
+                  source_keys: Mapping[Hashable, Hashable] | None = None) -> list[Path]:
     """:func:`planned_outputs`, checked: raises :class:`OutputExistsError` naming the existing ones (and how to
     replace them) unless ``overwrite`` (:func:`as_flag`). Call it before the pipeline runs: nothing is fitted for
     nothing."""
-    paths = planned_outputs(savers, data)
+    paths = planned_outputs(savers, data, source_keys)
     existing = [p for p in paths if _exists(p)]
     if existing and not as_flag(overwrite):
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""

@@ -86,12 +86,17 @@ class DicomSeriesWriter(ImageWriter):
     with :meth:`ImageWriter.resample_if_needed` (only transposes and flips unless the image was resampled, in
     which case it is interpolated with ``mode``) and written with :func:`dd_medical.io.write_series`: int16 with
     a rescale that keeps the values (``output_dtype`` and ``scale`` of ``SaveImage`` are ignored). The derivation
-    description is taken from ``meta["dd_medical"]`` when a dd-medical transform produced the image.
+    description is taken from ``meta["dd_medical"]`` when a dd-medical transform produced the image. An uncertainty
+    map (``meta["dd_medical"]["output"] == "uncertainty"``, from ``DeepDecoderDenoised(uncertainty=True)``) is
+    written as one (:func:`dd_medical.io.dicom_uncertainty.write_uncertainty_series`: unsigned 16-bit in steps of
+    0.1 HU for CT, DerivationCode "Standard Deviation"), its default SeriesDescription the denoised one's plus
+    ``" uncertainty (SD, HU)"``.
 
     Args:
         output_dtype: accepted for ``SaveImage`` and ignored (pixels are always int16 with a rescale).
         scale: accepted for ``SaveImage`` and ignored.
-        series_description: SeriesDescription of the new series; default: the source's, plus ``" DD denoised"``.
+        series_description: SeriesDescription of the new series; default: the source's, plus ``" DD denoised"``
+            (and ``" uncertainty (SD, <units>)"`` for an uncertainty map).
         org_root: UID prefix (default: pydicom's ``2.25.`` UUID form).
         overwrite: replace a series folder that exists already (as a whole, once the new one is complete);
             default ``False``: an existing non-empty folder is an error. ``SaveImage`` passes it with
@@ -139,6 +144,8 @@ class DicomSeriesWriter(ImageWriter):
     def write(self, filename: PathLike, verbose: bool = False, **kwargs: Any) -> list[Path]:
         """Write the series into :func:`series_folder` ``(filename)``; returns the files written."""
         from .io import write_series
+        from .io.dicom_uncertainty import write_uncertainty_series
+        from .io.provenance import uncertainty_series_description
 
         super().write(filename, verbose=verbose)
         if self.data_obj is None:
@@ -146,13 +153,20 @@ class DicomSeriesWriter(ImageWriter):
         source = _source_volume(self.meta)
         hu = self.on_source_grid(source)
         record = self.meta.get("dd_medical")
-        description = str(record.get("description", "")) if isinstance(record, Mapping) else ""
+        record = record if isinstance(record, Mapping) else {}
+        description = str(record.get("description", ""))
         series_description = self.series_description
-        if series_description is None:
-            series_description = f"{source.metadata.get('SeriesDescription', '')} DD denoised".strip()
-        return write_series(
-            source.with_array(hu), series_folder(filename), series_description=series_description,
-            derivation_description=description, org_root=self.org_root, overwrite=bool(self.overwrite),
+        denoised = f"{source.metadata.get('SeriesDescription', '')} DD denoised".strip()
+        if record.get("output") != "uncertainty":
+            return write_series(
+                source.with_array(hu), series_folder(filename), series_description=series_description or denoised,
+                derivation_description=description, org_root=self.org_root, overwrite=bool(self.overwrite),
+            )
+        units = str(record.get("units") or ("HU" if source.modality == "CT" else "stored values"))
+        return write_uncertainty_series(
+            source.with_array(hu), series_folder(filename),
+            series_description=series_description or uncertainty_series_description(denoised, units),
+            derivation_description=description, org_root=self.org_root, overwrite=bool(self.overwrite), units=units,
         )
 
     def on_source_grid(self, source: Volume) -> np.ndarray:

@@ -25,6 +25,7 @@ from .core.fit import fit
 from .core.intensity import Window, default_window, resolve_modality
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel, Identity
+from .core.uncertainty import Calibration, load_calibration
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,12 @@ def in_batches(total: int, batch_size: int, device: torch.device, work: Callable
 
 def fit_slices(operator: ForwardModel, measurements, config: FitConfig, device: torch.device, batch_size: int,
                tracker: Tracker, *, first_index: int = 0,
-               sink: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor | None:
-    """Fit ``measurements`` ``(D, ...)`` batch by batch -> ``(D, C, H, W)`` on the CPU (or, with ``sink``, each
-    batch's images to ``sink(start, stop, images)``). Slice ``i`` has the seeds of ``(config.seed, first_index + i)``.
-    ``measurements`` may be any object with ``shape`` and ``[start:stop]`` (built lazily, batch by batch)."""
+               sink: Callable[[int, int, torch.Tensor], None] | None = None,
+               keep_members: bool = False) -> torch.Tensor | None:
+    """Fit ``measurements`` ``(D, ...)`` batch by batch -> ``(D, C, H, W)`` on the CPU (``keep_members``: every
+    member's estimate, ``(D, members, C, H, W)``; or, with ``sink``, each batch's images to ``sink(start, stop,
+    images)``). Slice ``i`` has the seeds of ``(config.seed, first_index + i)``. ``measurements`` may be any object
+    with ``shape`` and ``[start:stop]`` (built lazily, batch by batch)."""
     depth, out = measurements.shape[0], None
     offset = tracker.done
 
@@ -198,8 +201,9 @@ def fit_slices(operator: ForwardModel, measurements, config: FitConfig, device: 
         def step(it: int, total: int) -> None:
             tracker.to(offset + start + (stop - start) * it / total)
 
-        return fit(operator, measurements[start:stop], config, slice_indices=range(first_index + start,
-                   first_index + stop), device=device, callback=step).image
+        result = fit(operator, measurements[start:stop], config, slice_indices=range(first_index + start,
+                     first_index + stop), device=device, callback=step, keep_members=keep_members)
+        return result.members if keep_members else result.image
 
     shape = "x".join(str(s) for s in measurements.shape[1:])
     for start, stop, images in in_batches(depth, batch_size, device, work,
@@ -235,24 +239,55 @@ class _Slabs:
 
 
 def _denoise_slabs(unit: torch.Tensor, config: FitConfig, dev: torch.device, batch_size: int, tracker: Tracker,
-                   start: int, stop: int) -> torch.Tensor:
-    """Slices ``start:stop`` ``(n, H, W)`` as the mean of the estimates of every slab that holds them."""
+                   start: int, stop: int, spread: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Slices ``start:stop`` ``(n, H, W)`` as the mean of the estimates of every slab that holds them; with
+    ``spread``, also the sample standard deviation of every member's estimate of them (else ``None``)."""
     depth, height, width = unit.shape[0], *unit.shape[2:]
     index = slab_indices(depth, config.slab)
     r = index.shape[1] // 2
     first, last = max(0, start - r), min(depth, stop + r)  # centres of every slab holding a wanted slice
     total = torch.zeros((stop - start, height, width), dtype=torch.float32)
     count = np.zeros(stop - start, dtype=np.int64)
+    squares = torch.zeros((stop - start, height, width), dtype=torch.float64) if spread else None
+    members = np.zeros(stop - start, dtype=np.int64)
 
-    def add(a: int, z: int, estimates: torch.Tensor) -> None:  # estimates (z - a, s, H, W) of centres a..z-1
+    def add(a: int, z: int, estimates: torch.Tensor) -> None:  # estimates (z - a, [M,] s, H, W) of centres a..z-1
         rows = index[first + a:first + z].ravel()
         keep = (rows >= start) & (rows < stop)
+        if spread:  # (n, M, s, H, W): every member of every slab
+            each = estimates.transpose(1, 2).flatten(0, 1)[torch.from_numpy(keep)]  # (kept, M, H, W)
+            target = torch.from_numpy(rows[keep] - start)
+            squares.index_add_(0, target, each.double().pow(2).sum(dim=1))
+            np.add.at(members, rows[keep] - start, estimates.shape[1])
+            estimates = estimates.mean(dim=1)
         total.index_add_(0, torch.from_numpy(rows[keep] - start), estimates.flatten(0, 1)[torch.from_numpy(keep)])
         np.add.at(count, rows[keep] - start, 1)
 
     fit_slices(Identity(), _Slabs(unit, index, first, last), config, dev, batch_size, tracker, first_index=first,
-               sink=add)
-    return total / torch.from_numpy(count).float()[:, None, None]
+               sink=add, keep_members=spread)
+    mean = total / torch.from_numpy(count).float()[:, None, None]
+    if not spread:
+        return mean, None
+    n = torch.from_numpy(members).double()[:, None, None]
+    variance = (squares - n * mean.double() ** 2) / (n - 1)
+    return mean, variance.clamp(min=0).sqrt().float()
+
+
+def _denoise_slices(unit: torch.Tensor, config: FitConfig, dev: torch.device, batch_size: int, tracker: Tracker,
+                    start: int, spread: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Slices ``unit`` ``(n, 1, H, W)`` (the first is slice ``start``) -> their ensemble means ``(n, H, W)`` and, with
+    ``spread``, the members' sample standard deviation (else ``None``)."""
+    if not spread:
+        return fit_slices(Identity(), unit, config, dev, batch_size, tracker, first_index=start)[:, 0], None
+    mean = torch.empty(unit.shape[0], *unit.shape[2:])
+    sd = torch.empty_like(mean)
+
+    def add(a: int, z: int, members: torch.Tensor) -> None:  # (z - a, M, 1, H, W)
+        mean[a:z] = members.mean(dim=1)[:, 0]
+        sd[a:z] = members.std(dim=1)[:, 0]
+
+    fit_slices(Identity(), unit, config, dev, batch_size, tracker, first_index=start, sink=add, keep_members=True)
+    return mean, sd
 
 
 def denoise_volume(
@@ -265,7 +300,9 @@ def denoise_volume(
     batch_size: int | None = None,
     progress: Progress = None,
     slices: tuple[int, int] | None = None,
-) -> np.ndarray:
+    uncertainty: bool = False,
+    calibration: Calibration | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Denoise ``values`` ``(D, H, W)`` (or ``(H, W)``; HU for CT, stored values for MR; not modified) with untrained
     decoders, one per slice (or slab, ``config.slab``), fitted to the slices mapped to [0, 1] by ``window`` (default
     :func:`~dd_medical.core.intensity.default_window` for ``modality``).
@@ -273,6 +310,10 @@ def denoise_volume(
     ``slices=(start, stop)`` returns only those slices, equal to the same slices of the whole result (the other
     slices are context for slabs). Returns float32 in the input's units, of the input's shape (or ``(stop - start,
     H, W)``). Slice ``i`` has the seeds of ``(config.seed, i)``, so ``batch_size`` changes nothing but memory.
+
+    ``uncertainty=True`` returns ``(image, sd)``: ``sd`` (same shape and units) is the calibrated standard deviation
+    of each voxel's error, from the spread of the ensemble's members (:mod:`dd_medical.core.uncertainty`;
+    ``calibration``: another map than the package's). It needs ``config.ensemble >= 2``.
     """
     squeeze = np.ndim(values) == 2
     stack = check_slices(values)
@@ -282,6 +323,9 @@ def denoise_volume(
     start, stop = (0, depth) if slices is None else (int(slices[0]), int(slices[1]))
     if not 0 <= start < stop <= depth:
         raise InputError(f"slices {slices} are not a non-empty range of a {depth}-slice volume")
+    if uncertainty and config.ensemble < 2:
+        raise InputError(f"an uncertainty map needs an ensemble of at least 2 decoders per slice (ensemble is "
+                         f"{config.ensemble}); use ensemble=2 or more")
     unit = torch.from_numpy(window.to_unit(stack))[:, None]  # (D, 1, H, W) in [0, 1]
     if config.blocks is None:  # the depth follows the noise level of the whole volume (chunks agree with it)
         noise = float(estimate_sigma(unit).median())
@@ -293,13 +337,17 @@ def denoise_volume(
     tracker = Tracker(stop - start, "denoising", progress, device=dev, faster=FASTER["denoise"])
     try:
         if config.slab == 1 or depth == 1:
-            result = fit_slices(Identity(), unit[start:stop], config, dev, b, tracker, first_index=start)[:, 0]
+            result, spread = _denoise_slices(unit[start:stop], config, dev, b, tracker, start, uncertainty)
         else:
-            result = _denoise_slabs(unit, config, dev, b, tracker, start, stop)
+            result, spread = _denoise_slabs(unit, config, dev, b, tracker, start, stop, uncertainty)
     finally:
         tracker.close()
     out = window.from_unit(result.numpy()).astype(np.float32, copy=False)
-    return out[0] if squeeze else out
+    if not uncertainty:
+        return out[0] if squeeze else out
+    noise = estimate_sigma(unit[start:stop])
+    sd = ((calibration or load_calibration())(spread, noise) * window.width).numpy()
+    return (out[0], sd[0]) if squeeze else (out, sd)
 
 
 @contextlib.contextmanager
@@ -321,7 +369,8 @@ def reconstruct_volume(
     batch_size: int | None = None,
     progress: Progress = None,
     data_consistency: bool = True,
-) -> np.ndarray:
+    uncertainty: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct slices from measurements (first axis ``D``; not modified) with untrained decoders as the prior:
     minimise ``|A(G(w)) - y|^2`` over the weights (Heckel & Soltanolkotabi 2020).
 
@@ -329,10 +378,17 @@ def reconstruct_volume(
     in about [0, 1], and the result is scaled back. ``config.architecture="both"`` fits ``ensemble`` decoders of each
     kind and averages all of them. ``data_consistency``: the operator's ``finalize`` (MRI: keep the measured
     k-space). Returns ``(D, H, W)`` float32 in the measurements' own scale (``operator.to_image``).
+
+    ``uncertainty=True`` returns ``(image, spread)``: ``spread`` is the per-pixel sample standard deviation of the
+    members' images (each finalised and made an image as the mean is), in the image's scale. It is not calibrated
+    (reconstruction has no noise level to calibrate against). It needs at least two decoders per slice.
     """
     y = operator.prepare(measurements)
     dev = resolve_device(device)
     kinds = ("deep", "conv") if config.architecture == "both" else (config.architecture,)
+    if uncertainty and config.ensemble * len(kinds) < 2:
+        raise InputError("an uncertainty map needs at least 2 decoders per slice (ensemble is 1); use ensemble=2 "
+                         "or more, or architecture='both'")
     with on_device(operator, dev):
         scale = max(float(operator.to_image(operator.baseline(part)).max())
                     for *_, part in in_batches(y.shape[0], 16, dev, lambda a, z: y[a:z].to(dev)))
@@ -345,16 +401,30 @@ def reconstruct_volume(
         tracker = Tracker(y.shape[0] * len(kinds), "reconstructing", progress, device=dev,
                           faster=FASTER["reconstruct"])
         try:
-            means = [fit_slices(operator, y / scale, replace(config, architecture=k), dev, b, tracker) for k in kinds]
+            fits = [fit_slices(operator, y / scale, replace(config, architecture=k), dev, b, tracker,
+                               keep_members=uncertainty) for k in kinds]
         finally:
             tracker.close()
+        members = torch.cat(fits, dim=1) if uncertainty else None  # (D, M, C, H, W)
+        means = [f.mean(dim=1) for f in fits] if uncertainty else fits
         images = means[0] if len(means) == 1 else torch.stack(means).mean(dim=0)
 
-        def finish(a: int, z: int) -> torch.Tensor:
-            part = images[a:z].to(dev)
+        def image_of(part: torch.Tensor, a: int, z: int) -> torch.Tensor:
+            part = part.to(dev)
             if data_consistency:
                 part = operator.finalize(part, (y[a:z] / scale).to(dev))
             return operator.to_image(part).cpu()
 
+        def finish(a: int, z: int) -> torch.Tensor:
+            return image_of(images[a:z], a, z)
+
         result = torch.cat([r for *_, r in in_batches(y.shape[0], b, dev, finish, what="finishing one slice")])
-    return (result.numpy() * scale).astype(np.float32)
+        if not uncertainty:
+            return (result.numpy() * scale).astype(np.float32)
+
+        def spread(a: int, z: int) -> torch.Tensor:
+            each = torch.stack([image_of(members[a:z, m], a, z) for m in range(members.shape[1])], dim=1)
+            return each.std(dim=1)
+
+        sd = torch.cat([r for *_, r in in_batches(y.shape[0], b, dev, spread, what="finishing one slice")])
+    return (result.numpy() * scale).astype(np.float32), (sd.numpy() * scale).astype(np.float32)

@@ -24,6 +24,11 @@ its record to ``applied_operations`` (``extra_info``: method, version, parameter
 so does its trace entry. MONAI before 1.6 expects the most recent traced operation to be invertible, so there the
 trace entry is left out (only ``meta["dd_medical"]`` records the operation) and ``Compose.inverse`` keeps working.
 
+``DeepDecoderDenoised(..., uncertainty=True)`` also writes ``{key}_uncertainty``: the calibrated per-voxel standard
+deviation of the denoised value (:func:`dd_medical.api.denoise` with ``uncertainty=True``), in the image's units, a
+``MetaTensor`` with the denoised image's affine, metadata and trace. The array transform's ``__call__`` returns one
+image, as MONAI's do; :meth:`DeepDecoderDenoise.denoise_with_uncertainty` returns both.
+
 Importing this module registers nothing with MONAI: name the DICOM writer in ``SaveImage(writer=...)``, or call
 :func:`dd_medical.monai_writer.register` once.
 """
@@ -51,11 +56,13 @@ from .core.intensity import Window
 from .core.operators import CartesianFourier
 from .errors import InputError
 from .io import derivation_description
+from .io.provenance import uncertainty_derivation
 from .presets import resolve
 from .version import __version__
 
 __all__ = [
     "META_KEY",
+    "UNCERTAINTY",
     "DeepDecoderDenoise",
     "DeepDecoderDenoiseD",
     "DeepDecoderDenoiseDict",
@@ -70,6 +77,8 @@ log = logging.getLogger(__name__)
 
 META_KEY = "dd_medical"
 """Key of the record a transform leaves in a ``MetaTensor``'s metadata (method, version, parameters)."""
+UNCERTAINTY = "uncertainty"
+"""``meta["dd_medical"]["output"]`` of an uncertainty map (the DICOM writer then writes an uncertainty series)."""
 
 # Where readers put the DICOM modality: PydicomReader/ITKReader tags, or a plain key.
 _MODALITY_KEYS = ("Modality", "modality", "0008|0060", "00080060")
@@ -109,6 +118,27 @@ def _traced(transform: TraceableTransform, out: NdarrayOrTensor, record: dict[st
     if isinstance(out, MetaTensor) and TRACES_NON_INVERTIBLE:
         return transform.push_transform(out, extra_info=dict(record))
     return out
+
+
+def _check_uncertainty(config: FitConfig) -> None:
+    """An uncertainty map compares the decoders of each slice: refuse ``ensemble < 2`` before anything is fitted."""
+    if config.ensemble < 2:
+        raise InputError(f"uncertainty=True needs at least 2 decoders per slice to compare, but the settings have "
+                         f"ensemble={config.ensemble}: choose a preset with an ensemble (e.g. medium) or a config "
+                         "with ensemble=2 or more")
+
+
+def _uncertainty_record(record: dict[str, Any], config: FitConfig, modality: str) -> dict[str, Any]:
+    """The denoised image's ``record``, marked as describing its uncertainty map (what it is, its units); its
+    ``description`` is the map's DICOM DerivationDescription."""
+    units = "HU" if modality == "CT" else "stored values"
+    return {
+        **record,
+        "output": UNCERTAINTY,
+        "quantity": "calibrated standard deviation of the denoised value",
+        "units": units,
+        "description": uncertainty_derivation(config, units),
+    }
 
 
 def _meta_modality(img: Any) -> str | None:
@@ -161,6 +191,8 @@ class DeepDecoderDenoise(TraceableTransform):
     :func:`dd_medical.api.check`; a failed check is also logged as a warning). The same record is appended to
     ``applied_operations`` (as ``extra_info``; MONAI >= 1.6). Denoising has no inverse: this is a
     :class:`~monai.transforms.TraceableTransform`, not an invertible one, and ``Compose.inverse`` leaves it applied.
+
+    :meth:`denoise_with_uncertainty` returns the image and its uncertainty map (``__call__`` returns the image only).
 
     The computation runs on numpy (``backend``): a tensor is read into host memory once, the decoders are fitted on
     ``device``, and the result goes back to the input's device.
@@ -218,6 +250,23 @@ class DeepDecoderDenoise(TraceableTransform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """``img``: ``(C, H, W)`` or ``(C, H, W, D)`` channel-first, HU (CT) or stored values (MR)."""
+        return self._denoise(img, uncertainty=False)[0]
+
+    def denoise_with_uncertainty(self, img: NdarrayOrTensor) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        """``img`` denoised as by ``__call__``, and its uncertainty map: the calibrated standard deviation of each
+        denoised value (:func:`dd_medical.api.denoise` with ``uncertainty=True``), in the image's units (HU for CT,
+        stored values for MR), from the spread of the ensemble's decoders. The map has the image's shape and channel
+        layout, float32 (also for an integer input), of the input's type and on its device; a ``MetaTensor`` has
+        the denoised image's affine, metadata and ``applied_operations``, its ``meta["dd_medical"]`` marked
+        ``output="uncertainty"`` with ``quantity`` and ``units``. Needs ``ensemble >= 2`` (InputError otherwise,
+        before any fitting). The map is not an image of the anatomy, and it cannot see an error every decoder
+        makes alike (a bias)."""
+        _check_uncertainty(self.config)
+        result, sd = self._denoise(img, uncertainty=True)
+        assert sd is not None
+        return result, sd
+
+    def _denoise(self, img: NdarrayOrTensor, uncertainty: bool) -> tuple[NdarrayOrTensor, NdarrayOrTensor | None]:
         _check_layout(img, self.max_channels)
         img_t = convert_to_tensor(img, track_meta=get_track_meta())
         values = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
@@ -226,15 +275,20 @@ class DeepDecoderDenoise(TraceableTransform):
         device = _fit_device(self.device, img)
         axis = self.slice_axis % 4  # axis of (C, H, W, D); unused for (C, H, W): each channel is one slice
         out = np.empty(values.shape, dtype=np.float32)
+        sd = np.empty(values.shape, dtype=np.float32) if uncertainty else None
         checks = []
         for c in range(values.shape[0]):
             # (H, W) or the volume with its slice axis moved first: (D, H', W'); back again afterwards.
             stack = values[c] if values.ndim == 3 else np.moveaxis(values[c], axis - 1, 0)
             try:
                 denoised = api.denoise(stack, config=self.config, device=device, progress=self.progress,
-                                       window=self.window, modality=modality, batch_size=self.batch_size)
+                                       window=self.window, modality=modality, batch_size=self.batch_size,
+                                       uncertainty=uncertainty)
             except InputError as err:
                 raise InputError(f"channel {c} of image {tuple(values.shape)}: {err.problem}", err.path) from err
+            if sd is not None:
+                denoised, spread = denoised
+                sd[c] = spread if values.ndim == 3 else np.moveaxis(spread, 0, axis - 1)
             out[c] = denoised if values.ndim == 3 else np.moveaxis(denoised, 0, axis - 1)
             checks.append(api.check(stack, denoised))
         out_t = torch.from_numpy(out)
@@ -249,7 +303,12 @@ class DeepDecoderDenoise(TraceableTransform):
         for c, report in enumerate(checks):
             if not report.passed:
                 log.warning("channel %d: %s", c, report.summary())
-        return _traced(self, _with_record(result, record), record)
+        result = _traced(self, _with_record(result, record), record)
+        if sd is None:
+            return result, None
+        # the image's type, device, affine, metadata and trace (copied, not shared); always float32
+        sd_out, *_ = convert_to_dst_type(torch.from_numpy(sd), dst=result, dtype=torch.float32)
+        return result, _with_record(sd_out, _uncertainty_record(record, self.config, modality))
 
 
 class DeepDecoderReconstruct(TraceableTransform):
@@ -334,8 +393,21 @@ class DeepDecoderDenoised(MapTransform):
     """
     Dictionary-based wrapper of :py:class:`dd_medical.transforms.DeepDecoderDenoise`.
 
+    With ``uncertainty=True`` each denoised ``key`` gets a companion ``f"{key}_{uncertainty_key_postfix}"`` (default
+    ``"image_uncertainty"`` for ``"image"``): the calibrated standard deviation of each denoised value, in the
+    image's units (HU for CT, stored values for MR), same shape and channel layout, float32, from the spread of the
+    ensemble's decoders (:meth:`DeepDecoderDenoise.denoise_with_uncertainty`). For a ``MetaTensor`` it is a
+    ``MetaTensor`` with the denoised image's affine, metadata and ``applied_operations`` (so
+    ``Invertd(f"{key}_uncertainty", transform, orig_keys=key)`` maps it back as the image is mapped back), its
+    ``meta["dd_medical"]`` marked ``output="uncertainty"`` with ``quantity`` and ``units``. Like the denoising it
+    has no inverse of its own. It needs ``ensemble >= 2`` (checked here, before any fitting; the default presets
+    have it, ``fast``, ``sure`` and ``speed`` do not).
+
     Args:
         keys: keys of the images to denoise. See also: :py:class:`monai.transforms.compose.MapTransform`
+        uncertainty: also write the uncertainty map of every key (default ``False``: the data gain no key).
+        uncertainty_key_postfix: the map of ``key`` is stored at ``f"{key}_{uncertainty_key_postfix}"``; such a
+            key existing already in the data is an error (default ``"uncertainty"``).
         allow_missing_keys: don't raise an exception if a key is missing.
         The other arguments are those of :class:`DeepDecoderDenoise` (same defaults).
     """
@@ -357,6 +429,8 @@ class DeepDecoderDenoised(MapTransform):
         batch_size: int | None = None,
         max_channels: int = 16,
         progress: bool = False,
+        uncertainty: bool = False,
+        uncertainty_key_postfix: str = "uncertainty",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -365,11 +439,36 @@ class DeepDecoderDenoised(MapTransform):
             window=window, modality=modality, config=config, batch_size=batch_size, max_channels=max_channels,
             progress=progress,
         )
+        if not isinstance(uncertainty, (bool, np.bool_)):
+            raise InputError(f"uncertainty must be True or False, got {uncertainty!r}")
+        if not isinstance(uncertainty_key_postfix, str) or not uncertainty_key_postfix:
+            raise InputError(f"uncertainty_key_postfix must be a non-empty string, got {uncertainty_key_postfix!r}")
+        self.uncertainty = bool(uncertainty)
+        self.uncertainty_key_postfix = uncertainty_key_postfix
+        if self.uncertainty:
+            _check_uncertainty(self.converter.config)
+            clashes = [self.uncertainty_key(k) for k in self.keys if self.uncertainty_key(k) in self.keys]
+            if clashes:
+                raise InputError(f"the uncertainty map would replace an image being denoised ({clashes[0]!r}); "
+                                 "choose another uncertainty_key_postfix")
+
+    def uncertainty_key(self, key: Hashable) -> str:
+        """Where the uncertainty map of ``key`` goes: ``f"{key}_{uncertainty_key_postfix}"``."""
+        return f"{key}_{self.uncertainty_key_postfix}"
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
+        keys = list(self.key_iterator(d))
+        if not self.uncertainty:
+            for key in keys:
+                d[key] = self.converter(d[key])
+            return d
+        existing = [self.uncertainty_key(k) for k in keys if self.uncertainty_key(k) in d]
+        if existing:  # before any fitting
+            raise InputError(f"the data hold {existing[0]!r} already, where the uncertainty map would go; remove "
+                             "it or choose another uncertainty_key_postfix")
+        for key in keys:
+            d[key], d[self.uncertainty_key(key)] = self.converter.denoise_with_uncertainty(d[key])
         return d
 
 

@@ -180,6 +180,42 @@ def test_a_legacy_multiframe_series_is_processed_and_keeps_its_frames_and_compre
     assert sorted(seen) == [(2, 32, 32), (2, 32, 32), (10, 64, 64), (10, 64, 64)]
 
 
+def test_manifest_records_the_transfer_syntax_and_a_changed_one_is_redone(tmp_path: Path, monkeypatch) -> None:
+    """The manifest records the syntax each series was written in; a resumed run that writes another one redoes the
+    series (as a run asking for an uncertainty map the series lacks does), one that writes the same keeps it. The
+    fit is replaced by the identity: only the writing matters here."""
+    from dd_medical.batch import tasks
+
+    monkeypatch.setitem(tasks.TASKS, "denoise", lambda volume, task: volume.array)
+    write_phantom_series(tmp_path / "in" / "ct", depth=2, size=32, seed=1)  # uncompressed source
+    out = tmp_path / "out"
+
+    def run(*syntax: str) -> dict:
+        args = ["--transfer-syntax", *syntax] if syntax else []
+        result = CliRunner().invoke(cli, ["batch", str(tmp_path / "in"), str(out), *TINY_ARGS, *args])
+        assert result.exit_code == 0, result.output
+        (row,) = _manifest(out)
+        files = sorted((out / SERIES_DIR / row["folder"]).iterdir())
+        assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files} == {row["transfer_syntax"]}
+        return row
+
+    row = run("rle")
+    assert row["transfer_syntax"] == row["transfer_syntax_setting"] == pydicom.uid.RLELossless
+    assert row["attempts"] == 1
+    assert run("rle")["attempts"] == 1  # same syntax: kept
+    row = run("explicit")  # another syntax: redone
+    assert row["attempts"] == 2 and row["transfer_syntax"] == ExplicitVRLittleEndian
+    row = run()  # auto: an uncompressed source gives Explicit VR Little Endian, as written: kept
+    assert row["attempts"] == 2 and row["transfer_syntax_setting"] == ExplicitVRLittleEndian  # what wrote it
+    assert run("rle")["attempts"] == 3
+    with sqlite3.connect(out / MANIFEST_NAME) as conn:  # a row of a manifest that did not record it: kept
+        conn.execute("UPDATE series SET transfer_syntax = NULL")
+    conn.close()
+    result = CliRunner().invoke(cli, ["batch", str(tmp_path / "in"), str(out), *TINY_ARGS])
+    assert result.exit_code == 0 and "1 skipped" in result.output
+    assert _manifest(out)[0]["attempts"] == 3
+
+
 def test_failed_series_do_not_stop_others_and_are_retried_only_when_asked(tmp_path: Path) -> None:
     write_phantom_series(tmp_path / "in" / "good", depth=2, size=32, seed=1)
     tiny = phantom_volume(depth=2, size=32, seed=1).array[:, :4, :4]  # 4x4 slices: too small to denoise

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from dd_medical.api import compress, decompress
 from dd_medical.cli import cli
 from dd_medical.codec.encode import REFINE_LEARNING_RATE, FakeQuantisation, _slice_tensors, decode
+from dd_medical.codec.encode import _psnr as _codec_psnr
 from dd_medical.codec.format import (
     DICOM_METHOD,
     FORMAT_VERSION,
@@ -28,10 +29,11 @@ from dd_medical.codec.format import (
     read_header,
 )
 from dd_medical.core.fit import FitConfig, fit
-from dd_medical.core.intensity import default_window
+from dd_medical.core.intensity import Window, default_window
 from dd_medical.core.operators import Identity
 from dd_medical.errors import InputError
 from dd_medical.io import read_volume, write_series
+from dd_medical.metrics import psnr
 from dd_medical.phantom import phantom_volume
 from dd_medical.presets import resolve
 from dd_medical.volume import Volume
@@ -81,6 +83,21 @@ def test_round_trip_gives_exactly_the_measured_image(volume, encoded8, tmp_path)
     path.write_bytes(encoded8.data)
     from_file, header = read_ddc(path)
     assert np.array_equal(from_file.array, decoded.array) and header == encoded8.header
+
+
+def test_measured_psnr_is_the_packages_psnr_in_float64(volume, encoded8):
+    """The codec's PSNR is :func:`dd_medical.metrics.psnr` (MONAI's, in float64) of what ``decode`` gives, capped
+    at 200 dB for a slice decoded without error (the JSON header holds no infinity)."""
+    window = Window(*encoded8.header["window"])
+    header, payload = read_header(encoded8.data)
+    decoded = decode(header, decode_payload(payload, header, None))
+    unit = window.to_unit(volume.array)
+    mse = np.mean((decoded.astype(np.float64) - unit.astype(np.float64)) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(psnr(decoded, unit), -10 * np.log10(mse), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(encoded8.psnr, psnr(decoded, unit), rtol=0, atol=1e-9)
+    assert header["measured"]["psnr_db"] == [round(float(v), 3) for v in encoded8.psnr]
+    assert psnr(unit, unit).tolist() == [np.inf, np.inf]
+    assert _codec_psnr(unit, unit).tolist() == [200.0, 200.0]
 
 
 def test_8_bits_is_smaller_and_16_bits_is_closer(volume, encoded8, encoded16):

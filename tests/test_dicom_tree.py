@@ -376,3 +376,38 @@ def test_dciodvfy_finds_no_error_in_a_derived_object_beyond_its_source(tmp_path,
     derived = sorted(out.iterdir())
     assert len(derived) == 1
     assert errors(derived[0]) <= errors(source / name)
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "CT_small.dcm"])
+def test_dciodvfy_finds_no_error_in_an_uncertainty_series_beyond_its_source(tmp_path, name):
+    """Issue 29: ``denoise --uncertainty SD_OUT`` writes the map as a second derived series (unsigned pixels, a
+    rescale below 1, references to the denoised series): no dciodvfy error its source does not have, and one map
+    object per denoised object (a legacy multi-frame source: one multi-frame map)."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from dd_medical.cli import cli
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(get_testdata_file(name), source / name)
+    out, sd = tmp_path / "out", tmp_path / "sd"
+    result = CliRunner().invoke(cli, ["denoise", str(source), str(out), "--uncertainty", str(sd), "--preset", "fast",
+                                      "--iterations", "2", "--channels", "8", "--ensemble", "2", "--device", "cpu"])
+    assert result.exit_code in (0, 3), result.output  # 3: the 2-step fit fails the fidelity check, by design
+
+    def errors(path):
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        return {line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
+
+    (denoised,), (written,) = sorted(out.iterdir()), sorted(sd.iterdir())
+    assert errors(written) <= errors(source / name)
+    ds, den = pydicom.dcmread(written), pydicom.dcmread(denoised)
+    assert ds.SeriesDescription.endswith(" uncertainty (SD, HU)" if name == "CT_small.dcm" else
+                                         " uncertainty (SD, stored values)")
+    assert ds.get("NumberOfFrames", 1) == den.get("NumberOfFrames", 1) and ds.SOPClassUID == den.SOPClassUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == den.SeriesInstanceUID
+    assert ds.PixelRepresentation == 0 and float(ds.RescaleSlope) < 1 and float(ds.RescaleIntercept) == 0

@@ -81,7 +81,18 @@ def test_config_parses_with_the_transform_by_dotted_path():
     denoise = preprocessing.transforms[2]
     assert isinstance(denoise, DeepDecoderDenoised)
     assert (denoise.converter.config.iterations, denoise.converter.config.channels) == (7, 12)
-    assert [w.saver.output_ext for w in preprocessing.transforms[3:]] == [".nii.gz", ".dcm"]
+    assert [w.saver.output_ext for w in preprocessing.transforms[3:]] == [".nii.gz", ".dcm", ".nii.gz"]
+    assert denoise.uncertainty is False and len(parser.get_parsed_content("savers")) == 2  # the default: off
+
+
+def test_the_uncertainty_option_adds_the_key_and_its_saver():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser["uncertainty"] = "true"  # as the command line passes it
+    denoise = parser.get_parsed_content("preprocessing").transforms[2]
+    assert denoise.uncertainty is True and denoise.uncertainty_key("image") == "image_uncertainty"
+    savers = parser.get_parsed_content("savers")
+    assert [s.keys for s in savers][-1] == ("image_uncertainty",) and savers[-1].saver.output_ext == ".nii.gz"
 
 
 def test_the_bundle_has_the_standard_layout():
@@ -112,7 +123,7 @@ def test_the_metadata_is_complete_and_names_what_is_written():
     savers = [parser[ref[1:]] if isinstance(ref, str) else ref for ref in parser["preprocessing"]["transforms"]]
     written = {s["keys"] for s in savers if s["_target_"] == "SaveImaged"}
     outputs = meta["network_data_format"]["outputs"]
-    assert set(outputs) == written == {"image"}
+    assert set(outputs) == written == {"image", "image_uncertainty"}
     for tensor in [*outputs.values(), *meta["network_data_format"]["inputs"].values()]:
         assert [key for key in TENSOR_REQUIRED if key not in tensor] == []
 
@@ -135,6 +146,12 @@ def test_planned_outputs_follow_the_savers_layout(noisy_series, tmp_path):
         check_outputs(savers, data, overwrite="false")
     check_outputs(savers, data, overwrite="true")
 
+    # a key the pipeline makes from another (the uncertainty map of "image") is named after that key's source
+    derived = [SaveImaged("image_uncertainty", output_dir=tmp_path, output_postfix="dd_uncertainty")]
+    assert planned_outputs(derived, data) == []
+    assert planned_outputs(derived, data, source_keys={"image_uncertainty": "image"}) == [
+        tmp_path / "ct_noisy" / "ct_noisy_dd_uncertainty.nii.gz"]
+
 
 @pytest.mark.parametrize(("value", "flag"), [(True, True), (False, False), ("true", True), ("False", False),
                                              ("yes", True), ("no", False), (1, True), (0, False)])
@@ -154,6 +171,31 @@ def test_bundle_runs_through_monai_bundle_run(noisy_series, tmp_path):
     run(config_file=str(CONFIG), meta_file=str(META), input_dir=str(noisy_series), output_dir=str(tmp_path),
         preset="fast", iterations=20, channels=16, device="cpu")
     check_written(tmp_path, noisy_series)
+
+
+@needs_nibabel
+def test_bundle_saves_the_uncertainty_map_when_asked(noisy_series, tmp_path):
+    """``uncertainty true``: ``<name>_dd_uncertainty.nii.gz`` on the image's grid (SD in HU), planned with the
+    other outputs (a second run stops before fitting, naming all three)."""
+    import nibabel as nib
+    from monai.bundle import run
+
+    args = {"config_file": str(CONFIG), "meta_file": str(META), "input_dir": str(noisy_series),
+            "output_dir": str(tmp_path), **TINY_RUN, "preset": "medium", "uncertainty": "true"}
+    run(**args)
+    folder = tmp_path / "ct_noisy"
+    assert sorted(p.name for p in folder.iterdir()) == ["ct_noisy_dd", "ct_noisy_dd.nii.gz",
+                                                        "ct_noisy_dd_uncertainty.nii.gz"]
+    check_written(tmp_path, noisy_series)
+    image, sd = nib.load(str(folder / "ct_noisy_dd.nii.gz")), nib.load(str(folder / "ct_noisy_dd_uncertainty.nii.gz"))
+    np.testing.assert_allclose(sd.affine, image.affine)
+    values = np.asarray(sd.get_fdata())
+    assert values.shape == image.shape and np.isfinite(values).all() and values.min() >= 0 and values.max() > 0
+
+    with pytest.raises(RuntimeError) as failure:
+        run(**args)
+    assert isinstance(failure.value.__cause__, OutputExistsError)
+    assert "3 output(s) exist already" in str(failure.value.__cause__)
 
 
 def _series_uid(folder: Path) -> str:

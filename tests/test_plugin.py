@@ -85,7 +85,8 @@ def cli_env() -> dict[str, str]:
 
 def slicer_command_line(values: dict[str, str], input_path: Path, output_path: Path) -> list[str]:
     """argv as Slicer builds it from the XML: every flagged parameter as ``--longflag value`` (a boolean as its bare
-    flag, only when true), then the index parameters in index order."""
+    flag, only when true; an optional image left unset, such as the uncertainty map, not at all), then the index
+    parameters in index order."""
     from ctk_cli import CLIModule
 
     argv: list[str] = []
@@ -95,6 +96,8 @@ def slicer_command_line(values: dict[str, str], input_path: Path, output_path: P
             indexed.append(param)
             continue
         value = values.get(param.name, param.default)
+        if value in (None, ""):
+            continue
         if param.typ == "boolean":
             argv += [param.longflag] if str(value).lower() == "true" else []
         else:
@@ -136,8 +139,8 @@ def test_xml_parses_with_ctk_cli_and_declares_every_parameter():
     help_text = module.description.lower()
     assert "training data" in help_text and "low-contrast detail" in help_text and "slow on a cpu" in help_text
     params = {p.name: p for p in module.parameters()}
-    assert set(params) == {"inputVolume", "outputVolume", "strength", "iterations", "channels", "blocks", "ensemble",
-                           "slab", "fp32", "compile", "device", "modality", "seed"}
+    assert set(params) == {"inputVolume", "outputVolume", "uncertaintyVolume", "strength", "iterations", "channels",
+                           "blocks", "ensemble", "slab", "fp32", "compile", "device", "modality", "seed"}
     for name, index, channel in (("inputVolume", 0, "input"), ("outputVolume", 1, "output")):
         assert (params[name].typ, params[name].index, params[name].channel) == ("image", index, channel)
         assert params[name].defaultExtension() == ".nrrd"  # what Slicer writes and reads
@@ -182,6 +185,8 @@ def _non_default_values(params: dict) -> dict[str, str]:
             continue
         if param.typ == "boolean":
             values[name] = "true"
+        elif param.typ == "image":
+            values[name] = f"{name}.nrrd"
         elif param.elements:
             values[name] = next(e for e in param.elements if e != param.default)
         else:
@@ -212,7 +217,7 @@ def test_cli_arguments_are_generated_from_the_xml_and_agree_with_ctk_cli():
         assert ours == {name: theirs[name] for name in params}, values
         for name, value in values.items():
             assert str(ours[name]).lower() == value.lower(), name
-    for argv in (["--uncertainty", "1", "a", "b"], ["--iterations", "20001", "a", "b"], ["--channels", "-8", "a", "b"],
+    for argv in (["--undeclared", "1", "a", "b"], ["--iterations", "20001", "a", "b"], ["--channels", "-8", "a", "b"],
                  ["--modality", "PET", "a", "b"], ["a"]):
         with pytest.raises(SystemExit) as refused:
             cli.parse_args(argv)
@@ -370,6 +375,68 @@ def test_cli_refuses_an_unknown_strength(tmp_path):
     assert done.returncode == 2 and "extreme" in done.stderr
 
 
+def test_xml_declares_the_optional_uncertainty_output():
+    """Issue 29: an optional output image, passed by flag (Slicer leaves the flag out when no volume is chosen),
+    labelled and described as the calibrated standard deviation in HU."""
+    param = _xml_parameters()["uncertaintyVolume"]
+    assert (param.typ, param.channel, param.index, param.longflag) == ("image", "output", None, "--uncertainty")
+    assert param.default is None and param.defaultExtension() == ".nrrd"
+    assert "SD" in param.label and "HU" in param.label
+    assert "calibrated standard deviation" in param.description and "HU" in param.description
+    node = next(n for n in ET.parse(XML).getroot().iter("image") if n.findtext("name") == "uncertaintyVolume")
+    assert node.get("type") == "scalar"
+    cli = load_cli_module()
+    assert cli.parse_args(["a.nrrd", "b.nrrd"]).uncertaintyVolume is None
+    assert cli.parse_args(["--uncertainty", "sd.nrrd", "a.nrrd", "b.nrrd"]).uncertaintyVolume == "sd.nrrd"
+
+
+def test_cli_writes_no_uncertainty_map_unless_asked(slicer_run):
+    assert slicer_run["done"].returncode == 0, slicer_run["done"].stderr
+    assert sorted(p.name for p in slicer_run["input"].parent.iterdir()) == ["input.nrrd", "output.nrrd"]
+
+
+def test_cli_writes_the_uncertainty_map_with_the_input_geometry(tmp_path):
+    """Issue 29: with ``--uncertainty`` (as Slicer passes a chosen output volume) the map is written beside the
+    output: float32, the input's size, spacing, origin and direction, finite and >= 0 (HU; the calibration is
+    being refitted, so no value is asserted). The denoised output is written too, and the input is untouched."""
+    _, noisy = phantom_hu(depth=2, size=32)
+    input_path = write_nrrd(np.round(noisy).astype(np.int16), tmp_path / "in.nrrd")
+    before = hashlib.sha256(input_path.read_bytes()).hexdigest()
+    output_path, sd_path = tmp_path / "out.nrrd", tmp_path / "sd.nrrd"
+    values = {"iterations": "20", "channels": "8", "blocks": "3", "ensemble": "2", "device": "cpu",
+              "uncertaintyVolume": str(sd_path)}
+    done = run_cli(slicer_command_line(values, input_path, output_path), timeout=180)
+    assert done.returncode == 0, done.stderr
+    source, sd = sitk.ReadImage(str(input_path)), sitk.ReadImage(str(sd_path))
+    for result in (sitk.ReadImage(str(output_path)), sd):
+        assert result.GetSize() == source.GetSize() == (32, 32, 2)
+        np.testing.assert_allclose(result.GetSpacing(), SPACING, atol=1e-9)
+        np.testing.assert_allclose(result.GetOrigin(), ORIGIN, atol=1e-9)
+        np.testing.assert_allclose(result.GetDirection(), DIRECTION, atol=1e-9)
+        assert result.GetPixelID() == sitk.sitkFloat32
+    values_sd = sitk.GetArrayFromImage(sd)
+    assert np.isfinite(values_sd).all() and (values_sd >= 0).all() and values_sd.max() > 0
+    assert "writing the uncertainty map" in done.stdout and done.stdout.splitlines()[-1] == "</filter-end>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd", "out.nrrd", "sd.nrrd"]
+    assert hashlib.sha256(input_path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("case", ["ensemble 1", "map is the output"])
+def test_cli_refuses_an_uncertainty_map_it_cannot_make_before_fitting(tmp_path, capsys, case):
+    cli = load_cli_module()
+    _, noisy = phantom_hu(depth=1, size=32)
+    input_path = write_nrrd(np.round(noisy).astype(np.int16), tmp_path / "in.nrrd")
+    output_path = tmp_path / "out.nrrd"
+    sd_path, ensemble = (tmp_path / "sd.nrrd", "1") if case == "ensemble 1" else (output_path, "2")
+    argv = ["--iterations", "5000", "--ensemble", ensemble, "--device", "cpu", "--uncertainty", str(sd_path),
+            str(input_path), str(output_path)]
+    assert cli.main(argv) == 1  # at once: 5000 iterations would take minutes
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert ("ensemble of at least 2" in err) if case == "ensemble 1" else ("other than the input and the output" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]
+
+
 def test_label_map_rule_accepts_integer_ct_and_many_valued_unsigned_images(tmp_path):
     cli = load_cli_module()
     _, noisy = phantom_hu(depth=1, size=32)
@@ -456,11 +523,11 @@ def test_the_panel_offers_every_setting_of_the_cli():
     tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     defaults = _parameter_node_defaults(tree)
     params = _xml_parameters()
-    settings = {name for name, p in params.items() if p.index is None}
+    settings = {name for name, p in params.items() if p.index is None and p.typ != "image"}
     assert set(lib.DEFAULT_SETTINGS) == settings
     for name in settings:
         assert defaults[name] == lib.DEFAULT_SETTINGS[name] == params[name].default, name
-    assert set(defaults) == settings | {"inputVolume", "outputVolume", "runInBackground"}
+    assert set(defaults) == settings | {"inputVolume", "outputVolume", "uncertaintyVolume", "runInBackground"}
     ui = ET.parse(UI).getroot()
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
     assert bound == set(defaults)
@@ -474,7 +541,8 @@ def test_the_panel_offers_every_setting_of_the_cli():
             p.get("name") == "SlicerParameterName" and p.find("string").text == name for p in w.findall("property")))
         assert [i.find("property/string").text for i in combo.findall("item")] == choices, name
     assert lib.STRENGTHS == list(STRENGTHS)
-    assert set(lib.cli_parameters("in", "out", {})) == set(params)
+    assert set(lib.cli_parameters("in", "out", {})) == set(params) - {"uncertaintyVolume"}
+    assert set(lib.cli_parameters("in", "out", {}, "sd")) == set(params)
     apply = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "onApplyButton")
     call = next(n for n in ast.walk(apply) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                 and n.func.id == "dict")
@@ -596,7 +664,8 @@ def fake_slicer(monkeypatch):
     """``DeepDecoder.py`` imported against stand-ins for ``slicer`` and ``vtk``; returns (module, recorder)."""
     import types
 
-    seen = {"cli_runs": [], "pip": [], "modality": {}}
+    seen = {"cli_runs": [], "pip": [], "modality": {}, "layers": [],
+            "color_nodes": {"vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeRainbow"}}
     slicer = types.ModuleType("slicer")
     util = types.ModuleType("slicer.util")
     util.VTKObservationMixin = type("VTKObservationMixin", (), {})
@@ -604,10 +673,13 @@ def fake_slicer(monkeypatch):
     util.updateVolumeFromArray = lambda node, array: setattr(node, "array", array)
     util.pip_install = lambda requirements: seen["pip"].append(requirements)
     util.confirmOkCancelDisplay = lambda *args, **kwargs: True
+    util.setSliceViewerLayers = lambda **layers: seen["layers"].append(layers)
     shNode = types.SimpleNamespace(GetItemByDataNode=lambda node: node.node_id,
                                    GetItemAttribute=lambda item, name: seen["modality"].get(item, ""))
     slicer.util = util
-    slicer.mrmlScene = types.SimpleNamespace(GetSubjectHierarchyNode=lambda: shNode)
+    slicer.mrmlScene = types.SimpleNamespace(
+        GetSubjectHierarchyNode=lambda: shNode,
+        GetNodeByID=lambda node_id: node_id if node_id in seen["color_nodes"] else None)
     slicer.vtkMRMLSubjectHierarchyConstants = types.SimpleNamespace(
         GetDICOMSeriesModalityAttributeName=lambda: "DICOM.Modality")
     slicer.vtkMRMLCommandLineModuleNode = types.SimpleNamespace(StatusModifiedEvent="StatusModifiedEvent")
@@ -670,7 +742,7 @@ def test_background_run_keeps_the_parent_transform_and_the_window_level(fake_sli
     cli_node = module.DeepDecoderLogic().processInBackground(source, output, blocks=4, ensemble=3, device="cpu")
     (cli_module, parameters, wait, _), = seen["cli_runs"]
     assert cli_module == "the CLI module" and wait is False
-    assert set(parameters) == set(_xml_parameters())
+    assert set(parameters) == set(_xml_parameters()) - {"uncertaintyVolume"}  # no map asked for: none written
     assert (parameters["modality"], parameters["blocks"], parameters["ensemble"]) == ("MR", 4, 3)
     assert output.transform == source.transform  # in place while it runs
     output.transform = None  # as if Slicer had replaced the node's content on reading the CLI's output
@@ -706,6 +778,113 @@ def test_in_process_run_passes_the_modality_and_shows_the_output_like_the_input(
         np.testing.assert_array_equal(output.array, source.array + 1)
         assert output.ijk_to_ras == "input geometry"
         _assert_shown_like_the_input(output, source)
+
+
+def _assert_uncertainty_overlay(seen: dict, output: FakeVolumeNode, sd_node: FakeVolumeNode, color: str) -> None:
+    """The map is the foreground layer over the denoised background, half transparent, in a colour table, with a
+    fixed window from 0 to a high percentile of the map."""
+    (layers,) = seen["layers"]
+    assert layers["background"] is output and layers["foreground"] is sd_node
+    assert 0.4 <= layers["foregroundOpacity"] <= 0.5
+    shown = sd_node.display
+    assert shown.color == color and shown.auto == 0
+    high = float(np.percentile(sd_node.array, 99))
+    assert shown.level - shown.window / 2 == pytest.approx(0.0)
+    assert shown.window == pytest.approx(high) and high < sd_node.array.max()
+
+
+def _sd_volume(node_id: str = "vtkMRMLScalarVolumeNode3") -> FakeVolumeNode:
+    return FakeVolumeNode(node_id)
+
+
+def test_in_process_run_with_an_uncertainty_volume_shows_it_as_a_colour_overlay(fake_slicer, monkeypatch):
+    """Issue 29: an uncertainty volume gets the calibrated SD from ``dd_medical.api.denoise(..., uncertainty=True)``
+    with the input's geometry and transform, and is shown over the denoised volume as a colour overlay."""
+    module, seen = fake_slicer
+    calls = []
+
+    def spy(array, preset, **kwargs):
+        calls.append(kwargs)
+        sd = np.full(array.shape, 10.0, np.float32)
+        sd[0, 0, 0] = 1000.0  # one extreme voxel: the display window ignores it
+        return (array + 1).astype(np.float32), sd
+
+    monkeypatch.setattr("dd_medical.api.denoise", spy)
+    source, output, sd_node = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2"), _sd_volume()
+    module.DeepDecoderLogic().process(source, output, uncertaintyVolume=sd_node, ensemble=3)
+    assert calls[-1]["uncertainty"] is True and calls[-1]["ensemble"] == 3
+    np.testing.assert_array_equal(output.array, source.array + 1)
+    assert sd_node.array.shape == source.array.shape and sd_node.array.max() == 1000.0
+    assert sd_node.ijk_to_ras == output.ijk_to_ras == "input geometry"
+    assert sd_node.transform == source.transform
+    _assert_shown_like_the_input(output, source)
+    _assert_uncertainty_overlay(seen, output, sd_node, "vtkMRMLColorTableNodeFileInferno.txt")
+    # Without an uncertainty volume: no map asked for, no overlay.
+    seen["layers"].clear()
+    module.DeepDecoderLogic().process(source, FakeVolumeNode("vtkMRMLScalarVolumeNode4"))
+    assert calls[-1]["uncertainty"] is False and seen["layers"] == []
+
+
+def test_in_process_uncertainty_from_the_engine(fake_slicer):
+    """The same path with the real engine (tiny): the map it returns fits the node, finite and >= 0."""
+    module, seen = fake_slicer
+    seen["color_nodes"].discard("vtkMRMLColorTableNodeFileInferno.txt")  # a Slicer without Inferno: Rainbow
+    source, output, sd_node = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2"), _sd_volume()
+    module.DeepDecoderLogic().process(source, output, uncertaintyVolume=sd_node, iterations=20, channels=8, blocks=3,
+                                      ensemble=2, device="cpu")
+    assert sd_node.array.shape == output.array.shape == source.array.shape
+    assert sd_node.array.dtype == np.float32 and np.isfinite(sd_node.array).all() and (sd_node.array >= 0).all()
+    assert sd_node.display.color == "vtkMRMLColorTableNodeRainbow"
+    assert seen["layers"][-1]["foreground"] is sd_node
+
+
+def test_background_run_with_an_uncertainty_volume(fake_slicer):
+    """The CLI gets the uncertainty node's ID (Slicer writes the map there); when the run completes the map is
+    shown as a colour overlay under the input's transform; a cancelled run shows nothing."""
+    module, seen = fake_slicer
+    source, output, sd_node = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2"), _sd_volume()
+    cli_node = module.DeepDecoderLogic().processInBackground(source, output, uncertaintyVolume=sd_node, seed=4)
+    (_, parameters, _, _), = seen["cli_runs"]
+    assert set(parameters) == set(_xml_parameters()) and parameters["uncertaintyVolume"] == sd_node.node_id
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in parameters.items()}
+    parsed = load_cli_module().parse_args(slicer_command_line(values, Path("in.nrrd"), Path("out.nrrd")))
+    assert (parsed.uncertaintyVolume, parsed.seed) == (sd_node.node_id, 4)
+    assert sd_node.transform == source.transform  # in place while it runs
+    sd_node.array = np.linspace(0, 50, 16 * 16, dtype=np.float32).reshape(1, 16, 16)  # as Slicer reads it back
+    cli_node.end("Completed")
+    _assert_uncertainty_overlay(seen, output, sd_node, "vtkMRMLColorTableNodeFileInferno.txt")
+
+    seen["layers"].clear()
+    other = _sd_volume("vtkMRMLScalarVolumeNode5")
+    module.DeepDecoderLogic().processInBackground(source, output, uncertaintyVolume=other).end("Cancelled")
+    assert seen["layers"] == [] and other.display is None
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["in-process", "background"])
+def test_an_uncertainty_map_is_refused_clearly_before_any_run(fake_slicer, monkeypatch, background):
+    """Issue 29: the map is the spread of the ensemble, so ensemble 1 is refused with a message naming the
+    setting, before fitting or starting the CLI; so is an uncertainty volume that is the output or the input."""
+    module, seen = fake_slicer
+    monkeypatch.setattr("dd_medical.api.denoise", lambda *args, **kwargs: pytest.fail("fitting started"))
+    logic = module.DeepDecoderLogic()
+    run = logic.processInBackground if background else logic.process
+    source, output = _input_volume(), FakeVolumeNode("vtkMRMLScalarVolumeNode2")
+    with pytest.raises(ValueError, match="ensemble of at least 2.*Ensemble is 1"):
+        run(source, output, uncertaintyVolume=_sd_volume(), ensemble=1)
+    for same in (output, source):
+        with pytest.raises(ValueError, match="uncertainty volume other than the input and the output"):
+            run(source, output, uncertaintyVolume=same)
+    assert seen["cli_runs"] == [] and seen["layers"] == [] and output.array is None
+
+
+def test_overlay_window_runs_from_zero_to_a_high_percentile():
+    lib = load_module_lib()
+    sd = np.full((2, 16, 16), 20.0)
+    sd[0, :2, :2] = 5000.0  # a few extreme voxels
+    sd[1, 0, 0] = np.nan
+    window, level = lib.overlay_window(sd)
+    assert level - window / 2 == 0.0 and window == pytest.approx(20.0)
+    assert lib.overlay_window(np.zeros((1, 4, 4))) == (1.0, 0.5)
 
 
 def test_installing_dd_medical_keeps_slicers_pydicom(fake_slicer, monkeypatch):

@@ -17,6 +17,7 @@ from monai.transforms import (
     EnsureChannelFirstd,
     Flip,
     Flipd,
+    Invertd,
     LoadImage,
     LoadImaged,
     Rotate90,
@@ -48,6 +49,7 @@ from dd_medical.transforms import (
 
 SMALL = FitConfig(channels=32, blocks=4, iterations=150, ensemble=1)
 TINY = FitConfig(channels=8, blocks=3, iterations=2, ensemble=1)
+PAIR = FitConfig(channels=8, blocks=3, iterations=10, ensemble=2)  # the least an uncertainty map needs
 READERS = [
     "PydicomReader",
     pytest.param("ITKReader", marks=pytest.mark.skipif(importlib.util.find_spec("itk") is None,
@@ -367,3 +369,85 @@ def test_tracing_off_leaves_applied_operations_alone():
     transform.tracing = False
     out = transform(MetaTensor(np.zeros((1, 16, 16), dtype=np.float32)))
     assert out.applied_operations == [] and out.meta["dd_medical"]["method"] == "DeepDecoderDenoise"
+
+
+def test_dictionary_uncertainty_key_is_a_metatensor_on_the_image_grid():
+    """``{key}_uncertainty``: the denoised image's affine, shape, trace; float32 SD in HU (also for int16 input);
+    its own metadata dictionary; ``Invertd`` maps it back with the image's trace."""
+    data = np.random.default_rng(3).normal(100, 30, (1, 32, 32, 2)).round().astype(np.int16)
+    affine = np.diag([0.5, 0.7, 3.0, 1.0])
+    pipeline = Compose([Flipd("image", spatial_axis=0),
+                        DeepDecoderDenoised("image", config=PAIR, device="cpu", uncertainty=True)])
+    out = pipeline({"image": MetaTensor(data, affine=affine, meta={"Modality": "CT"})})
+    image, sd = out["image"], out["image_uncertainty"]
+    assert isinstance(sd, MetaTensor) and sd.shape == image.shape == (1, 32, 32, 2)
+    assert image.dtype == torch.int16 and sd.dtype == torch.float32
+    np.testing.assert_allclose(sd.affine.numpy(), image.affine.numpy())
+    assert not np.allclose(sd.affine.numpy(), affine)  # the flipped grid, as the image's
+    values = sd.numpy()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() > 0
+    record = sd.meta["dd_medical"]
+    assert record["output"] == "uncertainty" and record["units"] == "HU" and "standard deviation" in record["quantity"]
+    assert record["description"].startswith("Uncertainty map") and "output" not in image.meta["dd_medical"]
+    assert [op["class"] for op in sd.applied_operations] == [op["class"] for op in image.applied_operations]
+    sd.meta["changed"] = 1
+    assert "changed" not in image.meta  # not shared
+
+    back = Invertd("image_uncertainty", pipeline, orig_keys="image")(out)["image_uncertainty"]
+    np.testing.assert_allclose(back.affine.numpy(), affine)
+    np.testing.assert_array_equal(back.numpy(), np.flip(values, axis=1))
+
+
+def test_array_transform_returns_the_uncertainty_only_when_asked():
+    data = np.random.default_rng(4).normal(500, 40, (1, 32, 32)).astype(np.float32)
+    image = MetaTensor(data, affine=np.diag([0.8, 0.8, 1.0, 1.0]), meta={"Modality": "MR"})
+    transform = DeepDecoderDenoise(config=PAIR, device="cpu")
+    denoised, sd = transform.denoise_with_uncertainty(image)
+    assert isinstance(sd, MetaTensor) and sd.shape == denoised.shape == (1, 32, 32)
+    assert sd.meta["dd_medical"]["units"] == "stored values"  # MR
+    assert np.isfinite(sd.numpy()).all() and sd.numpy().min() >= 0
+    np.testing.assert_allclose(denoised.numpy(), transform(image).numpy(), rtol=1e-5, atol=1e-3)  # same image
+    plain_sd = transform.denoise_with_uncertainty(data)[1]
+    assert isinstance(plain_sd, np.ndarray) and plain_sd.dtype == np.float32 and plain_sd.shape == (1, 32, 32)
+
+
+def test_uncertainty_off_gives_no_key_and_bad_settings_fail_before_fitting(monkeypatch):
+    data = {"image": np.random.default_rng(5).normal(0, 1, (1, 16, 16)).astype(np.float32)}
+    assert set(DeepDecoderDenoised("image", config=TINY, device="cpu")(data)) == {"image"}
+
+    fits = []
+    denoise = api.denoise
+    monkeypatch.setattr(api, "denoise", lambda *a, **kw: fits.append(1) or denoise(*a, **kw))
+    with pytest.raises(InputError, match="uncertainty=True needs at least 2 decoders .* ensemble=1"):
+        DeepDecoderDenoised("image", config=TINY, uncertainty=True)
+    with pytest.raises(InputError, match="ensemble=1"):
+        DeepDecoderDenoised("image", preset="fast", uncertainty=True)
+    with pytest.raises(InputError, match="ensemble=1"):
+        DeepDecoderDenoise(config=TINY).denoise_with_uncertainty(data["image"])
+    with pytest.raises(InputError, match="True or False"):
+        DeepDecoderDenoised("image", config=PAIR, uncertainty="false")
+    with pytest.raises(InputError, match="'image_uncertainty'"):
+        DeepDecoderDenoised(["image", "image_uncertainty"], config=PAIR, uncertainty=True)
+    with pytest.raises(InputError, match="already"):
+        DeepDecoderDenoised("image", config=PAIR, uncertainty=True)({**data, "image_uncertainty": "kept"})
+    assert fits == []
+    out = DeepDecoderDenoised("image", config=PAIR, uncertainty=True, uncertainty_key_postfix="sd")(data)
+    assert set(out) == {"image", "image_sd"} and len(fits) == 1
+
+
+def test_uncertainty_saved_as_dicom_is_named_so(series, tmp_path):
+    pipeline = Compose([
+        LoadImaged("image", reader="PydicomReader"),
+        EnsureChannelFirstd("image"),
+        DeepDecoderDenoised("image", config=PAIR, device="cpu", uncertainty=True),
+        SaveImaged("image_uncertainty", output_dir=tmp_path, output_postfix="sd", output_ext=".dcm",
+                   output_dtype=None, writer=DicomSeriesWriter, print_log=False),
+    ])
+    sd = pipeline({"image": str(series["noisy_dir"])})["image_uncertainty"]
+    written = read_volume(tmp_path / "noisy" / "noisy_sd")
+    assert written.shape == series["noisy"].shape
+    np.testing.assert_allclose(written.array, sd[0].numpy().transpose(2, 1, 0), atol=0.051)  # 0.1 HU steps
+    header = pydicom.dcmread(written.source_files[0], stop_before_pixels=True)
+    assert header.SeriesDescription.endswith("DD denoised uncertainty (SD, HU)")
+    assert header.DerivationDescription.startswith("Uncertainty map: calibrated standard deviation")
+    assert header.DerivationCodeSequence[0].CodeMeaning == "Standard Deviation"

@@ -12,7 +12,8 @@ Layout of OUTPUT_ROOT::
 
     manifest.sqlite          one row per volume: status pending/done/failed + reason, timings, noise, checksum
     series/S<hash>/IM0001.dcm  derived DICOM series; the folder name is a hash of "SeriesInstanceUID#split"
-    report/S<hash>.png       middle slice before | after | difference
+    series/S<hash>-uncertainty/  with ``uncertainty=True`` (--uncertainty): its uncertainty map, a derived series
+    report/S<hash>.png       middle slice before | after | difference (| uncertainty, labelled, with its scale)
     report.html              summary, per-series table with montages, bad input files with reasons
     receipts/S<hash>.json    only while a Ray run is going: written by a task after its outputs, removed once recorded
 
@@ -37,10 +38,12 @@ from .tasks import (
     RECEIPT_DIR,
     SERIES_DIR,
     TASKS,
+    UNCERTAINTY_SUFFIX,
     SeriesResult,
     SeriesTask,
     folder_checksum,
     process_series,
+    uncertainty_folder_name,
     verify_outputs,
 )
 
@@ -54,6 +57,7 @@ __all__ = [
     "REPORT_NAME",
     "SERIES_DIR",
     "TASKS",
+    "UNCERTAINTY_SUFFIX",
     "BatchSummary",
     "Executor",
     "Manifest",
@@ -68,5 +72,6 @@ __all__ = [
     "output_folder_name",
     "process_series",
     "run_batch",
+    "uncertainty_folder_name",
     "verify_outputs",
 ]

@@ -14,17 +14,31 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from tqdm import tqdm
 
 from ..core.config import FitConfig
 from ..errors import InputError
 from ..io import resolve_transfer_syntax, scan_dicom
 from ..io.dicom import DicomSeries
+from ..io.transfer_syntax import AUTO, derived_transfer_syntax
 from ..presets import resolve
 from ..report import ReportEntry, relative_to, write_report
 from .executors import EXECUTORS, Executor
 from .manifest import MANIFEST_NAME, Manifest
-from .tasks import MONTAGE_DIR, RECEIPT_DIR, SERIES_DIR, TASKS, SeriesResult, SeriesTask, process_series, verify_outputs
+from .tasks import (
+    MONTAGE_DIR,
+    RECEIPT_DIR,
+    SERIES_DIR,
+    TASKS,
+    SeriesResult,
+    SeriesTask,
+    process_series,
+    uncertainty_folder_name,
+    verify_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +148,25 @@ def _source_digest(files: Sequence[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def _transfer_syntax_problem(row: dict, files: Sequence[Path], chosen: UID | None) -> str:
+    """Why the outputs of a finished series are not in the transfer syntax this run writes (``chosen``; ``None``:
+    auto), "" when they are. Checked only when the setting changed (the setting's UID, or for auto the syntax it
+    gives the series' source files); a row that does not record its syntax (an older manifest) is kept."""
+    written = row.get("transfer_syntax")
+    if not written or row.get("transfer_syntax_setting") == str(chosen or AUTO):
+        return ""
+    expected = chosen or derived_transfer_syntax(None, [_file_transfer_syntax(path) for path in files])
+    return "" if expected == written else f"written as {UID(written).name}, this run writes {expected.name}"
+
+
+def _file_transfer_syntax(path: Path) -> str:
+    """The transfer syntax UID in a file's meta information ("" without one: a bare, uncompressed data set)."""
+    try:
+        return str(read_file_meta_info(path).get("TransferSyntaxUID", "") or "")
+    except (OSError, EOFError, InvalidDicomError):
+        return ""
+
+
 def run_batch(
     input_root: str | Path,
     output_root: str | Path,
@@ -148,6 +181,7 @@ def run_batch(
     executor: str | Executor = "serial",
     progress: bool | None = None,
     transfer_syntax: str | None = None,
+    uncertainty: bool = False,
 ) -> BatchSummary:
     """Run ``task`` on every image volume under ``input_root``; derived series, manifest and report go to
     ``output_root`` (see the module docstring for the layout). Resumable: volumes done earlier are skipped once
@@ -170,7 +204,12 @@ def run_batch(
         transfer_syntax: of the derived series (:func:`dd_medical.io.write_series`): ``None`` or ``"auto"`` (each
             series keeps its source's lossless compression where an encoder is installed, else Explicit VR Little
             Endian), ``"explicit"``, ``"rle"``, ``"jpeg2000-lossless"``, ``"jpegls-lossless"`` or a UID; an unknown
-            or unavailable one raises :class:`InputError` before anything is read.
+            or unavailable one raises :class:`InputError` before anything is read. The manifest records the syntax
+            each series was written in; a series done earlier in another syntax than this setting writes is redone.
+        uncertainty: also write each series' uncertainty map (calibrated standard deviation of the denoised value,
+            HU for CT) as a derived series ``series/S<hash>-uncertainty/`` referencing the denoised one, recorded in
+            the manifest and shown in the montage; needs ``config.ensemble >= 2`` (:class:`InputError` before
+            anything is read). A series done earlier without its map is redone.
 
     Returns a :class:`BatchSummary`; raises :class:`InputError` only for problems with the roots themselves or
     the options.
@@ -179,6 +218,9 @@ def run_batch(
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     resolve_transfer_syntax(transfer_syntax)  # an unknown or unavailable syntax: refused before any work
     config = resolve("denoise", config=config)
+    if uncertainty and config.ensemble < 2:
+        raise InputError(f"an uncertainty map needs an ensemble of 2 or more decoders per slice (the map is their "
+                         f"spread); these settings fit {config.ensemble}: use --ensemble 2")
     runner = EXECUTORS[executor]() if isinstance(executor, str) else executor
     inp, out = check_roots(input_root, output_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,14 +228,15 @@ def run_batch(
         manifest = Manifest(out / MANIFEST_NAME)
         try:
             return _run(inp, out, manifest, task, config, device, batch_size, window, org_root, retry_failed,
-                        runner, progress, transfer_syntax)
+                        runner, progress, transfer_syntax, uncertainty)
         finally:
             manifest.close()
 
 
 def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig, device: str,
          batch_size: int | None, window: tuple[float, float] | None, org_root: str | None, retry_failed: bool,
-         runner: Executor, progress: bool | None, transfer_syntax: str | None) -> BatchSummary:
+         runner: Executor, progress: bool | None, transfer_syntax: str | None,
+         uncertainty: bool = False) -> BatchSummary:
     recorded_root = manifest.meta("input_root")
     if recorded_root is not None and recorded_root != str(inp):
         raise InputError(f"output root holds the batch of another input root ({recorded_root})", out)
@@ -223,12 +266,14 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
     for name, reason in summary.bad_files:
         log.warning("not processed %s: %s", name, reason)
 
+    chosen = resolve_transfer_syntax(transfer_syntax)
     tasks: list[SeriesTask] = []
     for item in planned:
         row = manifest.get(item.key)
         if row is not None and row["status"] in ("done", "check"):
             problem = "" if row["source_digest"] == item.source_digest else "source files changed"
-            problem = problem or verify_outputs(row, out)
+            problem = problem or verify_outputs(row, out, uncertainty=uncertainty)
+            problem = problem or _transfer_syntax_problem(row, item.series.files, chosen)
             if not problem:
                 summary.skipped.append(item.key)
                 if row["status"] == "check":
@@ -238,13 +283,13 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
         elif row is not None and row["status"] == "failed" and not retry_failed:
             summary.failed.append((item.key, f"failed in an earlier run (use --retry-failed): {row['reason']}"))
             continue
-        manifest.schedule(item, task, config)
+        manifest.schedule(item, task, config, str(chosen or AUTO))
         tasks.append(SeriesTask(
             key=item.key, files=tuple(str(p) for p in item.series.files),
             output_dir=str(out / SERIES_DIR / item.folder), montage_path=str(out / MONTAGE_DIR / f"{item.folder}.png"),
             task=task, config=config, device=device, batch_size=batch_size, window=window, org_root=org_root,
             transfer_syntax=transfer_syntax, progress=progress,
-            slices=0 if item.series.multiframe else len(item.series.files), token=token,
+            slices=0 if item.series.multiframe else len(item.series.files), token=token, uncertainty=uncertainty,
         ))
 
     _collect(runner, tasks, manifest, summary, out, token, progress)
@@ -297,12 +342,16 @@ def report_entry(out: Path, row: dict, *, key: str, folder: str, modality: str,
     output ``out``: its figures, and its montage when the series was written."""
     montage = out / MONTAGE_DIR / f"{folder}.png"
     written = row.get("status") in ("done", "check") and montage.is_file()
+    uncertain = written and row.get("uncertainty_outputs") is not None
     return ReportEntry(
         key=key, folder=f"{SERIES_DIR}/{folder}", modality=modality, status=row.get("status", "pending"),
         reason=row.get("reason", "") or "", slices=row.get("slices") or 0, seconds_read=row.get("seconds_read"),
         seconds_task=row.get("seconds_task"), seconds_write=row.get("seconds_write"),
         noise_before=row.get("noise_before"), noise_after=row.get("noise_after"),
         montage=f"{MONTAGE_DIR}/{montage.name}" if written else "", excluded=excluded, skipped_now=skipped_now,
+        uncertainty_folder=f"{SERIES_DIR}/{uncertainty_folder_name(folder)}" if uncertain else "",
+        uncertainty_median=row.get("uncertainty_median") if uncertain else None,
+        uncertainty_scale=row.get("uncertainty_scale") if uncertain else None,
     )
 
 

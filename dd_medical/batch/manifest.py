@@ -1,4 +1,6 @@
-"""The batch manifest: one SQLite row per series (status, reason, timings, noise, checksum), written by the driver.
+"""The batch manifest: one SQLite row per series (status, reason, settings, timings, noise, checksums of the derived
+series and of its uncertainty series when one was written, the transfer syntax they were written in), written by
+the driver.
 
 WAL journal, one committed transaction per change: a run killed at any moment leaves a consistent manifest, and
 readers (a progress monitor, a test) can poll it while the run writes.
@@ -49,10 +51,21 @@ CREATE TABLE IF NOT EXISTS series (
     noise_before REAL,
     noise_after REAL,
     excluded TEXT NOT NULL DEFAULT '[]',
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    uncertainty_outputs INTEGER,
+    uncertainty_checksum TEXT,
+    uncertainty_median REAL,
+    uncertainty_scale REAL,
+    transfer_syntax TEXT,
+    transfer_syntax_setting TEXT
 );
 CREATE TABLE IF NOT EXISTS skipped_files (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
+#: Columns added since the first manifests (name, SQL type), appended to an older table when it is opened:
+#: the uncertainty series (its file count and checksum, None when none was written) and its map's figures; the UID
+#: of the transfer syntax the outputs were written in, and the setting that chose it (``"auto"`` or a UID).
+_ADDED_COLUMNS = (("uncertainty_outputs", "INTEGER"), ("uncertainty_checksum", "TEXT"), ("uncertainty_median", "REAL"),
+                  ("uncertainty_scale", "REAL"), ("transfer_syntax", "TEXT"), ("transfer_syntax_setting", "TEXT"))
 
 
 class Manifest:
@@ -66,7 +79,17 @@ class Manifest:
         self.conn.execute("PRAGMA synchronous=FULL")
         with self.conn:
             self.conn.executescript(_SCHEMA)
+        self._add_columns()
         self._allow_check_status()
+
+    def _add_columns(self) -> None:
+        """A manifest written before the columns of :data:`_ADDED_COLUMNS` existed: append them (empty), so its
+        columns are the schema's, in order."""
+        present = {row["name"] for row in self.conn.execute("PRAGMA table_info(series)")}
+        with self.conn:
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    self.conn.execute(f"ALTER TABLE series ADD COLUMN {name} {kind}")
 
     def _allow_check_status(self) -> None:
         """A manifest written before the ``check`` status existed: rebuild its table with the new constraint (rows
@@ -99,31 +122,35 @@ class Manifest:
         """All series rows, ordered by key."""
         return [dict(r) for r in self.conn.execute("SELECT * FROM series ORDER BY key")]
 
-    def schedule(self, item: Planned, task: str, config: FitConfig) -> None:
-        """Insert or reset ``item`` to ``pending`` (kept counters: attempts)."""
+    def schedule(self, item: Planned, task: str, config: FitConfig, transfer_syntax_setting: str = "auto") -> None:
+        """Insert or reset ``item`` to ``pending`` (kept counters: attempts), with the settings it is run with:
+        ``config`` and ``transfer_syntax_setting`` (``"auto"`` or the UID asked for)."""
         with self.conn:
             self.conn.execute(
                 """INSERT INTO series (key, series_uid, split_key, folder, modality, n_files, source_digest, status,
-                       reason, task, config, excluded, updated)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', '', ?, ?, ?, ?)
+                       reason, task, config, excluded, updated, transfer_syntax_setting)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', '', ?, ?, ?, ?, ?)
                    ON CONFLICT(key) DO UPDATE SET folder=excluded.folder, modality=excluded.modality,
                        n_files=excluded.n_files, source_digest=excluded.source_digest, status='pending', reason='',
                        task=excluded.task, config=excluded.config, excluded=excluded.excluded,
-                       updated=excluded.updated""",
+                       updated=excluded.updated, transfer_syntax_setting=excluded.transfer_syntax_setting""",
                 (item.key, item.series.series_uid, item.series.split_key, item.folder, item.series.modality,
                  len(item.series.files), item.source_digest, task, json.dumps(asdict(config)),
-                 json.dumps(item.excluded), _now()),
+                 json.dumps(item.excluded), _now(), transfer_syntax_setting),
             )
 
     def record(self, result: SeriesResult) -> None:
         with self.conn:
             self.conn.execute(
                 """UPDATE series SET status=?, reason=?, attempts=attempts+1, slices=?, outputs=?, checksum=?,
-                       seconds_read=?, seconds_task=?, seconds_write=?, noise_before=?, noise_after=?, updated=?
+                       seconds_read=?, seconds_task=?, seconds_write=?, noise_before=?, noise_after=?, updated=?,
+                       uncertainty_outputs=?, uncertainty_checksum=?, uncertainty_median=?, uncertainty_scale=?,
+                       transfer_syntax=?
                    WHERE key=?""",
                 (result.status, result.reason, result.slices, result.outputs, result.checksum, result.seconds_read,
                  result.seconds_task, result.seconds_write, result.noise_before, result.noise_after, _now(),
-                 result.key),
+                 result.uncertainty_outputs, result.uncertainty_checksum, result.uncertainty_median,
+                 result.uncertainty_scale, result.transfer_syntax or None, result.key),
             )
 
     def set_skipped_files(self, files: Iterable[tuple[str, str]]) -> None:

@@ -10,21 +10,31 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.filereader import read_file_meta_info
 
 from ..api import check, denoise, estimate_noise
 from ..core.config import FitConfig
 from ..core.intensity import Window
 from ..errors import InputError
-from ..io import atomic_output_file, derivation_description, load_series, write_series
+from ..io import (
+    atomic_output_file,
+    derivation_description,
+    load_series,
+    uncertainty_derivation,
+    uncertainty_series_description,
+    write_series,
+    write_uncertainty_series,
+)
 from ..io.dicom import one_line
 from ..pipeline import denoise_volume
-from ..report import write_montage
+from ..report import display_top, write_montage
 from ..volume import Volume
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,18 @@ SERIES_DIR = "series"
 MONTAGE_DIR = "report"
 RECEIPT_DIR = "receipts"
 SERIES_DESCRIPTION = "Deep Decoder denoised (dd-medical)"
+#: Ending of the folder of a series' uncertainty map, beside its denoised series: ``series/S<hash>-uncertainty/``.
+UNCERTAINTY_SUFFIX = "-uncertainty"
+
+
+def uncertainty_folder_name(folder: str) -> str:
+    """The folder of the uncertainty series of the denoised series in ``folder`` (``S<hash>-uncertainty``)."""
+    return f"{folder}{UNCERTAINTY_SUFFIX}"
+
+
+def units_of(modality: str) -> str:
+    """Units of a volume's values and of its uncertainty map: HU for CT, else stored values."""
+    return "HU" if modality == "CT" else "stored values"
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,13 @@ class SeriesTask:
     progress: bool | None = False  # slice bars: None on a terminal only (pipeline.Progress)
     slices: int = 0  # number of slices when known before reading (single-frame series), else 0: never chunked
     token: str = ""  # set by the driver for executors that retry tasks: a receipt marks outputs of this run
+    uncertainty: bool = False  # also write the uncertainty map's series (uncertainty_dir) and montage tile
+
+    @property
+    def uncertainty_dir(self) -> str:
+        """Final folder of the uncertainty series, beside :attr:`output_dir` (:func:`uncertainty_folder_name`)."""
+        out = Path(self.output_dir)
+        return str(out.with_name(uncertainty_folder_name(out.name)))
 
     @property
     def receipt_path(self) -> Path:
@@ -76,28 +105,42 @@ class SeriesResult:
     seconds_write: float | None = None
     noise_before: float | None = None
     noise_after: float | None = None
+    uncertainty_outputs: int | None = None  # files of the uncertainty series; None: none written
+    uncertainty_checksum: str = ""
+    uncertainty_median: float | None = None  # median of the map over the volume (HU for CT)
+    uncertainty_scale: float | None = None  # the white end of the montage's map tile (HU for CT); black is 0
+    transfer_syntax: str = ""  # UID of the transfer syntax the derived series (and its map's) was written in
 
 
-def _denoise(volume: Volume, task: SeriesTask) -> np.ndarray:
+def _denoise(volume: Volume, task: SeriesTask) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     window = Window(*task.window) if task.window else None
     return denoise(volume.array, config=task.config, device=task.device, window=window, modality=volume.modality,
-                   batch_size=task.batch_size, progress=task.progress)
+                   batch_size=task.batch_size, progress=task.progress, uncertainty=task.uncertainty)
 
 
-def _denoise_slices(volume: Volume, task: SeriesTask, start: int, stop: int) -> np.ndarray:
+def _denoise_slices(volume: Volume, task: SeriesTask, start: int,
+                    stop: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Slices ``start:stop`` of the volume denoised exactly as :func:`_denoise` denoises them within the whole
     volume: the volume's window, slice ``i`` fitted with the seeds of ``(config.seed, i)``, and (2.5D) the slabs
-    around them fitted to the whole volume's slices."""
+    around them fitted to the whole volume's slices (with ``task.uncertainty``, also their uncertainty map)."""
     window = Window(*task.window) if task.window else None
     return denoise_volume(volume.array, task.config, task.device, window=window, modality=volume.modality,
-                          batch_size=task.batch_size, progress=task.progress, slices=(start, stop))
+                          batch_size=task.batch_size, progress=task.progress, slices=(start, stop),
+                          uncertainty=task.uncertainty)
 
 
-#: Tasks by name: ``fn(volume, task) -> (D, H, W) float32`` in the volume's units.
+#: Tasks by name: ``fn(volume, task) -> (D, H, W) float32`` in the volume's units; with ``task.uncertainty``,
+#: ``(values, sd)``: the map too, the same shape and units.
 TASKS: dict[str, Callable] = {"denoise": _denoise}
-#: The same tasks on a range of slices, ``fn(volume, task, start, stop) -> (stop - start, H, W)``, equal to the
-#: matching slices of the whole-volume result (so a chunked series equals an unchunked one).
+#: The same tasks on a range of slices, ``fn(volume, task, start, stop) -> (stop - start, H, W)`` (or a pair, as
+#: above), equal to the matching slices of the whole-volume result (so a chunked series equals an unchunked one).
 SLICE_TASKS: dict[str, Callable] = {"denoise": _denoise_slices}
+
+
+def _split(task: SeriesTask, out: object) -> tuple[np.ndarray, np.ndarray | None]:
+    """A task function's result as float32 ``(values, sd)`` (``sd`` None without ``task.uncertainty``)."""
+    values, sd = out if task.uncertainty else (out, None)
+    return np.asarray(values, dtype=np.float32), None if sd is None else np.asarray(sd, dtype=np.float32)
 
 
 def process_series(task: SeriesTask) -> SeriesResult:
@@ -105,7 +148,9 @@ def process_series(task: SeriesTask) -> SeriesResult:
     KeyboardInterrupt): a failure becomes ``status="failed"`` with a one-line reason naming the file or UID.
 
     Its only side effects are atomic outputs: ``task.output_dir`` (replaced as a whole if present, as the driver
-    only schedules volumes whose old output is stale) and ``task.montage_path``.
+    only schedules volumes whose old output is stale), ``task.montage_path`` and, with ``task.uncertainty``,
+    ``task.uncertainty_dir``; without it an old uncertainty series of the volume is removed (it would reference the
+    replaced series).
     """
     if task.token:
         earlier = completed_earlier(task)
@@ -117,9 +162,9 @@ def process_series(task: SeriesTask) -> SeriesResult:
         t0 = time.perf_counter()
         volume = load_series(task.files)
         t1 = time.perf_counter()
-        values = np.asarray(TASKS[task.task](volume, task), dtype=np.float32)
+        values, sd = _split(task, TASKS[task.task](volume, task))
         result.seconds_read, result.seconds_task = t1 - t0, time.perf_counter() - t1
-        _write_outputs(task, volume, values, result)
+        _write_outputs(task, volume, values, result, sd)
     return result
 
 
@@ -136,23 +181,41 @@ def _recording_failure(result: SeriesResult | ChunkResult) -> Iterator[None]:
         result.reason = f"{type(err).__name__}: {one_line(err)}"
 
 
-def _write_outputs(task: SeriesTask, volume, values: np.ndarray, result: SeriesResult) -> None:
-    """Write the derived series and montage of ``values`` (D, H, W), fill ``result`` in as done, then the receipt
-    (when ``task.token``)."""
+def _write_outputs(task: SeriesTask, volume, values: np.ndarray, result: SeriesResult,
+                   sd: np.ndarray | None = None) -> None:
+    """Write the derived series and montage of ``values`` (D, H, W) (and the uncertainty series of ``sd``, the same
+    shape, when given; an old one of a series redone without it is removed), fill ``result`` in as done, then the
+    receipt (when ``task.token``)."""
     t2 = time.perf_counter()
     fidelity = check(volume, values)
+    if sd is None:  # an uncertainty series of an earlier run would reference the replaced denoised series
+        shutil.rmtree(task.uncertainty_dir, ignore_errors=True)
     written = write_series(
         volume.with_array(values), task.output_dir, series_description=SERIES_DESCRIPTION,
         derivation_description=f"{derivation_description(task.config)}; {fidelity.summary()}", org_root=task.org_root,
         overwrite=True, transfer_syntax=task.transfer_syntax,
     )
     middle = volume.shape[0] // 2
-    write_montage(volume.array[middle], values[middle], task.montage_path)
+    units = units_of(volume.modality)
+    if sd is not None:
+        uncertain = write_uncertainty_series(
+            volume.with_array(sd), task.uncertainty_dir, denoised=task.output_dir, units=units,
+            series_description=uncertainty_series_description(SERIES_DESCRIPTION, units),
+            derivation_description=uncertainty_derivation(task.config, units), org_root=task.org_root,
+            overwrite=True, transfer_syntax=task.transfer_syntax,
+        )
+        result.uncertainty_outputs = len(uncertain)
+        result.uncertainty_checksum = folder_checksum(Path(task.uncertainty_dir))
+        result.uncertainty_median = float(np.median(sd))
+        result.uncertainty_scale = display_top(sd[middle])
+    write_montage(volume.array[middle], values[middle], task.montage_path,
+                  uncertainty=None if sd is None else sd[middle], scale=result.uncertainty_scale, units=units)
     result.seconds_write = time.perf_counter() - t2
     result.status, result.slices, result.outputs = "done", volume.shape[0], len(written)
     if not fidelity.passed:
         result.status, result.reason = "check", fidelity.summary()
     result.checksum = folder_checksum(Path(task.output_dir))
+    result.transfer_syntax = str(read_file_meta_info(written[0]).TransferSyntaxUID)
     result.noise_before = fidelity.noise
     result.noise_after = estimate_noise(values)
     if task.token:
@@ -172,7 +235,9 @@ def completed_earlier(task: SeriesTask) -> SeriesResult | None:
         return None
     result = SeriesResult(**receipt["result"])
     row = {"folder": Path(task.output_dir).name, "outputs": result.outputs, "checksum": result.checksum}
-    if result.key != task.key or verify_outputs(row, Path(task.output_dir).parent.parent):
+    row.update(uncertainty_outputs=result.uncertainty_outputs, uncertainty_checksum=result.uncertainty_checksum)
+    if result.key != task.key or verify_outputs(row, Path(task.output_dir).parent.parent,
+                                                uncertainty=task.uncertainty):
         return None
     return result
 
@@ -194,6 +259,7 @@ class ChunkResult:
     start: int
     stop: int
     values: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None  # the chunk's uncertainty map (with ``task.uncertainty``)
     reason: str = ""
     seconds_read: float = 0.0
     seconds_task: float = 0.0
@@ -217,8 +283,8 @@ def process_chunk(chunk: SliceChunk) -> ChunkResult:
         if chunk.stop > volume.shape[0]:
             raise InputError(f"series {chunk.task.key} has {volume.shape[0]} slices, not {chunk.task.slices}")
         t1 = time.perf_counter()
-        values = SLICE_TASKS[chunk.task.task](volume, chunk.task, chunk.start, chunk.stop)
-        result.values = np.asarray(values, dtype=np.float32)
+        result.values, result.uncertainty = _split(
+            chunk.task, SLICE_TASKS[chunk.task.task](volume, chunk.task, chunk.start, chunk.stop))
         result.seconds_read, result.seconds_task = t1 - t0, time.perf_counter() - t1
     return result
 
@@ -235,12 +301,13 @@ def finish_chunks(task: SeriesTask, chunks: Sequence[ChunkResult]) -> SeriesResu
         ordered = sorted(chunks, key=lambda c: c.start)
         volume = load_series(task.files)
         values = np.concatenate([c.values for c in ordered])
+        sd = np.concatenate([c.uncertainty for c in ordered]) if task.uncertainty else None
         bounds = [0] + [b for c in ordered for b in (c.start, c.stop)] + [volume.shape[0]]
         if bounds[0::2] != bounds[1::2] or values.shape != volume.shape:
             raise InputError(f"chunks of series {task.key} do not cover its {volume.shape[0]} slices in order")
         result.seconds_read = sum(c.seconds_read for c in chunks)
         result.seconds_task = sum(c.seconds_task for c in chunks)
-        _write_outputs(task, volume, values, result)
+        _write_outputs(task, volume, values, result, sd)
     return result
 
 
@@ -255,17 +322,27 @@ def folder_checksum(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_outputs(row: dict, output_root: Path) -> str:
-    """Why the recorded outputs of a ``done`` row are not complete ("" when they are): missing folder, file count
-    or checksum different from the manifest's, or a missing montage."""
-    folder = output_root / SERIES_DIR / row["folder"]
+def _folder_problem(folder: Path, outputs: int, checksum: str, what: str) -> str:
     if not folder.is_dir():
-        return "output folder is missing"
+        return f"{what} folder is missing"
     count = sum(1 for _ in folder.iterdir())
-    if count != row["outputs"]:
-        return f"output folder holds {count} files, {row['outputs']} expected"
-    if folder_checksum(folder) != row["checksum"]:
-        return "output files differ from the recorded checksum"
+    if count != outputs:
+        return f"{what} folder holds {count} files, {outputs} expected"
+    if folder_checksum(folder) != checksum:
+        return f"{what} files differ from the recorded checksum"
+    return ""
+
+
+def verify_outputs(row: dict, output_root: Path, *, uncertainty: bool = False) -> str:
+    """Why the recorded outputs of a ``done`` row are not complete ("" when they are): missing folder, file count
+    or checksum different from the manifest's, or a missing montage; the same for the uncertainty series when the
+    row records one, and its absence when ``uncertainty`` asks for one."""
+    problem = _folder_problem(output_root / SERIES_DIR / row["folder"], row["outputs"], row["checksum"], "output")
+    if problem:
+        return problem
     if not (output_root / MONTAGE_DIR / f"{row['folder']}.png").is_file():
         return "montage is missing"
-    return ""
+    if row.get("uncertainty_outputs") is None:
+        return "no uncertainty series (asked for with --uncertainty)" if uncertainty else ""
+    return _folder_problem(output_root / SERIES_DIR / uncertainty_folder_name(row["folder"]),
+                           row["uncertainty_outputs"], row.get("uncertainty_checksum") or "", "uncertainty series")

@@ -57,7 +57,11 @@ class Compressed:
 
 class FakeQuantisation:
     """Weight hook: every tensor as the ``.ddc`` payload stores it (per slice and tensor: ``bits``-bit affine codes
-    between its minimum and maximum), with a straight-through gradient (that of the identity)."""
+    between its minimum and maximum), with a straight-through gradient (that of the identity).
+
+    Not ``torch.fake_quantize_per_channel_affine``: its grid ``(code - zero_point) * scale`` is the file's
+    ``low + code * step`` only to within float rounding (an integer zero point shifts it by up to half a step), and
+    refinement must see exactly the weights that are stored."""
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
@@ -102,9 +106,16 @@ def decode(header: dict, weights: list[list[np.ndarray]], device: torch.device |
                                                            what="decoding one slice")])
 
 
+#: PSNR (dB) recorded for a slice decoded without error: the JSON header holds no infinity.
+LOSSLESS_PSNR_DB = 200.0
+
+
 def _psnr(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    mse = np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2, axis=(1, 2))
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-20))
+    """``(D,)`` PSNR in dB of ``(D, H, W)`` [0, 1] slices (:func:`dd_medical.metrics.psnr`), at most
+    ``LOSSLESS_PSNR_DB``."""
+    from ..metrics import psnr  # imports monai, which takes seconds: only compress pays it
+
+    return np.minimum(np.atleast_1d(psnr(image, reference, data_range=1.0)), LOSSLESS_PSNR_DB)
 
 
 def _header(volume: Volume, config: FitConfig, window: Window, bits: int, refine_iterations: int,

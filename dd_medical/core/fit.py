@@ -41,7 +41,8 @@ class FitResult:
         loss_history: ``(N, B)`` data misfit per slice (ensemble mean) every ``loss_every`` steps.
         iterations: ``(B,)`` steps run per slice (fewer than the budget where a stopping rule ended it).
         seconds: wall time of the loop.
-        members: with ``keep_members=True``, each ensemble member's estimate ``(B, ensemble, C, H, W)``.
+        members: with ``keep_members=True``, each ensemble member's estimate ``(B, ensemble, C, H, W)`` (of the step
+            its slice stopped at); ``image`` is their mean.
     """
 
     image: torch.Tensor
@@ -135,13 +136,11 @@ class Decoders:
         return merge_states([{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models])
 
 
-def _check(config: FitConfig, indices: list[int], y: torch.Tensor, keep_members: bool) -> None:
+def _check(config: FitConfig, indices: list[int], y: torch.Tensor) -> None:
     if config.architecture not in ("deep", "conv"):
         raise ValueError(f"fit() takes architecture 'deep' or 'conv', not {config.architecture!r}")
     if len(indices) != y.shape[0]:
         raise ValueError(f"{len(indices)} slice indices for {y.shape[0]} measurements")
-    if keep_members and config.stopping != "fixed":
-        raise ValueError("keep_members needs stopping='fixed' (stopped slices keep only their ensemble mean)")
 
 
 def _decoders(config: FitConfig, indices: list[int], image_shape: tuple[int, int, int], twins: int, output: str,
@@ -203,7 +202,7 @@ def fit(
         device: where to fit.
         callback: ``callback(done, total)`` after every step.
         pass_size: decoders per forward/backward pass (default :func:`instances_per_pass`); no effect on results.
-        keep_members: also return every member's estimate (``FitResult.members``; ``stopping="fixed"`` only).
+        keep_members: also return every member's estimate (``FitResult.members``).
         initial_weights: start from these weights (a ``FitResult.weights`` of the same decoders) instead of the
             seeds' draws.
         weight_hook: applied to every weight tensor in the forward pass (:data:`~dd_medical.core.decoder.WeightHook`).
@@ -215,7 +214,7 @@ def fit(
     image_shape = operator.image_shape(y)
     stopping, estimator, perturbations = make_stopping(config, operator, y), make_estimator(config), \
         make_perturbations(config)
-    _check(config, indices, y, keep_members)
+    _check(config, indices, y)
     decoders = _decoders(config, indices, image_shape, stopping.twins, operator.output, device, pass_size,
                          initial_weights, weight_hook)
     for perturbation in perturbations:
@@ -252,8 +251,7 @@ def fit(
         perturbation.restore(decoders)
     with torch.no_grad():
         estimator.finish(decoders)
-        each = estimator.value.view(*by_decoder, *image_shape)[:, :, 0]
-        image = stopping.result(each.mean(dim=1))
-    return FitResult(image=image.cpu(), weights=estimator.weights(decoders),
+        each = stopping.result(estimator.value.view(*by_decoder, *image_shape)[:, :, 0])
+    return FitResult(image=each.mean(dim=1).cpu(), weights=estimator.weights(decoders),
                      loss_history=torch.stack(history).numpy(), iterations=stopping.stopped_at.numpy(),
                      seconds=seconds, members=each.cpu() if keep_members else None)

@@ -1,7 +1,7 @@
 """When a slice's fit ends: after a fixed number of steps, at the noise level (discrepancy), or at the lowest SURE.
 
 A rule sees, every ``loss_every`` steps, the estimates of every decoder as ``(B, members, twins, C, H, W)`` and
-decides which slices stop; a stopped slice keeps the estimate it had then (``frozen``), and the passes whose
+decides which slices stop; a stopped slice keeps its members' estimates of then (``frozen``), and the passes whose
 slices have all stopped are no longer evaluated.
 """
 
@@ -36,11 +36,11 @@ class FixedSteps:
         """Stop the slices the rule ends at ``step``; whether any slice goes on."""
         return True
 
-    def result(self, estimate: torch.Tensor) -> torch.Tensor:
-        """The returned images ``(B, C, H, W)`` from the final estimate."""
+    def result(self, members: torch.Tensor) -> torch.Tensor:
+        """The returned members' images ``(B, members, C, H, W)`` from their final estimates."""
         if self.frozen is None:
-            return estimate
-        return torch.where(self.active[:, None, None, None], estimate, self.frozen)
+            return members
+        return torch.where(self.active[:, None, None, None, None], members, self.frozen)
 
     def _stop(self, step: int, newly: torch.Tensor) -> bool:
         self.active &= ~newly
@@ -57,7 +57,7 @@ class _NoiseLevelRule(FixedSteps):
         sigma = estimate_sigma(y.float().cpu(), self.mask.cpu()) if noise_sigma is None else \
             torch.as_tensor(noise_sigma, dtype=torch.float32)
         self.sigma = sigma.to(y.device).expand(y.shape[0]).float()
-        self.frozen = torch.zeros((y.shape[0], *image_shape), device=y.device)
+        self.frozen = torch.zeros((y.shape[0], config.ensemble, *image_shape), device=y.device)
         return targets
 
 
@@ -75,11 +75,12 @@ class Discrepancy(_NoiseLevelRule):
         return targets
 
     def check(self, step, estimates, operator, y):
-        current = estimates[:, :, 0].mean(dim=1)
+        members = estimates[:, :, 0]
         weights = self.mask.float()
-        misfit = ((operator.forward(current) - y).pow(2) * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
+        misfit = ((operator.forward(members.mean(dim=1)) - y).pow(2) * weights).flatten(1).sum(1) \
+            / weights.flatten(1).sum(1)
         newly = self.active & (misfit <= self.threshold)
-        self.frozen[newly] = current[newly]
+        self.frozen[newly] = members[newly]
         return self._stop(step, newly)
 
 
@@ -117,11 +118,11 @@ class Sure(_NoiseLevelRule):
         risk = mean_squared_residual(current, y) + 2 * self.sigma**2 * divergence.view(batch, members).mean(1)
         newly_best = self.active & (risk < self.best)
         self.best = torch.where(newly_best, risk, self.best)
-        self.frozen[newly_best] = current[newly_best]
+        self.frozen[newly_best] = estimates[:, :, 0][newly_best]
         self.best_at[newly_best.cpu()] = step + 1
         return self._stop(step, self.active & ((step + 1 - self.best_at).to(y.device) >= self.patience))
 
-    def result(self, estimate):
+    def result(self, members):
         return self.frozen
 
 

@@ -1,6 +1,6 @@
 """Reading and writing volumes: DICOM series (in and derived out, in a lossless transfer syntax:
 :mod:`dd_medical.io.transfer_syntax`), NIfTI / NRRD / MetaImage, raw measurements (:mod:`dd_medical.io.raw`),
-provenance, atomic outputs.
+provenance, uncertainty maps (:mod:`dd_medical.io.dicom_uncertainty`), atomic outputs.
 
 ```python
 from dd_medical.io import read_volume, write_series
@@ -26,10 +26,11 @@ from dd_medical.io.dicom import (
     read_series,
     scan_dicom,
 )
+from dd_medical.io.dicom_uncertainty import write_uncertainty_series
 from dd_medical.io.dicom_write import write_lossy_series, write_series
 from dd_medical.io.image import IMAGE_SUFFIXES, is_image_path, read_image, write_image
-from dd_medical.io.output import OUTPUT_FORMATS, check_output, output_format, write_volume
-from dd_medical.io.provenance import derivation_description
+from dd_medical.io.output import OUTPUT_FORMATS, check_output, output_format, write_uncertainty, write_volume
+from dd_medical.io.provenance import derivation_description, uncertainty_derivation, uncertainty_series_description
 from dd_medical.io.transfer_syntax import TRANSFER_SYNTAXES, resolve_transfer_syntax
 from dd_medical.io.validate import validate_derived
 from dd_medical.volume import Volume
@@ -53,10 +54,14 @@ __all__ = [
     "read_volume",
     "resolve_transfer_syntax",
     "scan_dicom",
+    "uncertainty_derivation",
+    "uncertainty_series_description",
     "validate_derived",
     "write_image",
     "write_lossy_series",
     "write_series",
+    "write_uncertainty",
+    "write_uncertainty_series",
     "write_volume",
 ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,10 @@ _TYPE2_KEYWORDS = (
     "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
 )
 _CLASSIC_SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
+#: ``encode(values, modality) -> (stored pixels, RescaleSlope, RescaleIntercept)`` (DICOM DS strings).
+Encoder = Callable[[np.ndarray, str], tuple[np.ndarray, str, str]]
+#: ``amend(ds, slices)``: last changes to a derived dataset holding the volume slices ``slices``, before saving.
+Amend = Callable[[Dataset, list[int]], None]
 #: SOP classes whose ImageType has four values and a second value that can only be PRIMARY (PS3.3 C.8.16.1).
 ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
@@ -104,6 +109,8 @@ def write_series(
     series_number: int | None = None,
     overwrite: bool = False,
     transfer_syntax: str | None = None,
+    encode: Encoder | None = None,
+    amend: Amend | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a new DICOM series (one file per slice, ``IM0001.dcm`` ... in slice order).
 
@@ -123,6 +130,10 @@ def write_series(
     ``"jpegls-lossless"`` or one of their UIDs (:mod:`dd_medical.io.transfer_syntax`); always lossless.
     ``out_dir`` must not exist or be empty (``overwrite=True``: a complete old folder is replaced as a whole);
     files appear only once all are written. Returns the files written.
+    ``encode(values, modality) -> (stored, slope, intercept)`` turns the values into stored pixels (default
+    :func:`encode_int16`; an uncertainty map: :func:`dd_medical.io.dicom_uncertainty.encode_sd`, unsigned);
+    ``amend(ds, slices)`` is called on every dataset (holding volume slices ``slices``) just before it is saved, for
+    what a special derived series says about itself (:mod:`dd_medical.io.dicom_uncertainty`).
     """
     chosen = resolve_transfer_syntax(transfer_syntax)
     if not np.all(np.isfinite(volume.array)):
@@ -131,7 +142,7 @@ def write_series(
     sources = [Path(p) for p in volume.source_files]
     if sources and len(sources) != volume.shape[0]:
         raise InputError(f"volume has {volume.shape[0]} slices but {len(sources)} source files")
-    stored, slope, intercept = encode_int16(volume.array, volume.modality)
+    stored, slope, intercept = (encode or encode_int16)(volume.array, volume.modality)
     headers: dict[Path, Dataset] = {}
     frames = _frame_numbers(volume)
     plan = _plan(sources, frames, headers)
@@ -161,6 +172,8 @@ def write_series(
                                     headers=headers)
             else:
                 ds = _new_slice(volume, k, stored[k], context)
+            if amend is not None:
+                amend(ds, list(item.slices))
             save(ds, tmp_dir / name)
     return [Path(out_dir) / name for name in names]
 
@@ -270,8 +283,9 @@ def _software_version() -> str:
 
 
 def _set_pixels(ds: Dataset, stored: np.ndarray, context: _WriteContext, photometric: str) -> None:
-    """int16 pixels ``stored`` ((H, W), or (frames, H, W) for a multi-frame object), encoded losslessly in the
-    series' transfer syntax, and the rescale that maps them to the volume's values."""
+    """16-bit pixels ``stored`` (int16, or uint16 from an unsigned ``encode``; (H, W), or (frames, H, W) for a
+    multi-frame object), encoded losslessly in the series' transfer syntax, and the rescale that maps them to the
+    volume's values."""
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     pixels = np.ascontiguousarray(stored)
     set_pixel_data(ds, pixels, photometric, 16)

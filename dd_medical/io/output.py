@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..volume import Volume
 from .atomic import full_suffix
+from .dicom_uncertainty import write_uncertainty_series
 from .dicom_write import write_series
 from .image import IMAGE_SUFFIXES, write_image
 
@@ -53,3 +54,18 @@ def write_volume(volume: Volume, output_path: str | Path, *, series_description:
     return write_series(volume, output_path, series_description=series_description,
                         derivation_description=derivation_description, org_root=org_root, overwrite=overwrite,
                         transfer_syntax=transfer_syntax)
+
+
+def write_uncertainty(sd: Volume, output_path: str | Path, *, series_description: str, derivation_description: str,
+                      denoised: str | Path | None = None, units: str | None = None, org_root: str | None = None,
+                      overwrite: bool = False, format: str | None = None,
+                      transfer_syntax: str | None = None) -> list[Path]:
+    """Write an uncertainty map ``sd`` (standard deviations >= 0 in ``units``: HU for CT) to an image file (float32)
+    or, as a derived DICOM series, to a folder (:func:`output_format`) derived from and referencing the ``denoised``
+    DICOM series it belongs to when given (:func:`~dd_medical.io.dicom_uncertainty.write_uncertainty_series`).
+    Atomic. Returns the files written."""
+    if output_format(output_path, format) == "image":
+        return [write_image(sd, output_path, overwrite=overwrite)]
+    return write_uncertainty_series(sd, output_path, series_description=series_description,
+                                    derivation_description=derivation_description, denoised=denoised, units=units,
+                                    org_root=org_root, overwrite=overwrite, transfer_syntax=transfer_syntax)

@@ -1,4 +1,5 @@
-"""What was done to an image, in words: DICOM DerivationDescription and the MONAI transforms' metadata record."""
+"""What was done to an image, in words: DICOM DerivationDescription and the MONAI transforms' metadata record; for
+an uncertainty map, its SeriesDescription and a DerivationDescription saying what its values are."""
 
 from __future__ import annotations
 
@@ -23,3 +24,25 @@ def derivation_description(config: FitConfig, job: str = "denoising") -> str:
         f"Adam lr={config.learning_rate}, stopping={config.stopping}, result={config.result}, seed={config.seed}"
         + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
     )
+
+
+#: SeriesDescription's limit (LO, 64 characters).
+_DESCRIPTION_LENGTH = 64
+
+
+def uncertainty_series_description(denoised: str, units: str, *, calibrated: bool = True) -> str:
+    """SeriesDescription of an uncertainty map: ``"<denoised> uncertainty (SD, HU)"`` (``calibrated=False``:
+    ``"<denoised> spread (SD, HU, not calibrated)"``), the ``denoised`` part shortened to fit 64 characters."""
+    suffix = f" uncertainty (SD, {units})" if calibrated else f" spread (SD, {units}, not calibrated)"
+    return denoised[:max(0, _DESCRIPTION_LENGTH - len(suffix))].rstrip() + suffix
+
+
+def uncertainty_derivation(config: FitConfig, units: str, *, job: str = "denoising", calibrated: bool = True) -> str:
+    """DerivationDescription of an uncertainty map: what the values are (in ``units``, e.g. ``"HU"``), from how
+    many decoders per slice, then the provenance of the image it belongs to (:func:`derivation_description` of
+    ``config`` and ``job``)."""
+    decoders = config.ensemble * (2 if config.architecture == "both" else 1)
+    what = ("calibrated standard deviation of each voxel's error (dd_medical.core.uncertainty)" if calibrated else
+            "standard deviation of the decoders' images, not calibrated (where they disagree, not an error bar)")
+    return (f"Uncertainty map: {what}, in {units}, from the spread of the {decoders} decoders fitted per slice. "
+            f"Of: {derivation_description(config, job)}")

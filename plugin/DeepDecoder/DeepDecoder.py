@@ -2,7 +2,8 @@
 
 The widget binds a parameter node to the GUI; :class:`DeepDecoderLogic` does the work and can be used without the
 widget. The logic is a thin adapter: volume node -> numpy (``slicer.util.arrayFromVolume``, KJI order) ->
-:func:`dd_medical.api.denoise` -> output volume node with the input's geometry. Long runs go to the
+:func:`dd_medical.api.denoise` -> output volume node with the input's geometry (and, optionally, an uncertainty
+volume: the calibrated per-voxel standard deviation, HU for CT, shown as a colour overlay). Long runs go to the
 ``DeepDecoderDenoise`` CLI module of this extension, which Slicer runs as a separate process, so the viewer stays
 responsive (as SlicerMONAIAuto3DSeg does); the CLI calls the same :func:`dd_medical.api.denoise`.
 """
@@ -18,6 +19,10 @@ from DeepDecoderLib.logic import (
     DEVICES,
     MODALITIES,
     STRENGTHS,
+    UNCERTAINTY_COLOR_NODE_ID,
+    UNCERTAINTY_FALLBACK_COLOR_NODE_ID,
+    UNCERTAINTY_OPACITY,
+    check_uncertainty,
     cli_parameters,
     copy_display,
     denoise_arguments,
@@ -26,6 +31,7 @@ from DeepDecoderLib.logic import (
     pip_requirements,
     resolve_modality,
     run_settings,
+    show_uncertainty_display,
 )
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -79,6 +85,9 @@ class DeepDecoderParameterNode:
 
     inputVolume - noisy scalar volume (CT in HU, or MR).
     outputVolume - receives the denoised volume (float32, the input's geometry).
+    uncertaintyVolume - optional: receives the uncertainty map, the calibrated standard deviation of each denoised
+        voxel (HU for CT, stored values for MR; float32, the input's geometry), shown as a colour overlay over the
+        output. Needs an ensemble of 2 or more (the default). None: no map is made.
     strength - low / medium / high: the dd_medical.presets denoising preset of that name.
     modality - auto (the series' DICOM modality when CT or MR, else decided from the values), CT or MR: the
         intensity window of the fit (CT: the full HU range; MR: robust percentiles).
@@ -93,6 +102,7 @@ class DeepDecoderParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
     strength: Annotated[str, Choice(STRENGTHS)] = "medium"
     modality: Annotated[str, Choice(MODALITIES)] = "auto"
     iterations: Annotated[int, WithinRange(0, 20000)] = 0
@@ -205,14 +215,16 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             device=p.device, seed=p.seed)
             self.ui.progressBar.value = 0
             if p.runInBackground:
-                self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume, **settings)
+                self._cliNode = self.logic.processInBackground(p.inputVolume, p.outputVolume,
+                                                               uncertaintyVolume=p.uncertaintyVolume, **settings)
                 self.addObserver(self._cliNode, slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent,
                                  self.onCliModified)
                 self.ui.cancelButton.enabled = True
                 self.ui.statusLabel.text = _("Running in the background...")
             else:
                 self.ui.statusLabel.text = _("Running (Slicer is busy until done)...")
-                self.logic.process(p.inputVolume, p.outputVolume, progress=self.onProgress, **settings)
+                self.logic.process(p.inputVolume, p.outputVolume, progress=self.onProgress,
+                                   uncertaintyVolume=p.uncertaintyVolume, **settings)
                 self.onFinished(p.outputVolume)
             self._checkCanApply()
 
@@ -245,7 +257,7 @@ class DeepDecoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFinished(self, outputVolume) -> None:
         self.ui.progressBar.value = 100
         self.ui.statusLabel.text = _("Done")
-        if outputVolume is not None:
+        if outputVolume is not None:  # the foreground (the uncertainty overlay, set by the logic) is kept
             slicer.util.setSliceViewerLayers(background=outputVolume, fit=True)
 
 
@@ -320,6 +332,7 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         inputVolume: vtkMRMLScalarVolumeNode,
         outputVolume: vtkMRMLScalarVolumeNode,
         progress=None,
+        uncertaintyVolume: vtkMRMLScalarVolumeNode | None = None,
         **settings,
     ) -> None:
         """Denoise in this process (blocks Slicer until done): node -> numpy -> dd_medical -> node.
@@ -328,44 +341,60 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         from the values), ``iterations``, ``channels``, ``blocks``, ``ensemble``, ``slab`` (0: the strength
         preset's value), ``fp32``, ``compile``, ``device``, ``seed`` (``DeepDecoderLib.logic.DEFAULT_SETTINGS``).
         ``progress(fraction)`` is called with values rising in [0, 1]. The output gets the input's geometry,
-        parent transform and window/level.
+        parent transform and window/level. ``uncertaintyVolume`` (optional) receives the uncertainty map, the
+        calibrated per-voxel standard deviation (HU for CT, stored values for MR), with the input's geometry, shown
+        as a colour overlay over the output (:meth:`showUncertainty`); it needs an ensemble of 2 or more
+        (``ValueError`` before any fitting otherwise).
         """
         from dd_medical.api import denoise
 
-        self._checkNodes(inputVolume, outputVolume)
+        self._checkNodes(inputVolume, outputVolume, uncertaintyVolume)
         settings = self._resolvedSettings(inputVolume, settings)
+        if uncertaintyVolume:
+            check_uncertainty(settings)
         preset, arguments = denoise_arguments(settings)
         array = slicer.util.arrayFromVolume(inputVolume)  # (slices, rows, columns) = KJI
-        denoised = denoise(array, preset, progress=progress or False, **arguments)
+        result = denoise(array, preset, progress=progress or False, uncertainty=bool(uncertaintyVolume), **arguments)
+        denoised, sd = result if uncertaintyVolume else (result, None)
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(ijkToRas)
         outputVolume.SetIJKToRASMatrix(ijkToRas)
         slicer.util.updateVolumeFromArray(outputVolume, denoised)
-        self.finishOutput(inputVolume, outputVolume)
+        if uncertaintyVolume:
+            uncertaintyVolume.SetIJKToRASMatrix(ijkToRas)
+            slicer.util.updateVolumeFromArray(uncertaintyVolume, sd)
+        self.finishOutput(inputVolume, outputVolume, uncertaintyVolume)
 
     def processInBackground(
         self,
         inputVolume: vtkMRMLScalarVolumeNode,
         outputVolume: vtkMRMLScalarVolumeNode,
         wait: bool = False,
+        uncertaintyVolume: vtkMRMLScalarVolumeNode | None = None,
         **settings,
     ):
         """Start the DeepDecoderDenoise CLI module (a separate process) and return its CLI node at once.
 
-        ``settings`` as for :meth:`process`. Follow the run with the node's ``StatusModifiedEvent`` and
-        ``GetProgress()`` (0-100); ``Cancel()`` stops it. When it completes, the output is placed under the input's
-        parent transform and shown with the input's window/level (:meth:`finishOutput`), with or without the
-        widget. ``wait=True`` blocks until it ends (for tests).
+        ``settings`` and ``uncertaintyVolume`` as for :meth:`process`. Follow the run with the node's
+        ``StatusModifiedEvent`` and ``GetProgress()`` (0-100); ``Cancel()`` stops it. When it completes, the output
+        is placed under the input's parent transform and shown with the input's window/level, and the uncertainty
+        map as a colour overlay (:meth:`finishOutput`), with or without the widget. ``wait=True`` blocks until it
+        ends (for tests).
         """
-        self._checkNodes(inputVolume, outputVolume)
+        self._checkNodes(inputVolume, outputVolume, uncertaintyVolume)
         settings = self._resolvedSettings(inputVolume, settings)
-        parameters = cli_parameters(inputVolume.GetID(), outputVolume.GetID(), settings)
+        if uncertaintyVolume:
+            check_uncertainty(settings)
+        parameters = cli_parameters(inputVolume.GetID(), outputVolume.GetID(), settings,
+                                    uncertaintyVolume.GetID() if uncertaintyVolume else None)
         keep_parent_transform(inputVolume, outputVolume)  # shown in place while the run goes on
+        if uncertaintyVolume:
+            keep_parent_transform(inputVolume, uncertaintyVolume)
         cliNode = slicer.cli.run(slicer.modules.deepdecoderdenoise, None, parameters, wait_for_completion=wait,
                                  update_display=False)
         if wait:
             if cliNode.GetStatusString() == "Completed":
-                self.finishOutput(inputVolume, outputVolume)
+                self.finishOutput(inputVolume, outputVolume, uncertaintyVolume)
             return cliNode
 
         def onStatusModified(caller, event):
@@ -373,17 +402,35 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
                 return
             caller.RemoveObserver(observer)
             if caller.GetStatusString() == "Completed":
-                self.finishOutput(inputVolume, outputVolume)
+                self.finishOutput(inputVolume, outputVolume, uncertaintyVolume)
 
         observer = cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, onStatusModified)
         return cliNode
 
-    def finishOutput(self, inputVolume, outputVolume) -> None:
+    def finishOutput(self, inputVolume, outputVolume, uncertaintyVolume=None) -> None:
         """The output under the input's parent transform, shown with the input's window/level, presets, colour
-        table and interpolation (``DeepDecoderLib.logic``)."""
+        table and interpolation (``DeepDecoderLib.logic``); the uncertainty map, when given, under the same
+        transform and shown over the output as a colour overlay (:meth:`showUncertainty`)."""
         keep_parent_transform(inputVolume, outputVolume)
         outputVolume.CreateDefaultDisplayNodes()
         copy_display(inputVolume.GetDisplayNode(), outputVolume.GetDisplayNode())
+        if uncertaintyVolume:
+            keep_parent_transform(inputVolume, uncertaintyVolume)
+            self.showUncertainty(outputVolume, uncertaintyVolume)
+
+    @staticmethod
+    def showUncertainty(outputVolume, uncertaintyVolume) -> None:
+        """Show the uncertainty map over the denoised volume in the slice views: the output as the background
+        layer, the map as the foreground layer at ``UNCERTAINTY_OPACITY``, in the Inferno colour table (Rainbow
+        when this Slicer has no Inferno), windowed from 0 SD to a high percentile of the map."""
+        uncertaintyVolume.CreateDefaultDisplayNodes()
+        color = UNCERTAINTY_COLOR_NODE_ID
+        if slicer.mrmlScene.GetNodeByID(color) is None:
+            color = UNCERTAINTY_FALLBACK_COLOR_NODE_ID
+        show_uncertainty_display(uncertaintyVolume.GetDisplayNode(), color,
+                                 slicer.util.arrayFromVolume(uncertaintyVolume))
+        slicer.util.setSliceViewerLayers(background=outputVolume, foreground=uncertaintyVolume,
+                                         foregroundOpacity=UNCERTAINTY_OPACITY)
 
     def _resolvedSettings(self, inputVolume, settings) -> dict:
         settings = run_settings(**settings)
@@ -391,13 +438,15 @@ class DeepDecoderLogic(ScriptedLoadableModuleLogic):
         return settings
 
     @staticmethod
-    def _checkNodes(inputVolume, outputVolume) -> None:
+    def _checkNodes(inputVolume, outputVolume, uncertaintyVolume=None) -> None:
         if not inputVolume or inputVolume.GetImageData() is None:
             raise ValueError(_("Input volume is missing or empty"))
         if not outputVolume:
             raise ValueError(_("Output volume is missing"))
         if inputVolume.GetID() == outputVolume.GetID():
             raise ValueError(_("Choose an output volume other than the input (inputs are never modified)"))
+        if uncertaintyVolume and uncertaintyVolume.GetID() in (inputVolume.GetID(), outputVolume.GetID()):
+            raise ValueError(_("Choose an uncertainty volume other than the input and the output volumes"))
         if inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError(_("Input is a label map; choose a CT or MR volume"))
 
@@ -418,6 +467,8 @@ class DeepDecoderTest(ScriptedLoadableModuleTest):
         self.test_DeepDecoder_inProcess()
         self.setUp()
         self.test_DeepDecoder_background()
+        self.setUp()
+        self.test_DeepDecoder_uncertainty()
 
     def _noisyVolume(self):
         import numpy as np
@@ -475,4 +526,27 @@ class DeepDecoderTest(ScriptedLoadableModuleTest):
         )
         self.assertEqual(cliNode.GetStatusString(), "Completed", cliNode.GetErrorText())
         self._check(inputVolume, outputVolume, clean)
+        self.delayDisplay("Test passed")
+
+    def test_DeepDecoder_uncertainty(self):
+        self.delayDisplay("Denoising with an uncertainty map, shown as a colour overlay")
+        import numpy as np
+
+        inputVolume, _clean = self._noisyVolume()
+        outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        sdVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        with self.assertRaises(ValueError):  # the map needs an ensemble of 2 or more
+            DeepDecoderLogic().process(inputVolume, outputVolume, uncertaintyVolume=sdVolume, ensemble=1)
+        DeepDecoderLogic().process(inputVolume, outputVolume, uncertaintyVolume=sdVolume, iterations=60, channels=16,
+                                   blocks=4, ensemble=2, device="cpu")
+        sd = slicer.util.arrayFromVolume(sdVolume)
+        self.assertEqual(sd.shape, slicer.util.arrayFromVolume(inputVolume).shape)
+        self.assertTrue(np.isfinite(sd).all() and (sd >= 0).all())
+        self.assertEqual(sdVolume.GetSpacing(), inputVolume.GetSpacing())
+        self.assertEqual(sdVolume.GetOrigin(), inputVolume.GetOrigin())
+        self.assertEqual(sdVolume.GetTransformNodeID(), inputVolume.GetTransformNodeID())
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            self.assertEqual(composite.GetBackgroundVolumeID(), outputVolume.GetID())
+            self.assertEqual(composite.GetForegroundVolumeID(), sdVolume.GetID())
+            self.assertGreater(composite.GetForegroundOpacity(), 0.0)
         self.delayDisplay("Test passed")

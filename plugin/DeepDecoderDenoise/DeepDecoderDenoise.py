@@ -5,15 +5,19 @@ Slicer runs it as ``python-real DeepDecoderDenoise.py [--flag value ...] input.n
 positional arguments of ``DeepDecoderDenoise.xml``) and reads progress from stdout. It also runs from a shell::
 
     python DeepDecoderDenoise.py --strength medium noisy.nrrd denoised.nrrd
+    python DeepDecoderDenoise.py --uncertainty sd.nrrd noisy.nrrd denoised.nrrd    # also the uncertainty map
     python DeepDecoderDenoise.py --xml          # the module description, exactly DeepDecoderDenoise.xml
 
 The arguments are generated from the XML (:func:`build_parser`): it is their one definition. Advanced integers
 given as 0 (their default) mean "the strength preset's value"; ``--fp32`` and ``--compile`` are flags (Slicer
 passes them only when the box is ticked); ``--modality auto`` (the default) lets dd-medical decide from the values
-(any negative value: CT, else MR), since the .nrrd files Slicer passes record no modality. Inputs that are
-refused, with a one-line message on stderr and exit status 1: a missing or unreadable file; an image that is not
-3D (2D, 4D) or not single-component; and a label map, i.e. an integer-typed image with no negative values and at
-most ``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
+(any negative value: CT, else MR), since the .nrrd files Slicer passes record no modality. ``--uncertainty PATH``
+(optional, an output image) also writes the per-voxel uncertainty map: the calibrated standard deviation of the
+denoised value (HU for CT, stored values for MR), float32 with the input's geometry; it needs an ensemble of 2 or
+more decoders per slice (ensemble 1 is refused before fitting). Inputs that are refused, with a one-line message
+on stderr and exit status 1: a missing or unreadable file; an image that is not 3D (2D, 4D) or not
+single-component; and a label map, i.e. an integer-typed image with no negative values and at most
+``LABEL_MAP_MAX_VALUES`` (64) distinct values (segmentations, masks). CT/MR volumes, even integer-typed, have
 negative values (CT) or many more distinct values. Bad flags exit with status 2 (argparse).
 """
 
@@ -174,15 +178,24 @@ def _integer_pixel_ids(sitk) -> set[int]:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Read, denoise and write, reporting progress on stdout (Slicer's ``<filter-...>`` protocol)."""
+    """Read, denoise and write (with ``args.uncertaintyVolume``, the uncertainty map too: the calibrated per-voxel
+    standard deviation, float32, the input's geometry), reporting progress on stdout (Slicer's ``<filter-...>``
+    protocol)."""
     from dd_medical.api import denoise
     from dd_medical.errors import InputError
     from dd_medical.io import read_image, write_image
 
     start = time.perf_counter()
     in_path, out_path = Path(args.inputVolume), Path(args.outputVolume)
+    sd_path = Path(args.uncertaintyVolume) if args.uncertaintyVolume else None
     if out_path.resolve() == in_path.resolve():
         raise InputError("output is the input (inputs are never modified)", out_path)
+    if sd_path is not None:
+        if sd_path.resolve() in (in_path.resolve(), out_path.resolve()):
+            raise InputError("the uncertainty map must be a file other than the input and the output", sd_path)
+        if args.ensemble == 1:
+            raise InputError("an uncertainty map needs an ensemble of at least 2 decoders per slice (ensemble is 1); "
+                             "use --ensemble 2 or more, or 0 for the preset's value")
     # auto: the file records no modality (Slicer writes .nrrd): dd-medical decides from the values (negative: CT).
     volume = read_image(in_path, modality=None if args.modality == "auto" else args.modality)
     depth, height, width = volume.shape
@@ -194,13 +207,17 @@ def run(args: argparse.Namespace) -> None:
     report = ProgressReporter()
     report(0.0)
     fitting = {name: getattr(args, name) or None for name in ("iterations", "channels", "blocks", "ensemble", "slab")}
-    denoised = denoise(
+    result = denoise(
         volume.array, args.strength, device=args.device, modality=volume.modality,
         progress=lambda fraction: report(0.95 * fraction), seed=args.seed, amp=False if args.fp32 else None,
-        compile=True if args.compile else None, **fitting,
+        compile=True if args.compile else None, uncertainty=sd_path is not None, **fitting,
     )
+    denoised, sd = result if sd_path is not None else (result, None)
     emit("<filter-comment>writing the output volume</filter-comment>")
     write_image(volume.with_array(denoised), out_path, overwrite=True)
+    if sd is not None:
+        emit("<filter-comment>writing the uncertainty map</filter-comment>")
+        write_image(volume.with_array(sd), sd_path, overwrite=True)
     report(1.0)
     emit("<filter-end>")
     emit(f"<filter-name>{MODULE_NAME}</filter-name>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ...errors import InputError
 
@@ -24,17 +25,22 @@ def _center_lines(width: int, center_fraction: float) -> tuple[np.ndarray, int]:
 
 
 def random_mask(width: int, acceleration: float = 4.0, center_fraction: float = 0.08, seed: int = 0) -> np.ndarray:
-    """Random line mask as MONAI's ``RandomKspaceMask``: ``(W,)`` float32 of 0/1.
+    """Random line mask drawn by MONAI's ``RandomKspaceMask``: ``(W,)`` float32 of 0/1.
 
     The ``round(W * center_fraction)`` central columns are always sampled; every other column with probability
-    ``(W / acceleration - n_centre) / (W - n_centre)``, so about ``W / acceleration`` lines in all.
+    ``(W / acceleration - n_centre) / (W - n_centre)``, so about ``W / acceleration`` lines in all. MONAI draws
+    from a ``RandomState`` on ``seed``'s PCG64 stream, i.e. the draws of ``np.random.default_rng(seed)``.
     """
     _check_acceleration(acceleration, center_fraction)
     mask, num_low = _center_lines(width, center_fraction)
-    if num_low < width:
-        prob = max(0.0, (width / acceleration - num_low) / (width - num_low))
-        mask |= np.random.default_rng(seed).uniform(size=width) < prob
-    return mask.astype(np.float32)
+    if num_low >= width:  # all centre: MONAI's probability would divide by zero
+        return mask.astype(np.float32)
+    from monai.apps.reconstruction.transforms.array import RandomKspaceMask  # importing monai takes seconds
+
+    transform = RandomKspaceMask(center_fractions=[center_fraction], accelerations=[acceleration])
+    transform.set_random_state(state=np.random.RandomState(np.random.PCG64(seed)))
+    transform(torch.zeros(1, 1, width, 2))  # draws transform.mask for one (1, W) coil image of k-space
+    return transform.mask.reshape(-1).numpy()
 
 
 def equispaced_mask(width: int, acceleration: float = 4.0, center_fraction: float = 0.08, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Undersampled Cartesian MRI, k-space in MONAI's layout (``monai.data.fft_utils``)."""
+"""Undersampled Cartesian MRI, k-space in MONAI's layout and through its centred FFTs (``fft_utils_t``)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,29 @@ from ...errors import InputError
 from .base import ForwardModel, as_float_tensor
 
 
-def fft2c(x: torch.Tensor) -> torch.Tensor:
-    """Centred orthonormal 2D FFT over the last two axes (``monai.data.fft_utils.fftn_centered_t``)."""
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+def fft2c(images: torch.Tensor, is_complex: bool = True) -> torch.Tensor:
+    """Centred orthonormal 2D FFT over the image axes (MONAI's ``fftn_centered_t``): images ``(..., H, W, 2)``
+    (last axis real/imaginary; ``is_complex=False``: real ``(..., H, W)``) -> k-space ``(..., H, W, 2)``."""
+    from monai.networks.blocks.fft_utils_t import fftn_centered_t  # importing monai takes seconds: only MRI pays
+
+    return fftn_centered_t(images, spatial_dims=2, is_complex=is_complex)
 
 
-def ifft2c(k: torch.Tensor) -> torch.Tensor:
-    """Centred orthonormal inverse 2D FFT (``monai.data.fft_utils.ifftn_centered_t``), the adjoint of :func:`fft2c`."""
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal inverse 2D FFT (MONAI's ``ifftn_centered_t``), the adjoint of :func:`fft2c`: k-space
+    ``(..., H, W, 2)`` -> images ``(..., H, W, 2)``, last axis real/imaginary."""
+    from monai.networks.blocks.fft_utils_t import ifftn_centered_t
+
+    return ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)
 
 
 def rss(images: torch.Tensor) -> torch.Tensor:
-    """Root-sum-of-squares ``(B, 1, H, W)`` over the channels of coil images: complex ``(B, coils, H, W)``, or
-    real ``(B, 2*coils, H, W)`` (``[re_0, im_0, re_1, ...]``) or ``(B, coils, H, W)``."""
-    return images.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+    """Root-sum-of-squares ``(B, 1, H, W)`` over the channels of coil images (MONAI's ``root_sum_of_squares`` of
+    their magnitudes): complex ``(B, coils, H, W)``, or real ``(B, 2*coils, H, W)`` (``[re_0, im_0, re_1, ...]``)
+    or ``(B, coils, H, W)``."""
+    from monai.apps.reconstruction.mri_utils import root_sum_of_squares
+
+    return root_sum_of_squares(images.abs(), spatial_dim=1)[:, None]
 
 
 class CartesianFourier(ForwardModel):
@@ -88,30 +97,28 @@ class CartesianFourier(ForwardModel):
         return torch.view_as_real(t.to(torch.complex64).contiguous())
 
     def _kspace(self, x: torch.Tensor) -> torch.Tensor:
-        """Full (unmasked) complex k-space ``(B, coils, H, W)`` of images ``x``."""
-        b, c, h, w = x.shape
+        """Full (unmasked) k-space ``(B, coils, H, W, 2)`` of images ``x``."""
         if self.real:
-            complex_images = torch.complex(x.float(), torch.zeros_like(x, dtype=torch.float32))
-        else:
-            complex_images = torch.view_as_complex(x.reshape(b, c // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
-        return fft2c(complex_images)
+            return fft2c(x.float(), is_complex=False)
+        b, c, h, w = x.shape
+        return fft2c(x.reshape(b, c // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_real(self._kspace(x)) * self.mask[..., None]
+        return self._kspace(x) * self.mask[..., None]
 
     def _zero_filled(self, y: torch.Tensor) -> torch.Tensor:
-        """Complex coil images ``(B, coils, H, W)`` of the masked k-space."""
-        return ifft2c(torch.view_as_complex((y * self.mask[..., None]).contiguous()))
+        """Coil images ``(B, coils, H, W, 2)`` (last axis real/imaginary) of the masked k-space."""
+        return ifft2c(y * self.mask[..., None])
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         images = self._zero_filled(y)
         if self.real:
-            return images.real.contiguous()
-        b, c, h, w = images.shape
-        return torch.view_as_real(images).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
+            return images[..., 0].contiguous()
+        b, c, h, w, _ = images.shape
+        return images.permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
 
     def baseline(self, y: torch.Tensor) -> torch.Tensor:
-        return rss(self._zero_filled(y))
+        return rss(torch.view_as_complex(self._zero_filled(y)))
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         return rss(x)[:, 0]
@@ -120,6 +127,6 @@ class CartesianFourier(ForwardModel):
         """Coil images whose k-space is the measured ``y`` where sampled and ``x``'s own elsewhere (the last step of
         ConvDecoder-style reconstructions): complex ``(B, coils, H, W)``; for a ``real`` object, their real part
         (a mask that is not point-symmetric leaves an imaginary part)."""
-        measured = torch.view_as_complex(y.to(x.device).float().contiguous())
-        merged = ifft2c(torch.where(self.mask != 0, measured, self._kspace(x)))
-        return merged.real if self.real else merged
+        measured = y.to(x.device).float()
+        merged = ifft2c(torch.where(self.mask[..., None] != 0, measured, self._kspace(x)))
+        return merged[..., 0] if self.real else torch.view_as_complex(merged)

@@ -3,9 +3,10 @@
 ``DeepDecoder.py`` keeps the Qt and MRML glue (widgets, nodes, ``slicer.cli.run``) and calls these functions for
 every decision: which modality a volume is denoised as, the arguments of an in-process run
 (:func:`dd_medical.api.denoise`) and of a background run (the ``DeepDecoderDenoise`` CLI module), what pip
-installs into Slicer's Python, and how the output volume is placed (parent transform) and shown (window/level) like
-the input. Node arguments are duck-typed (any object with the MRML methods used), so the tests pass stand-ins.
-No numerical code here, and no import of ``dd_medical`` (the module loads before dd-medical is installed).
+installs into Slicer's Python, how the output volume is placed (parent transform) and shown (window/level) like
+the input, and how the optional uncertainty map is shown (a colour overlay over the output). Node arguments are
+duck-typed (any object with the MRML methods used), so the tests pass stand-ins. No denoising code here (numpy only
+for the overlay's display window), and no import of ``dd_medical`` (the module loads before dd-medical is installed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ FIT_SETTINGS = ("iterations", "channels", "blocks", "ensemble", "slab")
 DEFAULT_SETTINGS = {"strength": "medium", "iterations": 0, "channels": 0, "blocks": 0, "ensemble": 0, "slab": 0,
                     "fp32": False, "compile": False, "device": "auto", "modality": "auto", "seed": 0}
 PIP_REQUIREMENT = "dd-medical"
+#: How the uncertainty map (calibrated SD, HU for CT) is shown over the denoised volume in the slice views: as the
+#: foreground layer, in this colour table (dark: low SD, bright: high SD), at this opacity, with a display window
+#: from 0 to this percentile of the map (a few extreme voxels do not wash out the rest).
+UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+UNCERTAINTY_FALLBACK_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"  # built into every Slicer
+UNCERTAINTY_OPACITY = 0.45
+UNCERTAINTY_PERCENTILE = 99.0
 
 
 def resolve_modality(chosen: str, dicom_modality: str | None = "") -> str:
@@ -71,11 +79,24 @@ def denoise_arguments(settings: Mapping[str, object]) -> tuple[str, dict[str, ob
     return str(settings["strength"]), arguments
 
 
-def cli_parameters(input_id: str, output_id: str, settings: Mapping[str, object]) -> dict[str, object]:
-    """The parameters of the ``DeepDecoderDenoise`` CLI module (``slicer.cli.run``) for a background run: the two
-    volume node IDs and every setting, under the names of ``DeepDecoderDenoise.xml``."""
+def check_uncertainty(settings: Mapping[str, object]) -> None:
+    """Refuse an uncertainty map with an ensemble of 1 (the map is the spread of the decoders fitted to each slice,
+    so it needs 2 or more; 0, the strength preset's value, is 2), before any run starts: ``ValueError``."""
+    ensemble = int(run_settings(**settings)["ensemble"])
+    if ensemble == 1:
+        raise ValueError("The uncertainty map needs an ensemble of at least 2 decoders per slice (Ensemble is 1): "
+                         "set Ensemble to 2 or more (or 0, the preset's value), or choose no uncertainty volume")
+
+
+def cli_parameters(input_id: str, output_id: str, settings: Mapping[str, object],
+                   uncertainty_id: str | None = None) -> dict[str, object]:
+    """The parameters of the ``DeepDecoderDenoise`` CLI module (``slicer.cli.run``) for a background run: the
+    volume node IDs and every setting, under the names of ``DeepDecoderDenoise.xml``; ``uncertaintyVolume`` only
+    when ``uncertainty_id`` is given (an unset optional output is left out, so the CLI writes no map)."""
     settings = run_settings(**settings)
     parameters: dict[str, object] = {"inputVolume": input_id, "outputVolume": output_id}
+    if uncertainty_id:
+        parameters["uncertaintyVolume"] = uncertainty_id
     for name, default in DEFAULT_SETTINGS.items():
         parameters[name] = type(default)(settings[name])
     return parameters
@@ -112,3 +133,29 @@ def copy_display(input_display, output_display) -> None:
     if color:
         output_display.SetAndObserveColorNodeID(color)
     output_display.SetInterpolate(input_display.GetInterpolate())
+
+
+def overlay_window(sd, percentile: float = UNCERTAINTY_PERCENTILE) -> tuple[float, float]:
+    """``(window, level)`` that shows the uncertainty map ``sd`` ((D, H, W), calibrated SD, HU for CT) from 0 to its
+    ``percentile`` (non-finite voxels ignored); ``(1.0, 0.5)`` when that is not positive (an all-zero map)."""
+    import numpy as np
+
+    values = np.asarray(sd, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    high = float(np.percentile(values, percentile)) if values.size else 0.0
+    if not high > 0:
+        high = 1.0
+    return high, high / 2
+
+
+def show_uncertainty_display(display, color_node_id: str, sd) -> None:
+    """Make ``display`` (the uncertainty map's scalar volume display node) a colour overlay: the colour table
+    ``color_node_id``, a fixed window from 0 to a high percentile of ``sd`` (:func:`overlay_window`), linear
+    interpolation. Nothing happens when ``display`` is None."""
+    if display is None:
+        return
+    window, level = overlay_window(sd)
+    display.SetAndObserveColorNodeID(color_node_id)
+    display.SetAutoWindowLevel(0)
+    display.SetWindowLevel(window, level)
+    display.SetInterpolate(1)

@@ -1,0 +1,127 @@
+"""Per-voxel uncertainty from the ensemble: the members' spread, and its calibration to a standard deviation.
+
+The decoders of a slice are started from different random draws. They fit the same anatomy and different parts of
+the noise, so where they disagree the estimate is less certain. The *spread* is the members' per-pixel sample
+standard deviation (every member of every slab that holds the slice). :class:`Calibration` maps it to the standard
+deviation of the error: the member variance is smoothed over ``smooth`` pixels, divided by the slice's noise
+standard deviation, put through a monotone piecewise-linear map fitted on images with known added noise, and scaled
+back. The shipped map is ``uncertainty_calibration.json`` beside this file; ``benchmarks/calibrate_uncertainty.py
+--write`` refits it.
+
+What the spread cannot see: an error every member makes alike (a bias, e.g. a lesion all decoders smooth away).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: The calibration the package ships (refit with ``python benchmarks/calibrate_uncertainty.py --write``).
+CALIBRATION_FILE = Path(__file__).with_name("uncertainty_calibration.json")
+
+
+def smooth_variance(variance: torch.Tensor, pixels: float) -> torch.Tensor:
+    """``variance`` ``(D, H, W)`` averaged under a Gaussian of ``pixels`` standard deviation (reflected at the edges;
+    0: unchanged)."""
+    if pixels <= 0:
+        return variance
+    radius = max(1, math.ceil(3 * pixels))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / pixels) ** 2)
+    kernel = (kernel / kernel.sum()).to(variance.dtype)
+    out = variance[:, None]
+    for k in (kernel.view(1, 1, -1, 1), kernel.view(1, 1, 1, -1)):
+        pad = (0, 0, radius, radius) if k.shape[2] > 1 else (radius, radius, 0, 0)
+        out = F.conv2d(F.pad(out, pad, mode="reflect" if min(out.shape[-2:]) > radius else "replicate"), k)
+    return out[:, 0]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A monotone map from the ensemble spread to the standard deviation of the error, both relative to the
+    slice's noise.
+
+    Attributes:
+        smooth: Gaussian smoothing (pixels) of the member variance before the map.
+        spread: knots of the smoothed spread divided by the noise standard deviation (increasing, from 0).
+        sd: the error's standard deviation divided by the noise at each knot (non-decreasing). Beyond the last knot
+            the map goes on in proportion (``sd[-1] / spread[-1]`` times the spread).
+        fitted_on: what the map was fitted on.
+        command: the command that refits it.
+    """
+
+    smooth: float
+    spread: tuple[float, ...]
+    sd: tuple[float, ...]
+    fitted_on: str = ""
+    command: str = "python benchmarks/calibrate_uncertainty.py --write"
+
+    def __post_init__(self) -> None:
+        if len(self.spread) != len(self.sd) or len(self.spread) < 2:
+            raise ValueError("a calibration needs at least two knots, as many spreads as standard deviations")
+        if np.any(np.diff(self.spread) <= 0) or np.any(np.diff(self.sd) < 0) or self.spread[0] < 0:
+            raise ValueError("calibration knots must be increasing in spread and non-decreasing in sd")
+
+    def __call__(self, spread: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The calibrated standard deviation ``(D, H, W)`` from the spread ``(D, H, W)`` and the noise standard
+        deviation of each slice ``(D,)``, all in the same units."""
+        noise = torch.clamp(noise.to(torch.float64), min=1e-6)[:, None, None]
+        relative = smooth_variance(spread.to(torch.float64) ** 2, self.smooth).clamp(min=0).sqrt() / noise
+        knots, values = np.asarray(self.spread), np.asarray(self.sd)
+        inside = np.interp(relative.numpy(), knots, values)
+        beyond = relative.numpy() * (values[-1] / knots[-1])
+        mapped = np.where(relative.numpy() > knots[-1], beyond, inside)
+        return (torch.from_numpy(mapped) * noise).to(torch.float32)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+
+def load_calibration(path: Path | str = CALIBRATION_FILE) -> Calibration:
+    """The calibration stored at ``path`` (default: the package's)."""
+    data = json.loads(Path(path).read_text())
+    return Calibration(float(data["smooth"]), tuple(map(float, data["spread"])), tuple(map(float, data["sd"])),
+                       str(data.get("fitted_on", "")), str(data.get("command", Calibration.command)))
+
+
+def fit_calibration(spread: np.ndarray, error: np.ndarray, smooth: float, fitted_on: str, knots: int = 24
+                    ) -> Calibration:
+    """Fit the map from pooled pixels: ``spread`` (already smoothed, relative to the noise) and ``error`` (the
+    absolute error relative to the noise), 1-D arrays of equal length. The spread's quantiles give the knots; at
+    each, the error's root mean square; then the pool-adjacent-violators rule makes it non-decreasing."""
+    spread, error = np.asarray(spread, np.float64).ravel(), np.asarray(error, np.float64).ravel()
+    edges = np.unique(np.quantile(spread, np.linspace(0, 1, knots + 1)))
+    bins = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, len(edges) - 2)
+    centres, rms, weight = [], [], []
+    for b in range(len(edges) - 1):
+        pick = bins == b
+        if pick.sum() == 0:
+            continue
+        centres.append(float(np.median(spread[pick])))
+        rms.append(float(np.sqrt(np.mean(error[pick] ** 2))))
+        weight.append(float(pick.sum()))
+    values = _monotone(np.asarray(rms), np.asarray(weight))
+    xs, ys = [0.0], [float(values[0])]
+    for x, y in zip(centres, values, strict=True):
+        if x > xs[-1]:
+            xs.append(x)
+            ys.append(float(y))
+    return Calibration(float(smooth), tuple(xs), tuple(ys), fitted_on)
+
+
+def _monotone(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``values`` in weighted least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for v, w in zip(values, weights, strict=True):
+        blocks.append([float(v), float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, v) for v, _, n in blocks])
