@@ -48,7 +48,6 @@ from dd_medical.core.uncertainty import (  # noqa: E402
     CALIBRATION_FILE,
     Calibration,
     fit_calibration,
-    smooth_variance,
 )
 from dd_medical.presets import resolve  # noqa: E402
 
@@ -206,28 +205,24 @@ def run_case(case: Case, config: FitConfig, device: str, cache: Path) -> None:
     np.savez(file, result=case.result, spread=case.spread, noise=case.noise, seconds=case.seconds)
 
 
-def relative(case: Case, smooth: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(smoothed spread / noise, |error| / noise)`` of ``case``'s scored voxels."""
-    spread = smooth_variance(torch.from_numpy(case.spread.astype(np.float64)) ** 2, smooth).clamp(min=0).sqrt()
+def relative(case: Case, smooth: float, residual: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictor, |error| / noise)`` of ``case``'s scored voxels: the map's input
+    (:meth:`~dd_medical.core.uncertainty.Calibration.predictor`) with this smoothing and residual weight."""
+    probe = Calibration(smooth, (0.0, 1.0), (0.0, 1.0), residual=residual)
+    predicted = probe.predictor(*_inputs(case)).numpy()
     noise = np.maximum(case.noise, 1e-6)[:, None, None]
-    error = np.abs(case.result - case.clean)
-    return (spread.numpy() / noise)[case.mask], (error / noise)[case.mask]
-
-
-#: Weights of the residual's local excess over the noise variance, added to the spread's variance (a predictor
-#: that was compared and not adopted: see :func:`with_residual`).
-RESIDUAL_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def with_residual(case: Case, smooth: float, weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`relative`, with ``weight`` x the local excess of the residual ``(noisy - result)^2`` over the noise
-    variance added to the spread's variance (both smoothed alike): a bias the members share shows in the
-    residual."""
-    noise = np.maximum(case.noise, 1e-6)[:, None, None]
-    spread = smooth_variance(torch.from_numpy(case.spread.astype(np.float64)) ** 2, smooth).numpy()
-    residual = smooth_variance(torch.from_numpy((case.noisy - case.result).astype(np.float64)) ** 2, smooth).numpy()
-    predicted = np.sqrt(np.maximum(spread + weight * np.maximum(residual - noise**2, 0), 0)) / noise
     return predicted[case.mask], (np.abs(case.result - case.clean) / noise)[case.mask]
+
+
+def _inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The map's inputs for ``case``: spread, noise per slice, residual (input minus result), in its units."""
+    return (torch.from_numpy(case.spread), torch.from_numpy(case.noise),
+            torch.from_numpy(case.noisy - case.result))
+
+
+#: Weights of the residual's local excess over the noise variance tried (added to the member variance; the one with
+#: the highest Spearman correlation on the calibration set is kept).
+RESIDUAL_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -249,7 +244,7 @@ def evaluate(cases: list[Case], calibration: Calibration) -> dict:
     """The scores of the calibrated map on ``cases`` (pooled), in their units."""
     predicted, error, patch_sd, patch_err = [], [], [], []
     for case in cases:
-        sd = calibration(torch.from_numpy(case.spread), torch.from_numpy(case.noise)).numpy()
+        sd = calibration(*_inputs(case)).numpy()
         err = np.abs(case.result - case.clean)
         scale = float(np.median(case.noise))  # pool sets of different units and noise levels
         predicted.append(sd[case.mask] / scale)
@@ -275,7 +270,7 @@ def lesion_caveat(cases: list[Case], calibration: Calibration) -> list[dict]:
     for case in cases:
         if not case.lesions:
             continue
-        sd = calibration(torch.from_numpy(case.spread), torch.from_numpy(case.noise)).numpy()
+        sd = calibration(*_inputs(case)).numpy()
         for k, mask, contrast in case.lesions:
             ring = ndimage.binary_dilation(mask, iterations=5) & ~ndimage.binary_dilation(mask, iterations=2)
             kept = float(case.result[k][mask].mean() - case.result[k][ring].mean())
@@ -325,15 +320,17 @@ def main(argv: list[str] | None = None) -> None:
         x, y = zip(*(relative(c, smooth) for c in fitting), strict=True)
         choice[smooth] = _spearman(np.concatenate(x), np.concatenate(y))
     smooth = max(choice, key=choice.get)
-    residual = {w: _spearman(*map(np.concatenate, zip(*(with_residual(c, smooth, w) for c in fitting), strict=True)))
+    residual = {w: _spearman(*map(np.concatenate, zip(*(relative(c, smooth, w) for c in fitting), strict=True)))
                 for w in RESIDUAL_WEIGHTS}
-    print(f"the spread plus w x the residual's excess over the noise -> Spearman on the calibration set: {residual}")
-    x, y = zip(*(relative(c, smooth) for c in fitting), strict=True)
+    weight = max(residual, key=residual.get)
+    print(f"the spread plus w x the residual's excess over the noise -> Spearman on the calibration set: {residual}; "
+          f"chosen {weight}")
+    x, y = zip(*(relative(c, smooth, weight) for c in fitting), strict=True)
     names = sorted({c.name.rsplit(" +", 1)[0] for c in fitting})
     calibration = fit_calibration(np.concatenate(x), np.concatenate(y), smooth,
                                   f"{', '.join(names)} at {SIZE} px with white noise of "
                                   f"{', '.join(f'{s:.0f}' for s in CALIBRATION_SIGMAS_HU)} HU; "
-                                  f"ensemble {config.ensemble}")
+                                  f"ensemble {config.ensemble}", residual=weight)
     print(f"smoothing (px) -> Spearman on the calibration set: {choice}; chosen {smooth}")
     groups = list(dict.fromkeys(c.group for c in cases))
     results = {g: evaluate([c for c in cases if c.group == g], calibration) for g in groups}
@@ -364,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json(json_file, dict(
             title=f"Uncertainty map: calibrated on known noise, validated on unseen data ({SIZE} px)",
             topic="uncertainty", what=WHAT + f" Calibration: {calibration.fitted_on}; smoothing "
-                                             f"{calibration.smooth:g} px.",
+                                             f"{calibration.smooth:g} px; residual weight {calibration.residual:g} "
+                                             "(chosen on the calibration set).",
             machine=machine_tag(args.device), source="benchmarks/calibrate_uncertainty.py",
             columns=["set", "Spearman per voxel", "Spearman per 8x8 patch", "68% interval covers (%)",
                      "95% interval covers (%)", "voxels"],

@@ -346,7 +346,8 @@ def denoise_volume(
     if not uncertainty:
         return out[0] if squeeze else out
     noise = estimate_sigma(unit[start:stop])
-    sd = ((calibration or load_calibration())(spread, noise) * window.width).numpy()
+    residual = unit[start:stop, 0] - result
+    sd = ((calibration or load_calibration())(spread, noise, residual) * window.width).numpy()
     return (out[0], sd[0]) if squeeze else (out, sd)
 
 

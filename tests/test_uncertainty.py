@@ -38,6 +38,16 @@ def test_calibration_maps_through_its_knots_and_in_proportion_beyond() -> None:
     np.testing.assert_allclose(sd, [1.0, 2.0, 3.0, 4.0, 8.0], rtol=1e-6)  # 0.5 * 2, 1.0 * 2, 1.5 * 2, 2 * 2, 4 * 1 * 2
 
 
+def test_the_residual_term_adds_what_exceeds_the_noise() -> None:
+    cal = Calibration(0.0, (0.0, 1.0), (0.0, 1.0), residual=0.5)
+    spread, noise = torch.full((1, 1, 3), 1.0), torch.tensor([1.0])
+    residual = torch.tensor([[[0.5, 1.0, 3.0]]])  # below, at and above the noise
+    sd = cal(spread, noise, residual)[0, 0].numpy()
+    np.testing.assert_allclose(sd, [1.0, 1.0, np.sqrt(1 + 0.5 * 8)], rtol=1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        cal(spread, noise)
+
+
 def test_calibration_rejects_decreasing_knots() -> None:
     with pytest.raises(ValueError):
         Calibration(0.0, (0.0, 1.0), (1.0, 0.5))

@@ -3,10 +3,11 @@
 The decoders of a slice are started from different random draws. They fit the same anatomy and different parts of
 the noise, so where they disagree the estimate is less certain. The *spread* is the members' per-pixel sample
 standard deviation (every member of every slab that holds the slice). :class:`Calibration` maps it to the standard
-deviation of the error: the member variance is smoothed over ``smooth`` pixels, divided by the slice's noise
-standard deviation, put through a monotone piecewise-linear map fitted on images with known added noise, and scaled
-back. The shipped map is ``uncertainty_calibration.json`` beside this file; ``benchmarks/calibrate_uncertainty.py
---write`` refits it.
+deviation of the error: the member variance, plus ``residual`` times the local excess of the residual (input minus
+result) over the noise variance (a bias the members share shows there), is smoothed over ``smooth`` pixels, divided
+by the slice's noise standard deviation, put through a monotone piecewise-linear map fitted on images with known
+added noise, and scaled back. The shipped map is ``uncertainty_calibration.json`` beside this file;
+``benchmarks/calibrate_uncertainty.py --write`` refits it.
 
 What the spread cannot see: an error every member makes alike (a bias, e.g. a lesion all decoders smooth away).
 """
@@ -48,12 +49,14 @@ class Calibration:
     slice's noise.
 
     Attributes:
-        smooth: Gaussian smoothing (pixels) of the member variance before the map.
+        smooth: Gaussian smoothing (pixels) of the member variance (and of the squared residual) before the map.
         spread: knots of the smoothed spread divided by the noise standard deviation (increasing, from 0).
         sd: the error's standard deviation divided by the noise at each knot (non-decreasing). Beyond the last knot
             the map goes on in proportion (``sd[-1] / spread[-1]`` times the spread).
         fitted_on: what the map was fitted on.
         command: the command that refits it.
+        residual: weight of the residual's local excess over the noise variance, added to the member variance
+            (0: the spread alone).
     """
 
     smooth: float
@@ -61,6 +64,7 @@ class Calibration:
     sd: tuple[float, ...]
     fitted_on: str = ""
     command: str = "python benchmarks/calibrate_uncertainty.py --write"
+    residual: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.spread) != len(self.sd) or len(self.spread) < 2:
@@ -68,11 +72,26 @@ class Calibration:
         if np.any(np.diff(self.spread) <= 0) or np.any(np.diff(self.sd) < 0) or self.spread[0] < 0:
             raise ValueError("calibration knots must be increasing in spread and non-decreasing in sd")
 
-    def __call__(self, spread: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The calibrated standard deviation ``(D, H, W)`` from the spread ``(D, H, W)`` and the noise standard
-        deviation of each slice ``(D,)``, all in the same units."""
+    def predictor(self, spread: torch.Tensor, noise: torch.Tensor, residual: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """What the map is applied to: ``(D, H, W)`` float64, the smoothed member variance plus ``residual`` times
+        the residual's smoothed excess over the noise variance, square-rooted and divided by the noise."""
         noise = torch.clamp(noise.to(torch.float64), min=1e-6)[:, None, None]
-        relative = smooth_variance(spread.to(torch.float64) ** 2, self.smooth).clamp(min=0).sqrt() / noise
+        variance = smooth_variance(spread.to(torch.float64) ** 2, self.smooth)
+        if self.residual > 0:
+            if residual is None:
+                raise ValueError("this calibration uses the residual (input minus result); pass it")
+            excess = smooth_variance(residual.to(torch.float64) ** 2, self.smooth) - noise**2
+            variance = variance + self.residual * excess.clamp(min=0)
+        return variance.clamp(min=0).sqrt() / noise
+
+    def __call__(self, spread: torch.Tensor, noise: torch.Tensor, residual: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """The calibrated standard deviation ``(D, H, W)`` from the spread ``(D, H, W)``, the noise standard
+        deviation of each slice ``(D,)`` and (when ``self.residual > 0``) the residual, input minus result
+        ``(D, H, W)``, all in the same units."""
+        relative = self.predictor(spread, noise, residual)
+        noise = torch.clamp(noise.to(torch.float64), min=1e-6)[:, None, None]
         knots, values = np.asarray(self.spread), np.asarray(self.sd)
         inside = np.interp(relative.numpy(), knots, values)
         beyond = relative.numpy() * (values[-1] / knots[-1])
@@ -87,14 +106,16 @@ def load_calibration(path: Path | str = CALIBRATION_FILE) -> Calibration:
     """The calibration stored at ``path`` (default: the package's)."""
     data = json.loads(Path(path).read_text())
     return Calibration(float(data["smooth"]), tuple(map(float, data["spread"])), tuple(map(float, data["sd"])),
-                       str(data.get("fitted_on", "")), str(data.get("command", Calibration.command)))
+                       str(data.get("fitted_on", "")), str(data.get("command", Calibration.command)),
+                       float(data.get("residual", 0.0)))
 
 
-def fit_calibration(spread: np.ndarray, error: np.ndarray, smooth: float, fitted_on: str, knots: int = 24
-                    ) -> Calibration:
-    """Fit the map from pooled pixels: ``spread`` (already smoothed, relative to the noise) and ``error`` (the
-    absolute error relative to the noise), 1-D arrays of equal length. The spread's quantiles give the knots; at
-    each, the error's root mean square; then the pool-adjacent-violators rule makes it non-decreasing."""
+def fit_calibration(spread: np.ndarray, error: np.ndarray, smooth: float, fitted_on: str, knots: int = 24,
+                    residual: float = 0.0) -> Calibration:
+    """Fit the map from pooled pixels: ``spread`` (:meth:`Calibration.predictor`'s values: smoothed, relative to the
+    noise) and ``error`` (the absolute error relative to the noise), 1-D arrays of equal length. The spread's
+    quantiles give the knots; at each, the error's root mean square; then the pool-adjacent-violators rule makes it
+    non-decreasing. ``residual``: the predictor's residual weight, stored with the map."""
     spread, error = np.asarray(spread, np.float64).ravel(), np.asarray(error, np.float64).ravel()
     edges = np.unique(np.quantile(spread, np.linspace(0, 1, knots + 1)))
     bins = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, len(edges) - 2)
@@ -112,7 +133,7 @@ def fit_calibration(spread: np.ndarray, error: np.ndarray, smooth: float, fitted
         if x > xs[-1]:
             xs.append(x)
             ys.append(float(y))
-    return Calibration(float(smooth), tuple(xs), tuple(ys), fitted_on)
+    return Calibration(float(smooth), tuple(xs), tuple(ys), fitted_on, residual=float(residual))
 
 
 def _monotone(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
