@@ -81,13 +81,11 @@ class Case:
 
 
 def _block(stack: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop ``(D, H, W)`` to a square and block-average it to ``size`` px."""
-    n = min(stack.shape[-2:])
-    n -= n % size
-    top, left = (stack.shape[-2] - n) // 2, (stack.shape[-1] - n) // 2
-    stack = stack[:, top:top + n, left:left + n]
-    f = n // size
-    return stack.reshape(stack.shape[0], size, f, size, f).mean(axis=(2, 4)).astype(np.float32)
+    """Centre-crop ``(D, H, W)`` to a square and block-average it to ``size`` px (lowdose's grid, at half its
+    fine size)."""
+    from lowdose import _to_fine
+
+    return _to_fine(stack, 1.0, size // 2)[0]
 
 
 def _middle(stack: np.ndarray, count: int, step: int) -> np.ndarray:

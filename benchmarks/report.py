@@ -166,10 +166,17 @@ def limits(records: list[dict]) -> str:
                   "default - baseline", "default - TV", "machine"], rows)
 
 
-def _section(record: dict) -> str:
-    parts = [f"### {record['title']}", "", record["what"], "", table(record["columns"], record["rows"]), ""]
-    for extra in record.get("tables", []):  # further tables of the same run: {"what", "columns", "rows"}
+def _tables(record: dict) -> list[str]:
+    """A record's description and table, then its further tables (``tables``: ``{"what", "columns", "rows"}``), as
+    Markdown lines."""
+    parts = [record["what"], "", table(record["columns"], record["rows"]), ""]
+    for extra in record.get("tables", []):
         parts += [extra["what"], "", table(extra["columns"], extra["rows"]), ""]
+    return parts
+
+
+def _section(record: dict) -> str:
+    parts = [f"### {record['title']}", "", *_tables(record)]
     parts.append(f"Machine: `{record['machine']}`. Re-run: `{record['command']}`. Source: `{record['file']}` "
                  f"({record['source']}).")
     return "\n".join(parts)
@@ -292,10 +299,7 @@ def uncertainty_figures(write: bool) -> list[tuple[str, str, str]]:
 def uncertainty_block(records: list[dict]) -> str:
     """The uncertainty page's figures: the scores per set, and what the map showed where lesions lost contrast."""
     record = _record(records, UNCERTAINTY)
-    out = [record["what"], "", table(record["columns"], record["rows"]), ""]
-    for extra in record.get("tables", []):
-        out += [extra["what"], "", table(extra["columns"], extra["rows"]), ""]
-    out += ["![reliability diagram](images/results/uncertainty_reliability.png)", "",
+    out = _tables(record) + ["![reliability diagram](images/results/uncertainty_reliability.png)", "",
             "*Actual RMS error against the predicted SD, in deciles of the prediction, relative to the noise: on the "
             "diagonal the map is exact.*", "",
             f"Machine: `{record['machine']}`. Re-run: `{record['command']}`. Source: `{record['file']}`."]

@@ -9,7 +9,8 @@ correlation (inside the body, per voxel) between the actual absolute error and:
 - the late-iterate variance (each member's moving variance of its iterates, as the moving average of the iterates
   the package returns), alone and added to the two members' spread;
 - the two members' spread plus ``weight`` times the local residual energy above the noise (``(noisy - result)^2``
-  smoothed, minus the noise variance), for a few weights.
+  smoothed, minus the noise variance), for a few weights: the map's own predictor
+  (:meth:`~dd_medical.core.uncertainty.Calibration.predictor`).
 
 Every variance is smoothed over 1 pixel, as the map is.
 
@@ -38,7 +39,7 @@ from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.intensity import default_window  # noqa: E402
 from dd_medical.core.noise import estimate_sigma  # noqa: E402
 from dd_medical.core.operators import Identity  # noqa: E402
-from dd_medical.core.uncertainty import smooth_variance  # noqa: E402
+from dd_medical.core.uncertainty import Calibration, smooth_variance  # noqa: E402
 
 RESIDUAL_WEIGHTS = (0.05, 0.2, 1.0)
 
@@ -92,14 +93,15 @@ def compare(clean: np.ndarray, sigma: float, members: int, iterations: int, chan
     two = each[:, :2]
     error = lambda m: np.abs(window.from_unit(m.numpy()) - clean)  # noqa: E731
     err2 = error(two.mean(1))
-    residual = smooth_variance(torch.from_numpy(window.to_unit(noisy) - two.mean(1).numpy()).double() ** 2, 1.0)
-    excess = (residual - noise.double()[:, None, None] ** 2).clamp(min=0)
+    residual = unit[:, 0] - two.mean(1)
     out = {"2 members' spread (the map)": _spearman(two.var(1), err2, mask),
            f"{members} members' spread": _spearman(each.var(1), error(each.mean(1)), mask),
            "late-iterate variance": _spearman(iterate[:, :2].mean(1), err2, mask),
            "2 members' spread + late-iterate variance": _spearman(two.var(1) + iterate[:, :2].mean(1), err2, mask)}
     for w in RESIDUAL_WEIGHTS:
-        out[f"2 members' spread + {w:g} x residual excess"] = _spearman(two.var(1).double() + w * excess, err2, mask)
+        probe = Calibration(1.0, (0.0, 1.0), (0.0, 1.0), residual=w)  # the map's own predictor, before its map
+        predicted = probe.predictor(two.std(1), noise, residual).numpy()
+        out[f"2 members' spread + {w:g} x residual excess"] = calib._spearman(predicted[mask], err2[mask])
     out["RMS error of 2 members' mean (HU)"] = float(np.sqrt(np.mean(err2[mask] ** 2)))
     return out
 
