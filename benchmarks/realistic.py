@@ -18,8 +18,10 @@ reads it back with :func:`dd_medical.io.raw.read_raw`, as ``dd-medical reconstru
 ``zero-filled RSS``; with ESPIRiT coil maps (:func:`espirit_maps`, estimated from the fully sampled centre lines):
 ``SENSE`` (``sigpy.mri.app.SenseRecon``, Tikhonov weight), ``l1-wavelet`` (``L1WaveletRecon``, Daubechies-4) and
 ``TV`` (``TotalVariationRecon``), iterations :data:`MRI_ITERATIONS`; ``dd-medical``: :func:`dd_medical.reconstruct`
-with the ``reconstruct/mri`` defaults (root-sum-of-squares output; the package's MRI operator fits the coil images
-and cannot take coil maps).
+with the ``reconstruct/mri`` defaults on what :func:`~dd_medical.io.raw.read_raw` makes of the ``.h5`` file: one
+complex image per slice through ESPIRiT coil maps estimated from the same centre lines
+(:class:`~dd_medical.core.operators.sense.SensitivityFourier`); ``--coil-maps none``: every coil image fitted and
+combined by root-sum-of-squares (the package's model before SENSE).
 
 **CT, simulated low-dose sparse-view scans.** Each clean slice (HU) is centre-cropped to a square and resampled to
 twice ``--size`` (default :data:`CT_SIZE`; sources of 512 px are interpolated up, so the fine grid holds no more
@@ -38,7 +40,8 @@ non-negativity by PDHG (:func:`tv_weighted`: ``benchmarks/baselines.py``'s ``tv_
 its proximal step; no library on PyPI runs it on this projector), its data term weighted by the inverse variance of
 each ray from its measured count (:func:`count_weights`; ``--ct-weighting none``: one weight for all rays),
 :data:`CT_TV_ITERATIONS` iterations; ``dd-medical``: :func:`dd_medical.reconstruct` with the
-``reconstruct/ct`` defaults on the same operator (its data term is not weighted by counts).
+``reconstruct/ct`` defaults on the same operator (its data term weights every ray alike; ``--decoder-weighting
+counts``: by its detected counts, :class:`~dd_medical.core.operators.ParallelBeamRadon`'s ``ray_weights``).
 
 **Calibration.** Every regularisation weight is chosen on separate calibration images (:func:`mri_images`,
 :func:`ct_images`: never a test image; slices of the same shared volumes away from the test slices where the shared
@@ -104,10 +107,6 @@ MRI_GRIDS = {
     "TV": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
 }
 MRI_ITERATIONS = {"SENSE": 100, "l1-wavelet": 200, "TV": 300}
-#: ESPIRiT: eigenvalue crop (BART ecalib's default), singular-value threshold and kernel width (sigpy's defaults).
-ESPIRIT_CROP, ESPIRIT_THRESHOLD, ESPIRIT_KERNEL = 0.8, 0.02, 6
-#: ESPIRiT's calibration matrix has at least this many rows (kernel positions) per column (coils x kernel^2).
-ESPIRIT_ROWS_PER_COLUMN = 2
 
 MU_WATER_PER_MM = 0.02
 ELECTRONIC_COUNTS = 10.0
@@ -151,6 +150,8 @@ class Options:
     ct_tv_weights: tuple[float, ...] = CT_TV_WEIGHTS
     ct_tv_iterations: int = CT_TV_ITERATIONS
     ct_weighting: str = "counts"
+    coil_maps: str = "espirit"
+    decoder_weighting: str = "none"
     decoder: dict[str, object] = field(default_factory=dict)
     decoder_rows: bool = True
     workers: int = 1
@@ -416,55 +417,14 @@ def write_fastmri_h5(path: Path, kspace: np.ndarray, mask: np.ndarray, *, accele
 # MRI baselines (sigpy)
 
 
-def _calibration_region(height: int, lines: int, coils: int, kernel_width: int) -> tuple[int, int]:
-    """``(readout rows, kernel width)`` of :func:`espirit_maps`'s calibration: the widest kernel (at most
-    ``kernel_width``, at least 2) for which some number of readout rows (at least 24, at most ``height``) gives the
-    calibration matrix :data:`ESPIRIT_ROWS_PER_COLUMN` times as many rows (kernel positions) as columns."""
-    for kernel in range(max(2, min(kernel_width, lines - 2)), 1, -1):
-        columns = coils * kernel**2
-        rows = kernel - 1 + math.ceil(ESPIRIT_ROWS_PER_COLUMN * columns / (lines - kernel + 1))
-        if rows <= height:
-            return min(height, max(24, rows)), kernel
-    return height, 2
+def espirit_maps(kspace: np.ndarray, centre_lines: int) -> np.ndarray:
+    """ESPIRiT coil maps ``(coils, H, W)`` complex of undersampled k-space ``(coils, H, W)`` from its ``centre_lines``
+    central columns: the package's :func:`~dd_medical.core.operators.sense.espirit_slice` (sigpy's algorithm with a
+    rectangular calibration region)."""
+    from dd_medical.core.operators.sense import espirit_slice
 
-
-def espirit_maps(kspace: np.ndarray, centre_lines: int, crop: float = ESPIRIT_CROP,
-                 threshold: float = ESPIRIT_THRESHOLD, kernel_width: int = ESPIRIT_KERNEL,
-                 iterations: int = 100) -> np.ndarray:
-    """ESPIRiT coil maps ``(coils, H, W)`` complex from undersampled k-space ``(coils, H, W)`` (Uecker et al. 2014).
-
-    ``sigpy.mri.app.EspiritCalib``'s algorithm with a rectangular calibration region, as BART's ``ecalib`` allows:
-    the ``centre_lines`` fully sampled phase-encode columns by as many readout rows as make the calibration matrix
-    well determined (:func:`_calibration_region`; sigpy's square region of ``centre_lines`` leaves too few kernel
-    positions at fastMRI's 4% centre, and the maps come out wrong). Maps set to 0 where the top eigenvalue is below
-    ``crop``.
-    """
-    import sigpy as sp
-
-    coils, height, _ = kspace.shape
-    rows, kernel = _calibration_region(height, centre_lines, coils, kernel_width)
-    calib = sp.resize(kspace, [coils, rows, centre_lines])
-    mat = sp.array_to_blocks(calib, [kernel, kernel], [1, 1])
-    mat = mat.reshape([coils, -1, kernel**2]).transpose([1, 0, 2]).reshape([-1, coils * kernel**2])
-    _, singular, vh = np.linalg.svd(mat, full_matrices=False)
-    vh = vh[singular > threshold * singular.max()]
-    kernels = vh.reshape([len(vh), coils, kernel, kernel])
-    shape = kspace.shape[1:]
-    gram = np.zeros(shape[::-1] + (coils, coils), dtype=kspace.dtype)
-    for k in kernels:
-        image_kernel = sp.ifft(sp.resize(k, kspace.shape), axes=(-2, -1))
-        column = np.expand_dims(image_kernel.T, axis=-1)
-        gram += column @ np.conj(column.swapaxes(-1, -2))
-    gram *= np.prod(shape) / kernel**2
-    maps = np.ones(kspace.shape[::-1] + (1,), dtype=kspace.dtype)
-    power = sp.alg.PowerMethod(lambda x: gram @ x, maps,
-                               norm_func=lambda x: np.sum(np.abs(x) ** 2, axis=-2, keepdims=True) ** 0.5,
-                               max_iter=iterations)
-    while not power.done():
-        power.update()
-    out = maps.T[0]
-    out *= np.conj(out[0] / np.maximum(np.abs(out[0]), 1e-12))
-    return (out * (power.max_eig.T[0] > crop)).astype(np.complex64)
+    first = kspace.shape[-1] // 2 - centre_lines // 2
+    return espirit_slice(kspace, first, first + centre_lines)
 
 
 def sigpy_recon(method: str, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray, weight: float,
@@ -757,7 +717,6 @@ def run_mri(options: Options, checkpoint: Callable[[list[dict], list[dict]], Non
     size = options.mri_size
     test, calibration = mri_images(size, options.slices, options.quick, options.shared)
     maps_true = coil_maps(options.coils, size, options.coil_radius)
-    config = decoder_config("reconstruct/mri", options)
     rows: list[dict] = []
     grid: list[dict] = []
     print(f"\nMRI {size} px, {options.coils} coils, SNR {options.snr:g}; test {[n for n, _ in test]}, calibration "
@@ -803,7 +762,8 @@ def run_mri(options: Options, checkpoint: Callable[[list[dict], list[dict]], Non
                         write_fastmri_h5(path, case.kspace[None], case.mask, acceleration=acceleration,
                                          centre_lines=case.centre_lines,
                                          reconstruction_rss=rss(ifft2c(case.full))[None])
-                        measurements, operator, _ = read_raw(path)
+                        measurements, operator, _ = read_raw(path, coil_maps=options.coil_maps)
+                        config = decoder_config(f"reconstruct/{operator.kind}", options)
                         image, spread, seconds = run_decoder(measurements, operator, config, options.device)
                         add(rows, DECODER, image, seconds, **_rail(spread, image, case.body, 1.0))
                     if checkpoint is not None:
@@ -866,7 +826,8 @@ def run_ct(options: Options, checkpoint: Callable[[list[dict], list[dict]], None
                         mu = tv_ct(op, sino, weights, weight, options.ct_tv_iterations, dev)
                         add(grid, "TV", mu, time.perf_counter() - t0, weight=weight)
                 if role == "test" and options.decoder_rows:
-                    mu, spread, seconds = run_decoder(sino[None, None], op, config, options.device)
+                    model = op.with_ray_weights(counts) if options.decoder_weighting == "counts" else op
+                    mu, spread, seconds = run_decoder(sino[None, None], model, config, options.device)
                     add(rows, DECODER, mu, seconds, **_rail(spread, mu, body, 1000.0))
             if checkpoint is not None:
                 checkpoint(rows, grid)
@@ -1020,6 +981,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"CT TV-PDHG iterations (default {CT_TV_ITERATIONS})")
     group.add_argument("--ct-weighting", choices=("counts", "none"), default="counts",
                        help="CT TV data term: weighted by the measured counts (default) or not")
+    group.add_argument("--decoder-weighting", choices=("counts", "none"), default="none",
+                       help="CT decoder: weigh each ray's residual by its detected counts (ParallelBeamRadon's "
+                            "ray_weights), or every ray alike (the default of a sinogram read from a file)")
+    group.add_argument("--coil-maps", choices=("espirit", "none"), default="espirit",
+                       help="MRI decoder: one complex image through ESPIRiT coil maps (SENSE, the package's model for "
+                            "multi-coil k-space), or every coil image fitted and combined by root-sum-of-squares")
     group.add_argument("--workers", type=int, default=1,
                        help="processes that run the MRI baselines' weight grids side by side (sigpy runs on the CPU, "
                             "one core each; default 1)")
@@ -1030,13 +997,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--note", default="", help="a sentence appended to the record's description")
 
 
-WHAT = ("Simulated multi-coil MRI ({coils} coils, complex noise at SNR {snr:g}, fastMRI-style masks, {mri} px) and "
-        "low-dose sparse-view CT (Poisson counts plus electronic noise, projected with scikit-image from a grid twice "
-        "as fine, {ct} px) from real slices; baselines from sigpy (zero-filled, SENSE, l1-wavelet, TV with ESPIRiT "
-        "maps) and scikit-image FBP / count-weighted TV-PDHG. Calibrated rows take the weight best on separate "
-        "calibration images; oracle rows the best on the test slice (upper bounds). Scores inside the body lead; "
-        "mean ± standard error over the test slices; the last column counts the slices where dd-medical's body PSNR "
-        "was higher.")
+WHAT_MRI = ("simulated multi-coil MRI ({coils} coils, complex noise at SNR {snr:g}, fastMRI-style masks, {mri} px) "
+            "from real slices, with sigpy's zero-filled, SENSE, l1-wavelet and TV (ESPIRiT maps)")
+WHAT_CT = ("simulated low-dose sparse-view CT (Poisson counts plus electronic noise, projected with scikit-image from "
+           "a grid twice as fine, {ct} px) from real slices, with scikit-image FBP and count-weighted TV-PDHG")
+WHAT = ("Calibrated rows take the weight best on separate calibration images; oracle rows the best on the test slice "
+        "(upper bounds). Scores inside the body lead; mean ± standard error over the test slices; the last column "
+        "counts the slices where dd-medical's body PSNR was higher.")
+
+
+def what(options: Options) -> str:
+    """The record's description of what was run (only the modalities of ``options.only``)."""
+    parts = [t for k, t in (("mri", WHAT_MRI), ("ct", WHAT_CT)) if options.only in (None, k)]
+    text = " and ".join(parts).format(coils=options.coils, snr=options.snr, mri=options.mri_size, ct=options.ct_size)
+    return f"{text[0].upper()}{text[1:]}. {WHAT}"
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -1062,9 +1036,14 @@ def options_from(args: argparse.Namespace) -> Options:
         options.doses = {f"{p:.0e} photons".replace("e+0", "e"): p for p in args.photons}
     if args.tv_iterations is not None:
         options.ct_tv_iterations = args.tv_iterations
-    options.ct_weighting = args.ct_weighting
+    options.ct_weighting, options.coil_maps = args.ct_weighting, args.coil_maps
+    options.decoder_weighting = args.decoder_weighting
+    architecture = None if args.architectures == "default" else args.architectures
+    if architecture is not None and architecture not in ("deep", "conv", "both"):
+        raise SystemExit("--realistic takes one of --architectures default, deep, conv or both")
     options.decoder = {**options.decoder, **{k: v for k, v in (("iterations", args.iterations),
-                                                               ("ensemble", args.ensemble)) if v is not None}}
+                                                               ("ensemble", args.ensemble),
+                                                               ("architecture", architecture)) if v is not None}}
     options.device, options.seed, options.h5_dir = args.device, args.seed, args.h5_dir
     options.decoder_rows, options.workers = not args.no_decoder, args.workers
     return options
@@ -1095,15 +1074,15 @@ def main(args: argparse.Namespace, argv: list[str] | None) -> None:
         flag_below_baseline(rows)
         clean = lambda r: {k: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
                            for k, v in r.items()}
-        what = WHAT.format(coils=options.coils, snr=options.snr, mri=options.mri_size, ct=options.ct_size)
+        described = what(options)
         return dict(title=title, topic="reconstruction", lead=not options.quick,
-                    what=what + (f" {args.note}" if args.note else ""), machine=machine_tag(options.device),
+                    what=described + (f" {args.note}" if args.note else ""), machine=machine_tag(options.device),
                     source="benchmarks/realistic.py", columns=list(SUMMARY_COLUMNS), rows=summarise(rows),
                     rail_columns=list(RAIL_COLUMNS), rail_rows=rail(rows), calibrated_weights=chosen,
                     geometry=checks, options={k: (str(v) if isinstance(v, Path) else v)
                                               for k, v in asdict(options).items()},
-                    decoder={task: asdict(decoder_config(task, options)) for task in ("reconstruct/mri",
-                                                                                      "reconstruct/ct")},
+                    decoder={task: asdict(decoder_config(task, options))
+                             for task in ("reconstruct/mri", "reconstruct/sense", "reconstruct/ct")},
                     raw=[clean(r) for r in rows], grid=[clean(r) for r in grid])
 
     def save(key: str) -> Callable[[list[dict], list[dict]], None]:

@@ -29,6 +29,7 @@ from .core.fidelity import FidelityReport, check_fidelity
 from .core.intensity import Window, resolve_modality
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel
+from .core.reconstruction_check import ReconstructionCheck
 from .errors import InputError
 from .io import read_volume
 from .io.raw import read_raw
@@ -110,8 +111,10 @@ def reconstruct(
     data_consistency: bool = True,
     batch_size: int | None = None,
     uncertainty: bool = False,
+    report: bool = False,
     **overrides: object,
-) -> np.ndarray | Volume | tuple[np.ndarray, np.ndarray] | tuple[Volume, Volume]:
+) -> (np.ndarray | Volume | tuple[np.ndarray, np.ndarray] | tuple[Volume, Volume]
+      | tuple[np.ndarray | Volume | tuple[np.ndarray, np.ndarray] | tuple[Volume, Volume], ReconstructionCheck]):
     """Reconstruct slices from undersampled measurements, untrained decoders as the prior (Heckel &
     Soltanolkotabi 2020; Darestani & Heckel 2021).
 
@@ -130,9 +133,14 @@ def reconstruct(
         data_consistency: the operator's ``finalize`` (MRI: keep the measured k-space samples).
         uncertainty: also return the members' per-pixel standard deviation, in the image's scale (not calibrated;
             needs at least two decoders per slice).
+        report: also return the :class:`~dd_medical.core.reconstruction_check.ReconstructionCheck` of every slice:
+            the fit's data misfit, the decoders' disagreement where the measurements say nothing (with two or more
+            decoders per slice), and whether the slice is flagged as unreliable (it may be worse than the cheap
+            baseline).
 
     Returns ``(D, H, W)`` float32 in the measurements' scale (MRI: RSS magnitude; CT: attenuation), or a
-    :class:`Volume` for a path; with ``uncertainty=True``, ``(image, spread)`` of the same kind.
+    :class:`Volume` for a path; with ``uncertainty=True``, ``(image, spread)`` of the same kind; with
+    ``report=True``, ``(that result, check)``.
     """
     modality = None
     if isinstance(measurements, (str, Path)):
@@ -144,10 +152,12 @@ def reconstruct(
         raise InputError("reconstruct needs the forward model of the measurements (operator=...)")
     config = resolve(f"reconstruct/{operator.kind}", preset, config, **overrides)
     result = reconstruct_volume(measurements, operator, config, device, batch_size=batch_size, progress=progress,
-                                data_consistency=data_consistency, uncertainty=uncertainty)
-    if modality is None:
-        return result
-    return tuple(Volume(r, modality=modality) for r in result) if uncertainty else Volume(result, modality=modality)
+                                data_consistency=data_consistency, uncertainty=uncertainty, check=report)
+    result, check = result if report else (result, None)
+    if modality is not None:
+        result = (tuple(Volume(r, modality=modality) for r in result) if uncertainty
+                  else Volume(result, modality=modality))
+    return (result, check) if report else result
 
 
 def baseline(measurements: np.ndarray | torch.Tensor, operator: ForwardModel, device: str = "cpu") -> np.ndarray:

@@ -25,6 +25,7 @@ from .io import (
     write_uncertainty,
     write_volume,
 )
+from .io.provenance import with_check
 from .io.transfer_syntax import transfer_syntax_names
 from .node.command import node as node_command
 from .version import __version__
@@ -33,7 +34,8 @@ from .volume import Volume
 log = logging.getLogger("dd_medical")
 
 #: Exit codes: 0 done, 1 some batch series failed, 2 bad input or options, 3 written but the fidelity check
-#: flagged a slice (the residual does not look like noise: anatomy may have been removed).
+#: flagged a slice (the residual does not look like noise: anatomy may have been removed), or the reconstruction
+#: check flagged a slice as unreliable (it may be worse than the cheap baseline).
 EXIT_FIDELITY = 3
 
 def _fail(message: str) -> None:
@@ -380,8 +382,8 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
               help="--simulate mri: fit a real, non-negative image (the simulated object is a magnitude image).")
 @click.option("--architecture", default=None, metavar="[both|deep|conv]",
               help="Decoder: deep (the paper's 1x1 convolutions), conv (ConvDecoder: 3x3 convolutions, nearest "
-                   "upsampling, ~4x the time) or both (each kind fitted, all averaged) [default: both for MRI, "
-                   "else deep].")
+                   "upsampling, ~4x the time) or both (each kind fitted, all averaged) [default: both for "
+                   "single-coil MRI, else deep].")
 @click.option("--tv-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of a total-variation penalty on the decoder's image, added to the data term (0: none) "
                    "[default: the preset's: 0.02 for CT, 0 otherwise].")
@@ -403,6 +405,12 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
     DICOM series measured retrospectively. OUTPUT is a folder (derived DICOM series) or an image file. The
     decoder settings are the reconstruction preset of the modality (dd_medical.presets), with the options above
     applied on top.
+
+    Every slice is checked without ground truth: the fit's data misfit (the part of the measurements it leaves
+    unexplained) and, with two or more decoders per slice, their disagreement where nothing was measured; higher
+    is worse for both. When a slice exceeds a limit it is flagged as unreliable (it may be worse than the
+    zero-filled or FBP baseline): the output is still written, the summary, a warning and the DICOM
+    DerivationDescription say so, and the exit code is 3.
     """
     from .io.raw import is_raw_path, load_mask, read_raw
 
@@ -436,8 +444,8 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
         _fail(f"--uncertainty needs 2 or more decoders per slice (--ensemble 2, or --architecture both): the map is "
               f"their spread, and these settings fit {decoders}")
     t0 = time.perf_counter()
-    result = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size,
-                             uncertainty=uncertainty_path is not None)
+    result, check = api.reconstruct(measurements, operator, config=config, device=device, batch_size=batch_size,
+                                    uncertainty=uncertainty_path is not None, report=True)
     result, spread = result if uncertainty_path is not None else (result, None)
     seconds = time.perf_counter() - t0
     quality = ""
@@ -448,10 +456,12 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
         out_volume = Volume(result, modality=modality)
     job = f"reconstruction ({operator.kind})"
     write_volume(out_volume, output_path, series_description="DD reconstruction",
-                 derivation_description=derivation_description(config, job), format=output_kind)
+                 derivation_description=with_check(derivation_description(config, job), check.summary()),
+                 format=output_kind)
     depth, height, width = out_volume.shape
     click.echo(f"reconstructed {depth} slice(s) of {height}x{width} in {seconds:.1f} s (decoder: "
                f"{config.architecture}){quality}; wrote {output_path}")
+    click.echo(check.summary())
     if spread is not None:
         units = _units(api.modality_of(like)) if like is not None else "image units"
         if like is not None:  # the input's units: only the scale of an affine map applies to a spread
@@ -463,14 +473,20 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
                           derivation_description=uncertainty_derivation(config, units, job=job, calibrated=False),
                           denoised=output_path if out_kind == "dicom" else None)
         click.echo(_uncertainty_summary(sd, units, "spread of the decoders, not calibrated", uncertainty_path))
+    if check.unreliable:
+        flagged = len(check.flagged)
+        log.warning("the reconstruction may be worse than the %s baseline on %d of %d slice(s): the reconstruction "
+                    "check flagged %s as unreliable (exit code 3)", operator.baseline_name, flagged,
+                    len(check.slices), "it" if flagged == 1 else "them")
+        sys.exit(EXIT_FIDELITY)
 
 
 #: Where each measurement option of ``reconstruct`` has an effect: ``"simulate <kind>"`` or ``"raw <kind>"``.
 _APPLIES = {"acceleration": ("simulate mri",), "center_fraction": ("simulate mri",), "mask_type": ("simulate mri",),
-            "real_object": ("simulate mri",), "mask_path": ("simulate mri", "raw mri"),
+            "real_object": ("simulate mri",), "mask_path": ("simulate mri", "raw mri", "raw sense"),
             "views": ("simulate ct", "raw ct"), "arc_deg": ("simulate ct", "raw ct"), "image_size": ("raw ct",),
             "missing": ("simulate inpaint",)}
-_CONTEXTS = {"raw mri": "raw k-space", "raw ct": "a raw sinogram"}
+_CONTEXTS = {"raw mri": "raw k-space", "raw sense": "raw k-space", "raw ct": "a raw sinogram"}
 
 
 def _refuse_unused(ctx: click.Context, context: str) -> None:
@@ -480,8 +496,9 @@ def _refuse_unused(ctx: click.Context, context: str) -> None:
         if where is None or context in where or ctx.get_parameter_source(param.name) in (
                 None, click.core.ParameterSource.DEFAULT):
             continue
-        said = [_CONTEXTS.get(c, f"--{c}") for c in (context, *where)]
-        _fail(f"{param.opts[0]} applies to {' or '.join(said[1:])}, not to {said[0]}")
+        said = [_CONTEXTS.get(c, f"--{c}") for c in where]
+        _fail(f"{param.opts[0]} applies to {' or '.join(dict.fromkeys(said))}, not to "
+              f"{_CONTEXTS.get(context, f'--{context}')}")
 
 
 def _quality(result, baseline, reference, baseline_name: str) -> str:

@@ -25,6 +25,13 @@ from .core.fit import fit
 from .core.intensity import Window, default_window, resolve_modality
 from .core.noise import estimate_sigma
 from .core.operators import ForwardModel, Identity
+from .core.reconstruction_check import (
+    ReconstructionCheck,
+    data_misfit,
+    disagreement,
+    gathered,
+    member_scatter,
+)
 from .core.uncertainty import Calibration, load_calibration
 from .errors import InputError
 
@@ -191,7 +198,8 @@ def fit_slices(operator: ForwardModel, measurements, config: FitConfig, device: 
     """Fit ``measurements`` ``(D, ...)`` batch by batch -> ``(D, C, H, W)`` on the CPU (``keep_members``: every
     member's estimate, ``(D, members, C, H, W)``; or, with ``sink``, each batch's images to ``sink(start, stop,
     images)``). Slice ``i`` has the seeds of ``(config.seed, first_index + i)``. ``measurements`` may be any object
-    with ``shape`` and ``[start:stop]`` (built lazily, batch by batch)."""
+    with ``shape`` and ``[start:stop]`` (built lazily, batch by batch); each batch is fitted with
+    ``operator.slices(start, stop)`` (``operator`` is the model of all of ``measurements``)."""
     depth, out = measurements.shape[0], None
     offset = tracker.done
 
@@ -201,8 +209,9 @@ def fit_slices(operator: ForwardModel, measurements, config: FitConfig, device: 
         def step(it: int, total: int) -> None:
             tracker.to(offset + start + (stop - start) * it / total)
 
-        result = fit(operator, measurements[start:stop], config, slice_indices=range(first_index + start,
-                     first_index + stop), device=device, callback=step, keep_members=keep_members)
+        result = fit(operator.slices(start, stop), measurements[start:stop], config,
+                     slice_indices=range(first_index + start, first_index + stop), device=device, callback=step,
+                     keep_members=keep_members)
         return result.members if keep_members else result.image
 
     shape = "x".join(str(s) for s in measurements.shape[1:])
@@ -361,6 +370,46 @@ def on_device(operator: ForwardModel, device: torch.device) -> Iterator[ForwardM
         operator.to(home)
 
 
+def _fit_kind(operator: ForwardModel, y: torch.Tensor, config: FitConfig, dev: torch.device, b: int,
+              tracker: Tracker, keep_members: bool, scatter: torch.Tensor | None) -> torch.Tensor:
+    """One decoder kind's mean ``(D, C, H, W)`` over ``y`` (``keep_members``: its members ``(D, ensemble, C, H,
+    W)``); with ``scatter`` ``(D,)``, the members' scatter on the unmeasured part is added to it batch by batch
+    (:func:`~dd_medical.core.reconstruction_check.member_scatter`) and the members are not kept."""
+    if scatter is None:
+        return fit_slices(operator, y, config, dev, b, tracker, keep_members=keep_members)
+    mean = torch.empty((y.shape[0], *operator.image_shape(y)), dtype=torch.float32)
+
+    def add(a: int, z: int, members: torch.Tensor) -> None:  # (z - a, ensemble, C, H, W)
+        mean[a:z] = members.mean(dim=1)
+        scatter[a:z] += member_scatter(operator.slices(a, z), members)
+
+    fit_slices(operator, y, config, dev, b, tracker, sink=add, keep_members=True)
+    return mean
+
+
+def _check(operator: ForwardModel, y: torch.Tensor, images: torch.Tensor, means: list[torch.Tensor],
+           members: torch.Tensor | None, scatter: torch.Tensor | None, ensemble: int, decoders: int,
+           dev: torch.device, b: int) -> ReconstructionCheck:
+    """The :class:`ReconstructionCheck` of the fitted mean ``images`` ``(D, C, H, W)`` against ``y`` (the fit's
+    scale): its data misfit and, with two or more decoders, their disagreement, from the kept ``members`` or from
+    ``scatter`` within the kinds plus the scatter between the kinds' ``means`` (each holds ``ensemble``)."""
+    def figures(a: int, z: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = operator.slices(a, z)
+        misfit = data_misfit(model, y[a:z], images[a:z])
+        if decoders < 2:
+            return misfit, None
+        if members is not None:
+            scattered = member_scatter(model, members[a:z])
+        else:
+            scattered = scatter[a:z] + (ensemble * member_scatter(
+                model, torch.stack([m[a:z] for m in means], dim=1)) if len(means) > 1 else 0.0)
+        return misfit, disagreement(model, images[a:z], scattered, decoders)
+
+    parts = [r for *_, r in in_batches(y.shape[0], b, dev, figures, what="checking one slice")]
+    return gathered(torch.cat([m for m, _ in parts]), None if decoders < 2 else torch.cat([d for _, d in parts]),
+                    decoders, operator.baseline_name)
+
+
 def reconstruct_volume(
     measurements,
     operator: ForwardModel,
@@ -371,7 +420,9 @@ def reconstruct_volume(
     progress: Progress = None,
     data_consistency: bool = True,
     uncertainty: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    check: bool = False,
+) -> (np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, ReconstructionCheck]
+      | tuple[tuple[np.ndarray, np.ndarray], ReconstructionCheck]):
     """Reconstruct slices from measurements (first axis ``D``; not modified) with untrained decoders as the prior:
     minimise ``|A(G(w)) - y|^2`` over the weights (Heckel & Soltanolkotabi 2020).
 
@@ -383,49 +434,59 @@ def reconstruct_volume(
     ``uncertainty=True`` returns ``(image, spread)``: ``spread`` is the per-pixel sample standard deviation of the
     members' images (each finalised and made an image as the mean is), in the image's scale. It is not calibrated
     (reconstruction has no noise level to calibrate against). It needs at least two decoders per slice.
+
+    ``check=True`` returns ``(result, check)``: ``check`` is the
+    :class:`~dd_medical.core.reconstruction_check.ReconstructionCheck` of every slice (members are not kept for it).
     """
     y = operator.prepare(measurements)
     dev = resolve_device(device)
     kinds = ("deep", "conv") if config.architecture == "both" else (config.architecture,)
-    if uncertainty and config.ensemble * len(kinds) < 2:
+    decoders = config.ensemble * len(kinds)
+    if uncertainty and decoders < 2:
         raise InputError("an uncertainty map needs at least 2 decoders per slice (ensemble is 1); use ensemble=2 "
                          "or more, or architecture='both'")
     with on_device(operator, dev):
-        scale = max(float(operator.to_image(operator.baseline(part)).max())
-                    for *_, part in in_batches(y.shape[0], 16, dev, lambda a, z: y[a:z].to(dev)))
+        scale = max(float(r) for *_, r in in_batches(y.shape[0], 16, dev, lambda a, z: operator.slices(a, z).to_image(
+            operator.slices(a, z).baseline(y[a:z].to(dev))).max()))
         if not scale > 0:
             raise InputError("measurements are all zero: nothing to reconstruct")
         channels, height, width = operator.image_shape(y)
         b = batch_size or auto_batch_size(y.shape[0], height, width, config, dev)
         log.info("reconstructing %d slices of %dx%d (%d channels) with %s on %s, %d at a time, config %s",
                  y.shape[0], height, width, channels, type(operator).__name__, dev, b, asdict(config))
+        # the members' scatter within each kind, gathered batch by batch (uncertainty keeps the members instead)
+        scatter = torch.zeros(y.shape[0], dtype=torch.float64) if check and decoders >= 2 and not uncertainty else None
         tracker = Tracker(y.shape[0] * len(kinds), "reconstructing", progress, device=dev,
                           faster=FASTER["reconstruct"])
         try:
-            fits = [fit_slices(operator, y / scale, replace(config, architecture=k), dev, b, tracker,
-                               keep_members=uncertainty) for k in kinds]
+            fits = [_fit_kind(operator, y / scale, replace(config, architecture=k), dev, b, tracker, uncertainty,
+                              scatter) for k in kinds]
         finally:
             tracker.close()
         members = torch.cat(fits, dim=1) if uncertainty else None  # (D, M, C, H, W)
         means = [f.mean(dim=1) for f in fits] if uncertainty else fits
         images = means[0] if len(means) == 1 else torch.stack(means).mean(dim=0)
+        report = _check(operator, y / scale, images, means, members, scatter, config.ensemble, decoders, dev,
+                        b) if check else None
 
         def image_of(part: torch.Tensor, a: int, z: int) -> torch.Tensor:
-            part = part.to(dev)
+            part, model = part.to(dev), operator.slices(a, z)
             if data_consistency:
-                part = operator.finalize(part, (y[a:z] / scale).to(dev))
-            return operator.to_image(part).cpu()
+                part = model.finalize(part, (y[a:z] / scale).to(dev))
+            return model.to_image(part).cpu()
 
         def finish(a: int, z: int) -> torch.Tensor:
             return image_of(images[a:z], a, z)
 
         result = torch.cat([r for *_, r in in_batches(y.shape[0], b, dev, finish, what="finishing one slice")])
+        out = (result.numpy() * scale).astype(np.float32)
         if not uncertainty:
-            return (result.numpy() * scale).astype(np.float32)
+            return (out, report) if check else out
 
         def spread(a: int, z: int) -> torch.Tensor:
             each = torch.stack([image_of(members[a:z, m], a, z) for m in range(members.shape[1])], dim=1)
             return each.std(dim=1)
 
         sd = torch.cat([r for *_, r in in_batches(y.shape[0], b, dev, spread, what="finishing one slice")])
-    return (result.numpy() * scale).astype(np.float32), (sd.numpy() * scale).astype(np.float32)
+    both = out, (sd.numpy() * scale).astype(np.float32)
+    return (both, report) if check else both

@@ -1,7 +1,8 @@
 """Every named setting, keyed by task, and the one place where settings are merged (:func:`resolve`).
 
-Tasks: ``denoise``, ``reconstruct/mri``, ``reconstruct/ct``, ``reconstruct/inpaint``, ``reconstruct/cs`` (the
-reconstruction task of a forward model is ``"reconstruct/" + operator.kind``) and ``compress``. Each task has a
+Tasks: ``denoise``, ``reconstruct/mri`` (MRI, coil images fitted), ``reconstruct/sense`` (MRI through coil
+sensitivities), ``reconstruct/ct``, ``reconstruct/inpaint``, ``reconstruct/cs`` (the reconstruction task of a forward
+model is ``"reconstruct/" + operator.kind``) and ``compress``. Each task has a
 default (:data:`DEFAULT_PRESET`); ``"default"`` names it for every task. How well each setting did is measured in the
 documentation, not here.
 """
@@ -32,6 +33,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         "speed": replace(_DENOISE, ensemble=1, iterations=450, compile=True),
     },
     "reconstruct/mri": {"default": replace(_RECONSTRUCT, ensemble=2, architecture="both")},
+    "reconstruct/sense": {"default": replace(_RECONSTRUCT, ensemble=2, iterations=3000)},
     "reconstruct/ct": {"default": replace(_RECONSTRUCT, iterations=12000, final_learning_rate=0.001,
                                           tv_weight=0.02)},
     "reconstruct/inpaint": {"default": _RECONSTRUCT},

@@ -53,7 +53,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 from . import api
 from .core.config import FitConfig
 from .core.intensity import Window
-from .core.operators import CartesianFourier
+from .core.operators.sense import COIL_MAPS, kspace_model
 from .errors import InputError
 from .io import derivation_description
 from .io.provenance import uncertainty_derivation
@@ -313,15 +313,20 @@ class DeepDecoderDenoise(TraceableTransform):
 
 class DeepDecoderReconstruct(TraceableTransform):
     """
-    Reconstruct an MR image from undersampled Cartesian k-space by fitting an untrained Deep Decoder through
-    the forward model :class:`dd_medical.core.operators.CartesianFourier` (:func:`dd_medical.api.reconstruct`).
+    Reconstruct an MR image from undersampled Cartesian k-space by fitting untrained Deep Decoders through the
+    forward model :func:`dd_medical.core.operators.sense.kspace_model` chooses (:func:`dd_medical.api.reconstruct`):
+    for several coils, one complex image through ESPIRiT coil sensitivities estimated from the fully sampled centre
+    (:class:`~dd_medical.core.operators.sense.SensitivityFourier`; needs sigpy, the ``mri`` extra) unless
+    ``coil_maps="none"``; for one coil, :class:`~dd_medical.core.operators.CartesianFourier`.
 
     The input is k-space in MONAI's layout ``(C, H, W, 2)`` (``C`` coils, last axis real/imaginary, centred
     orthonormal FFT as ``monai.data.fft_utils``), numpy or torch, with a sampling ``mask`` of shape ``(W,)``
     (columns) or ``(H, W)``; masks as MONAI's k-space mask transforms return them (singleton axes around ``W``)
     are accepted. The output is the root-sum-of-squares magnitude image ``(1, H, W)``, float32, of the input's type
     and on its device; a ``MetaTensor`` keeps the input's metadata and gains ``meta["dd_medical"]``, also appended
-    to ``applied_operations`` (MONAI >= 1.6; not invertible, as for :class:`DeepDecoderDenoise`). The computation
+    to ``applied_operations`` (MONAI >= 1.6; not invertible, as for :class:`DeepDecoderDenoise`), with the
+    reconstruction check (:mod:`dd_medical.core.reconstruction_check`: ``check_passed``, and ``check``, its one-line
+    summary; a flagged slice is also logged as a warning). The computation
     runs on numpy (``backend``); the decoders are fitted on ``device``.
 
     Args:
@@ -331,10 +336,10 @@ class DeepDecoderReconstruct(TraceableTransform):
         device: where the decoders are fitted: ``"auto"`` (the input's GPU for a CUDA tensor, else CUDA if present,
             else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: base seed; default: the config's (0).
-        config: a full :class:`~dd_medical.core.config.FitConfig`; default: the ``reconstruct/mri`` preset of
-            :mod:`dd_medical.presets` (1000 iterations, the paper's decoder and ConvDecoder, two of each, all
-            averaged: ``meta["dd_medical"]["architecture"]`` is ``"both"``).
-            ``iterations``, ``channels`` and ``seed`` override its fields.
+        config: a full :class:`~dd_medical.core.config.FitConfig`; default: the preset of the model's task in
+            :mod:`dd_medical.presets` (``reconstruct/mri`` for one coil, ``reconstruct/sense`` with coil
+            sensitivities). ``iterations``, ``channels`` and ``seed`` override its fields.
+        coil_maps: ``"espirit"`` or ``"none"`` (see above).
         max_channels: more coils than this is taken for a wrong layout and rejected; default 64.
         progress: show a progress bar (default ``False``).
     """
@@ -351,9 +356,14 @@ class DeepDecoderReconstruct(TraceableTransform):
         config: FitConfig | None = None,
         max_channels: int = 64,
         progress: bool = False,
+        coil_maps: str = "espirit",
     ) -> None:
         self.mask = mask
-        self.config = resolve("reconstruct/mri", config=config, iterations=iterations, channels=channels, seed=seed)
+        self.settings = dict(config=config, iterations=iterations, channels=channels, seed=seed)
+        self.config = resolve("reconstruct/mri", **self.settings)  # checked now; the model's kind decides per call
+        if coil_maps not in COIL_MAPS:
+            raise InputError(f"unknown coil_maps {coil_maps!r}; choose one of {', '.join(COIL_MAPS)}")
+        self.coil_maps = coil_maps
         self.device = device
         self.max_channels = max_channels
         self.progress = progress
@@ -379,13 +389,18 @@ class DeepDecoderReconstruct(TraceableTransform):
         kspace_t = convert_to_tensor(kspace, track_meta=get_track_meta())
         values = kspace_t.as_tensor() if isinstance(kspace_t, MetaTensor) else kspace_t
         measurements = values.detach().cpu().float().numpy()[None]  # (D=1, coils, H, W, 2)
-        operator = CartesianFourier(mask_np, coils=shape[0])
+        operator = kspace_model(measurements, mask_np, self.coil_maps)
+        config = resolve(f"reconstruct/{operator.kind}", **self.settings)
         device = _fit_device(self.device, kspace)
-        image = api.reconstruct(measurements, operator, config=self.config, device=device, progress=self.progress)
+        image, check = api.reconstruct(measurements, operator, config=config, device=device, progress=self.progress,
+                                       report=True)
+        if check.unreliable:
+            log.warning("%s", check.summary())
         out_t = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, shape[1], shape[2])
         result, *_ = convert_to_dst_type(out_t, dst=kspace, dtype=out_t.dtype)
-        record = _record("DeepDecoderReconstruct", self.config, coils=shape[0], device=device,
-                         sampled_fraction=float(mask_np.mean()), job="reconstruction (mri)")
+        record = _record("DeepDecoderReconstruct", config, coils=shape[0], device=device,
+                         sampled_fraction=float(mask_np.mean()), job=f"reconstruction ({operator.kind})",
+                         check_passed=not check.unreliable, check=check.summary())
         return _traced(self, _with_record(result, record), record)
 
 
@@ -499,12 +514,13 @@ class DeepDecoderReconstructd(MapTransform):
         max_channels: int = 64,
         progress: bool = False,
         allow_missing_keys: bool = False,
+        coil_maps: str = "espirit",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
         self.converter = DeepDecoderReconstruct(
             mask=mask, iterations=iterations, channels=channels, device=device, seed=seed, config=config,
-            max_channels=max_channels, progress=progress,
+            max_channels=max_channels, progress=progress, coil_maps=coil_maps,
         )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

@@ -18,6 +18,7 @@ from dd_medical import presets
 from dd_medical.cli import cli
 from dd_medical.codec.format import read_header
 from dd_medical.core.intensity import default_window, resolve_modality
+from dd_medical.core.reconstruction_check import ReconstructionCheck, SliceReconstructionCheck
 from dd_medical.errors import InputError
 from dd_medical.io import output_format, write_image, write_series
 from dd_medical.phantom import phantom_volume
@@ -248,9 +249,13 @@ def seen_reconstruct(monkeypatch):
     """api.reconstruct records its config and returns the baseline (no fit)."""
     calls = []
 
-    def reconstruct(measurements, operator, preset=None, *, config, **kwargs):
+    def reconstruct(measurements, operator, preset=None, *, config, report=False, **kwargs):
         calls.append(config)
-        return dd_medical.api.baseline(measurements, operator)
+        image = dd_medical.api.baseline(measurements, operator)
+        if not report:
+            return image
+        passed = tuple(SliceReconstructionCheck(i, 0.0, None) for i in range(len(image)))
+        return image, ReconstructionCheck(passed, decoders=1, baseline=operator.baseline_name)
 
     monkeypatch.setattr(dd_medical.api, "reconstruct", reconstruct)
     return calls

@@ -128,6 +128,30 @@ def test_the_metadata_is_complete_and_names_what_is_written():
         assert [key for key in TENSOR_REQUIRED if key not in tensor] == []
 
 
+#: A verbatim copy of the schema named by the metadata (the MONAI-extra-test-data 0.8.1 release asset, also served
+#: at https://project-monai.github.io/schema/meta_schema_20240725.json), so MONAI's own check runs offline.
+LOCAL_SCHEMA = REPO / "tests" / "data" / "monai_meta_schema_20240725.json"
+LOCAL_SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
+
+
+def test_the_metadata_passes_monais_own_verify_metadata(tmp_path):
+    """``python -m monai.bundle verify_metadata`` (the same function, against a local copy of the schema: MONAI
+    skips the download of a schema file that exists and matches the hash). The metadata written with the name
+    MONAI no longer reads, ``optional_packages_version``, fails it, naming the required key."""
+    from monai.bundle import verify_metadata
+
+    schema = tmp_path / "schema.json"
+    schema.write_bytes(LOCAL_SCHEMA.read_bytes())
+    verify_metadata(meta_file=str(META), filepath=str(schema), hash_val=LOCAL_SCHEMA_MD5)
+
+    meta = json.loads(META.read_text())
+    meta["optional_packages_version"] = meta.pop("required_packages_version")
+    old = tmp_path / "old_metadata.json"
+    old.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'required_packages_version' is a required property"):
+        verify_metadata(meta_file=str(old), filepath=str(schema), hash_val=LOCAL_SCHEMA_MD5)
+
+
 def test_planned_outputs_follow_the_savers_layout(noisy_series, tmp_path):
     from monai.transforms import SaveImage, SaveImaged
 

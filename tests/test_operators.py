@@ -302,3 +302,36 @@ def test_operators_reject_complex_or_empty_masks():
         CartesianFourier(np.zeros(16))
     with pytest.raises(InputError, match="observes no pixel"):
         PixelMask(np.zeros((8, 8)))
+
+
+def test_ray_weights_weigh_each_rays_residual_per_slice():
+    angles = np.linspace(0, 180, 12, endpoint=False)
+    plain = ParallelBeamRadon(angles, 16, precondition=False)
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(2, 12, plain.detectors, generator=gen) + 0.1
+    weighted = ParallelBeamRadon(angles, 16, precondition=False, ray_weights=weights)
+    x = torch.rand(4, 1, 16, 16, generator=gen)  # 2 slices x 2 members, each slice's rows consecutive
+    y = plain(torch.rand(2, 1, 16, 16, generator=gen)).repeat_interleave(2, dim=0)
+    residual = (plain(x) - y)[:, 0] ** 2
+    normalised = weights / weights.flatten(1).mean(dim=1).view(-1, 1, 1)
+    expected = (residual * normalised.repeat_interleave(2, dim=0)).flatten(1).mean(dim=1)
+    torch.testing.assert_close(weighted.data_loss(weighted(x), y), expected)
+    assert not torch.allclose(plain.data_loss(plain(x), y), expected)
+    part = weighted.slices(1, 2)  # slice 1's weights, the same system matrix
+    assert part.matrix is weighted.matrix and weighted.ray_weights.shape[0] == 2
+    torch.testing.assert_close(part.data_loss(part(x[2:]), y[2:]), expected[2:])
+    shared = ParallelBeamRadon(angles, 16, ray_weights=weights[0])
+    assert shared.slices(0, 1) is shared
+    again = plain.with_ray_weights(weights)  # the same geometry, its matrix shared, not rebuilt
+    assert again.matrix is plain.matrix and plain.ray_weights is None
+    torch.testing.assert_close(again.data_loss(again(x), y), expected)
+    # uniform weights change nothing, with or without the frequency weighting
+    for precondition in (False, True):
+        flat = torch.full((12, plain.detectors), 7.0)
+        ones = ParallelBeamRadon(angles, 16, precondition=precondition, ray_weights=flat)
+        same = ParallelBeamRadon(angles, 16, precondition=precondition)
+        torch.testing.assert_close(ones.data_loss(ones(x), y), same.data_loss(same(x), y))
+    with pytest.raises(InputError, match="non-negative"):
+        ParallelBeamRadon(angles, 16, ray_weights=-weights[0])
+    with pytest.raises(InputError, match="ray weights must be"):
+        ParallelBeamRadon(angles, 16, ray_weights=weights[0, :5])

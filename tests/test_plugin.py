@@ -967,13 +967,16 @@ def test_extension_cmake_and_catalog_entry():
 
 
 def _has_compilers() -> bool:
+    """cmake, make (its default generator's build tool, which it also needs to check the compilers) and a C and a
+    C++ compiler (the template's project() enables both): .ci/run installs them from Debian's packages."""
     import shutil
 
-    return bool(shutil.which("cmake") and (shutil.which("cc") or shutil.which("gcc"))
+    return bool(shutil.which("cmake") and shutil.which("make") and (shutil.which("cc") or shutil.which("gcc"))
                 and (shutil.which("c++") or shutil.which("g++")))
 
 
-@pytest.mark.skipif(not _has_compilers(), reason="cmake and a C/C++ compiler are needed to configure the extension")
+@pytest.mark.skipif(not _has_compilers(),
+                    reason="cmake, make and a C/C++ compiler are needed to configure the extension")
 def test_extension_configures_with_cmake_and_describes_itself_as_the_catalog_entry(tmp_path):
     """What a developer runs first: configure the extension (here against tests/slicer_stub, a stand-in for a
     Slicer build tree whose macros check the modules' files). The description file it writes (.s4ext, the form

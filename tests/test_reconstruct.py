@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 import dd_medical
-from dd_medical.cli import cli
+from dd_medical.cli import EXIT_FIDELITY, cli
 from dd_medical.core.fit import FitConfig, fit
 from dd_medical.core.operators import (
     SUBPIXELS,
@@ -271,7 +271,7 @@ def test_cli_reconstructs_fastmri_hdf5_kspace(tmp_path):
     assert loaded.shape == (2, 1, 32, 32) and file_mask is None
     out = tmp_path / "recon.nii.gz"
     result = CliRunner().invoke(cli, ["reconstruct", str(path), str(out), *CLI_FIT])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     volume = read_volume(out)
     assert volume.shape == (2, 32, 32) and np.isfinite(volume.array).all() and volume.array.max() > 0.3
 
@@ -288,7 +288,7 @@ def test_cli_simulates_ct_from_a_dicom_series_and_writes_a_derived_series(tmp_pa
     out = tmp_path / "recon"
     result = CliRunner().invoke(cli, ["reconstruct", str(series), str(out), "--simulate", "ct", "--views", "16",
                                       *CLI_FIT])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     assert "PSNR" in result.output and "baseline" in result.output
     recon = read_volume(out)
     assert recon.shape == (2, 32, 32) and recon.modality == "CT"
@@ -303,7 +303,7 @@ def test_cli_conv_decoder_is_recorded_in_the_derived_series(tmp_path):
     out = tmp_path / "recon"
     result = CliRunner().invoke(cli, ["reconstruct", str(series), str(out), "--simulate", "ct", "--views", "16",
                                       "--architecture", "conv", "--tv-weight", "0", *CLI_FIT])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     assert "(decoder: conv)" in result.output
     (dicom_file,) = sorted(out.rglob("*.dcm"))
     description = pydicom.dcmread(dicom_file).DerivationDescription
@@ -316,7 +316,7 @@ def test_cli_simulates_mri_of_a_real_object(tmp_path):
     out = tmp_path / "recon.nii.gz"
     result = CliRunner().invoke(cli, ["reconstruct", str(image), str(out), "--simulate", "mri", "--acceleration", "3",
                                       "--real-object", *CLI_FIT])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     assert "PSNR" in result.output and read_volume(out).shape == (1, 32, 32)
 
 
@@ -341,7 +341,7 @@ def test_cli_rejects_bad_simulation_settings_and_raw_sinograms(tmp_path):
     np.save(tmp_path / "sino.npy", sino)
     result = CliRunner().invoke(cli, ["reconstruct", str(tmp_path / "sino.npy"), str(tmp_path / "s.nii.gz"),
                                       "--image-size", "32", *CLI_FIT])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     assert read_volume(tmp_path / "s.nii.gz").shape == (1, 32, 32)
     np.save(tmp_path / "complex.npy", sino.astype(np.complex64)[..., :3])  # neither k-space nor sinogram
     result = CliRunner().invoke(cli, ["reconstruct", str(tmp_path / "complex.npy"), str(tmp_path / "d.nii.gz"),

@@ -30,6 +30,7 @@ from monai.utils import TraceKeys, TransformBackends
 import dd_medical
 from dd_medical import api
 from dd_medical.core.fit import FitConfig
+from dd_medical.core.reconstruction_check import ReconstructionCheck, SliceReconstructionCheck
 from dd_medical.errors import InputError
 from dd_medical.io import read_volume, write_series
 from dd_medical.metrics import psnr
@@ -306,8 +307,9 @@ def test_the_declared_backend_is_what_the_engine_computes_on(monkeypatch):
     """MONAI's ``backend`` lists the array types a transform computes on: the engine gets numpy, from torch too."""
     seen = []
     monkeypatch.setattr(api, "denoise", lambda image, **kw: seen.append(type(image)) or np.zeros_like(image))
-    monkeypatch.setattr(api, "reconstruct",
-                        lambda data, op, **kw: seen.append(type(data)) or np.zeros(data.shape[:1] + data.shape[2:4]))
+    passed = ReconstructionCheck((SliceReconstructionCheck(0, 0.0, None),), decoders=1)
+    monkeypatch.setattr(api, "reconstruct", lambda data, op, **kw: seen.append(type(data)) or (
+        np.zeros(data.shape[:1] + data.shape[2:4]), passed))
     out = DeepDecoderDenoise(config=TINY, device="cpu")(torch.ones((1, 16, 16)))
     assert isinstance(out, torch.Tensor) and float(out.abs().max()) == 0.0
     out = DeepDecoderReconstruct(mask=np.ones(16), iterations=1, device="cpu")(torch.ones((1, 16, 16, 2)))

@@ -144,7 +144,7 @@ def test_reconstruct_writes_the_uncalibrated_spread_referencing_the_reconstructi
     assert code == 2 and "needs 2 or more decoders" in text and not (tmp_path / "out").exists()
     code, text = run("reconstruct", str(src), str(tmp_path / "out"), "--uncertainty", str(tmp_path / "sd"), *common,
                      "--ensemble", "2")
-    assert code == 0, text
+    assert code in (0, 3), text  # 3: written, but the reconstruction check flagged this 10-step fit
     assert "not calibrated" in [s for s in text.splitlines() if s.startswith("uncertainty:")][0]
     (recon,) = (pydicom.dcmread(p) for p in (tmp_path / "out").iterdir())
     (ds,) = (pydicom.dcmread(p) for p in (tmp_path / "sd").iterdir())

@@ -23,9 +23,9 @@ a test) can poll it while the run writes, and a future multi-worker driver gets 
 the driver writes it; :func:`process_series` is pure apart from its atomic outputs, so executors (``serial``, or
 ``ray``: :class:`RayExecutor`, tasks on a Ray cluster with retries and slice chunks) can run it anywhere. A rerun
 skips volumes that are done once their output folder is verified (same file count and SHA-256 checksum as
-recorded, same source files), removes temporary leftovers of a killed run and redoes the rest; failed volumes are
-retried with ``retry_failed=True``. Messages name UIDs, output folders and input files (relative to INPUT_ROOT)
-only, never patient attributes.
+recorded, same source files, same settings but speed-only ones: ``driver.output_settings``), removes temporary
+leftovers of a killed run and redoes the rest; failed volumes are retried with ``retry_failed=True``. Messages name
+UIDs, output folders and input files (relative to INPUT_ROOT) only, never patient attributes.
 """
 
 from __future__ import annotations

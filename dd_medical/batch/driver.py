@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
@@ -159,6 +160,38 @@ def _transfer_syntax_problem(row: dict, files: Sequence[Path], chosen: UID | Non
     return "" if expected == written else f"written as {UID(written).name}, this run writes {expected.name}"
 
 
+#: FitConfig fields that change only speed, never the values written (like the batch size and the device, which are
+#: not recorded either): a resumed run that changes them keeps finished series.
+SPEED_ONLY_FIELDS = ("compile",)
+
+
+def output_settings(task: str, config: FitConfig, modality: str, window: tuple[float, float] | None,
+                    org_root: str | None) -> dict:
+    """The settings that decide a series' output, as recorded in the manifest: the task, every field of the
+    resolved ``config`` but :data:`SPEED_ONLY_FIELDS`, the series' modality, the window ((low, high) in HU, or
+    None: the series' own) and the UID root of the derived series. A flat JSON-able dict (the window a list)."""
+    fields = {name: value for name, value in asdict(config).items() if name not in SPEED_ONLY_FIELDS}
+    settings = {**fields, "task": task, "modality": modality, "window": None if window is None else list(window),
+                "org_root": org_root}
+    return json.loads(json.dumps(settings))
+
+
+def _settings_problem(row: dict, settings: dict) -> str:
+    """Which recorded settings of a finished series differ from this run's ``settings`` (:func:`output_settings`),
+    "" when none does. Only names recorded on both sides are compared. A row of a manifest that predates the
+    ``output_settings`` column is compared on the fit settings it did record (its ``config`` column); the window
+    and UID root it does not record count as unchanged."""
+    try:
+        recorded = json.loads(row.get("output_settings") or row.get("config") or "{}")
+    except ValueError:
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    changed = [f"{name} {recorded[name]} -> {value}" for name, value in settings.items()
+               if name in recorded and name not in SPEED_ONLY_FIELDS and recorded[name] != value]
+    return f"settings changed: {', '.join(changed)}" if changed else ""
+
+
 def _file_transfer_syntax(path: Path) -> str:
     """The transfer syntax UID in a file's meta information ("" without one: a bare, uncompressed data set)."""
     try:
@@ -185,7 +218,10 @@ def run_batch(
 ) -> BatchSummary:
     """Run ``task`` on every image volume under ``input_root``; derived series, manifest and report go to
     ``output_root`` (see the module docstring for the layout). Resumable: volumes done earlier are skipped once
-    their outputs are verified, failed ones are retried only with ``retry_failed``.
+    their outputs are verified, failed ones are retried only with ``retry_failed``. A volume done earlier with other
+    settings than this run's (:func:`output_settings`: the config but :data:`SPEED_ONLY_FIELDS`, the window, the UID
+    root) is redone, with one log line naming the changed settings; ``device``, ``batch_size`` and the executor
+    change only speed and memory, so changing them keeps finished volumes.
 
     Args:
         input_root: folder tree of DICOM files (any names); never modified.
@@ -267,6 +303,10 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
         log.warning("not processed %s: %s", name, reason)
 
     chosen = resolve_transfer_syntax(transfer_syntax)
+
+    def settings(item: Planned) -> dict:
+        return output_settings(task, config, item.series.modality, window, org_root)
+
     tasks: list[SeriesTask] = []
     for item in planned:
         row = manifest.get(item.key)
@@ -274,6 +314,7 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
             problem = "" if row["source_digest"] == item.source_digest else "source files changed"
             problem = problem or verify_outputs(row, out, uncertainty=uncertainty)
             problem = problem or _transfer_syntax_problem(row, item.series.files, chosen)
+            problem = problem or _settings_problem(row, settings(item))
             if not problem:
                 summary.skipped.append(item.key)
                 if row["status"] == "check":
@@ -283,7 +324,7 @@ def _run(inp: Path, out: Path, manifest: Manifest, task: str, config: FitConfig,
         elif row is not None and row["status"] == "failed" and not retry_failed:
             summary.failed.append((item.key, f"failed in an earlier run (use --retry-failed): {row['reason']}"))
             continue
-        manifest.schedule(item, task, config, str(chosen or AUTO))
+        manifest.schedule(item, task, config, str(chosen or AUTO), settings(item))
         tasks.append(SeriesTask(
             key=item.key, files=tuple(str(p) for p in item.series.files),
             output_dir=str(out / SERIES_DIR / item.folder), montage_path=str(out / MONTAGE_DIR / f"{item.folder}.png"),

@@ -1,6 +1,6 @@
 """The batch manifest: one SQLite row per series (status, reason, settings, timings, noise, checksums of the derived
-series and of its uncertainty series when one was written, the transfer syntax they were written in), written by
-the driver.
+series and of its uncertainty series when one was written, the transfer syntax they were written in, the settings
+that decide its pixels), written by the driver.
 
 WAL journal, one committed transaction per change: a run killed at any moment leaves a consistent manifest, and
 readers (a progress monitor, a test) can poll it while the run writes.
@@ -57,15 +57,18 @@ CREATE TABLE IF NOT EXISTS series (
     uncertainty_median REAL,
     uncertainty_scale REAL,
     transfer_syntax TEXT,
-    transfer_syntax_setting TEXT
+    transfer_syntax_setting TEXT,
+    output_settings TEXT
 );
 CREATE TABLE IF NOT EXISTS skipped_files (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 #: Columns added since the first manifests (name, SQL type), appended to an older table when it is opened:
 #: the uncertainty series (its file count and checksum, None when none was written) and its map's figures; the UID
-#: of the transfer syntax the outputs were written in, and the setting that chose it (``"auto"`` or a UID).
+#: of the transfer syntax the outputs were written in, and the setting that chose it (``"auto"`` or a UID); the
+#: settings that decide the output's values (a JSON object, see ``driver.output_settings``; NULL in older rows).
 _ADDED_COLUMNS = (("uncertainty_outputs", "INTEGER"), ("uncertainty_checksum", "TEXT"), ("uncertainty_median", "REAL"),
-                  ("uncertainty_scale", "REAL"), ("transfer_syntax", "TEXT"), ("transfer_syntax_setting", "TEXT"))
+                  ("uncertainty_scale", "REAL"), ("transfer_syntax", "TEXT"), ("transfer_syntax_setting", "TEXT"),
+                  ("output_settings", "TEXT"))
 
 
 class Manifest:
@@ -122,21 +125,25 @@ class Manifest:
         """All series rows, ordered by key."""
         return [dict(r) for r in self.conn.execute("SELECT * FROM series ORDER BY key")]
 
-    def schedule(self, item: Planned, task: str, config: FitConfig, transfer_syntax_setting: str = "auto") -> None:
+    def schedule(self, item: Planned, task: str, config: FitConfig, transfer_syntax_setting: str = "auto",
+                 output_settings: dict | None = None) -> None:
         """Insert or reset ``item`` to ``pending`` (kept counters: attempts), with the settings it is run with:
-        ``config`` and ``transfer_syntax_setting`` (``"auto"`` or the UID asked for)."""
+        ``config``, ``transfer_syntax_setting`` (``"auto"`` or the UID asked for) and ``output_settings`` (the
+        settings that decide the output's values, a JSON-able dict; None: not recorded)."""
         with self.conn:
             self.conn.execute(
                 """INSERT INTO series (key, series_uid, split_key, folder, modality, n_files, source_digest, status,
-                       reason, task, config, excluded, updated, transfer_syntax_setting)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', '', ?, ?, ?, ?, ?)
+                       reason, task, config, excluded, updated, transfer_syntax_setting, output_settings)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', '', ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(key) DO UPDATE SET folder=excluded.folder, modality=excluded.modality,
                        n_files=excluded.n_files, source_digest=excluded.source_digest, status='pending', reason='',
                        task=excluded.task, config=excluded.config, excluded=excluded.excluded,
-                       updated=excluded.updated, transfer_syntax_setting=excluded.transfer_syntax_setting""",
+                       updated=excluded.updated, transfer_syntax_setting=excluded.transfer_syntax_setting,
+                       output_settings=excluded.output_settings""",
                 (item.key, item.series.series_uid, item.series.split_key, item.folder, item.series.modality,
                  len(item.series.files), item.source_digest, task, json.dumps(asdict(config)),
-                 json.dumps(item.excluded), _now(), transfer_syntax_setting),
+                 json.dumps(item.excluded), _now(), transfer_syntax_setting,
+                 None if output_settings is None else json.dumps(output_settings, sort_keys=True)),
             )
 
     def record(self, result: SeriesResult) -> None:

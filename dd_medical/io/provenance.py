@@ -1,5 +1,6 @@
-"""What was done to an image, in words: DICOM DerivationDescription and the MONAI transforms' metadata record; for
-an uncertainty map, its SeriesDescription and a DerivationDescription saying what its values are."""
+"""What was done to an image, in words: DICOM DerivationDescription (with a check's verdict, within its 1024
+characters) and the MONAI transforms' metadata record; for an uncertainty map, its SeriesDescription and a
+DerivationDescription saying what its values are."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ def derivation_description(config: FitConfig, job: str = "denoising") -> str:
         f"Adam lr={config.learning_rate}, stopping={config.stopping}, result={config.result}, seed={config.seed}"
         + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
     )
+
+
+#: DerivationDescription's limit (ST, 1024 characters).
+_DERIVATION_LENGTH = 1024
+
+
+def with_check(description: str, check: str) -> str:
+    """``"<description>; <check>"`` (a check's one-line summary after the provenance) within DerivationDescription's
+    1024 characters: the description is shortened (ending ``"..."``) so that the check's verdict always survives."""
+    room = _DERIVATION_LENGTH - len(check) - 2
+    if room < 4:
+        return check[:_DERIVATION_LENGTH]
+    if len(description) > room:
+        description = description[:room - 3].rstrip() + "..."
+    return f"{description}; {check}"
 
 
 #: SeriesDescription's limit (LO, 64 characters).

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.operators import SUBPIXELS, CartesianFourier, ForwardModel, ParallelBeamRadon
+from ..core.operators import SUBPIXELS, ForwardModel, ParallelBeamRadon
+from ..core.operators.sense import kspace_model
 from ..errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -112,12 +113,16 @@ def read_raw(
     views: int | None = None,
     arc_deg: float = 180.0,
     image_size: int | None = None,
+    coil_maps: str = "espirit",
 ) -> tuple[torch.Tensor, ForwardModel, str]:
     """Raw measurements and their forward model from a file: ``(measurements, operator, modality)``.
 
-    k-space (``.h5``/``.hdf5`` fastMRI, complex ``.npy`` or real ``.npy`` with a last axis of 2) gives a
-    :class:`CartesianFourier` with the mask of ``mask_path``, else the file's, else the sampled columns
-    (:func:`infer_line_mask`); modality ``"MR"``. A real ``.npy`` sinogram ``(D, views, detectors)`` gives a
+    k-space (``.h5``/``.hdf5`` fastMRI, complex ``.npy`` or real ``.npy`` with a last axis of 2) is sampled with the
+    mask of ``mask_path``, else the file's, else the sampled columns (:func:`infer_line_mask`); modality ``"MR"``.
+    Its model is :func:`~dd_medical.core.operators.sense.kspace_model`'s: for multi-coil k-space one complex image
+    per slice through ESPIRiT coil sensitivities from the fully sampled centre columns (needs sigpy: the ``mri``
+    extra), unless ``coil_maps="none"``; for one coil (or ``"none"``) every coil image fitted and combined by
+    root-sum-of-squares. A real ``.npy`` sinogram ``(D, views, detectors)`` gives a
     :class:`ParallelBeamRadon` with ``views`` (must match the file) evenly over ``arc_deg`` degrees and an image of
     ``image_size`` (default: the largest square the detector covers), with :data:`SUBPIXELS`; modality ``"OT"``.
     """
@@ -136,7 +141,10 @@ def read_raw(
     if is_kspace:
         kspace, file_mask = load_kspace(input_path)
         mask = load_mask(mask_path) if mask_path else file_mask if file_mask is not None else infer_line_mask(kspace)
-        op = CartesianFourier(mask, coils=kspace.shape[1])
+        try:
+            op = kspace_model(kspace, mask, coil_maps)
+        except InputError as err:
+            raise InputError(err.problem, input_path) from None
         return op.prepare(kspace, input_path), op, "MR"
     sino = load_sinogram(input_path)
     if views is not None and views != sino.shape[1]:

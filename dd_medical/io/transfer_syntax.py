@@ -3,9 +3,9 @@ that keeps a lossless source's compression.
 
 A derived image is new pixel data, so it is always encoded losslessly: Explicit VR Little Endian (uncompressed),
 RLE Lossless (pydicom's own encoder), JPEG 2000 Lossless (``pylibjpeg-openjpeg``) or JPEG-LS Lossless
-(``pyjpegls``). The default, ``"auto"``, keeps the source's syntax when it is one of these and its encoder is
-installed; a lossy source (baseline JPEG, JPEG 2000 that may be irreversible, JPEG-LS near-lossless) is never
-re-encoded lossily and gives Explicit VR Little Endian.
+(``pyjpegls``: the ``jpegls`` extra, ``pip install 'dd-medical[jpegls]'``). The default, ``"auto"``, keeps the
+source's syntax when it is one of these and its encoder is installed; a lossy source (baseline JPEG, JPEG 2000 that
+may be irreversible, JPEG-LS near-lossless) is never re-encoded lossily and gives Explicit VR Little Endian.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg2000-lossless": JPEG2000Lossless,
     "jpegls-lossless": JPEGLSLossless,
 }
-_ENCODER_PACKAGES = {RLELossless: "pydicom>=3", JPEG2000Lossless: "pylibjpeg-openjpeg", JPEGLSLossless: "pyjpegls"}
+#: What to install for an encoder pydicom has but cannot use here (JPEG-LS: the ``jpegls`` extra, i.e. pyjpegls).
+_ENCODER_PACKAGES = {RLELossless: "pydicom>=3", JPEG2000Lossless: "pylibjpeg-openjpeg",
+                     JPEGLSLossless: "'dd-medical[jpegls]' (pyjpegls)"}
 # Source syntaxes that are lossless but that no installed pydicom encoder writes (JPEG lossless, HTJ2K lossless,
 # deflate): a derived series of such a source is uncompressed.
 _OTHER_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.201",
@@ -77,7 +79,8 @@ def resolve_transfer_syntax(name: str | None) -> UID | None:
 
 
 def encoder_problem(uid: UID) -> str:
-    """Why pixel data cannot be encoded in ``uid`` here (``"no encoder installed: pip install pyjpegls"``), or
+    """Why pixel data cannot be encoded in ``uid`` here (``"no encoder installed: pip install 'dd-medical[jpegls]'
+    (pyjpegls)"``), or
     ``""`` when it can (always for Explicit VR Little Endian)."""
     if uid == ExplicitVRLittleEndian:
         return ""

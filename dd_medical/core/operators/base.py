@@ -31,8 +31,10 @@ class ForwardModel(nn.Module):
     - ``baseline(y)``: a cheap reconstruction (zero-filled, FBP), images ``(B, C', H, W)``;
     - ``to_image(x)``: the result ``(B, H, W)`` from fitted (or baseline) images (MRI: coil magnitude);
     - ``finalize(x, y)``: data consistency of fitted images with the measurements (identity by default);
+    - ``unmeasured(x)``: the part of images the measurements do not determine (the images by default);
     - ``data_loss(Ax, y)``: the ``(B,)`` misfit a decoder is fitted with (mean squared residual by default);
-    - ``prepare(measurements)``: checked float32 measurements batched over slices.
+    - ``prepare(measurements)``: checked float32 measurements batched over slices;
+    - ``slices(start, stop)``: the model of some of the slices (itself, unless it holds something per slice).
 
     Class attributes: ``kind`` names the settings in :mod:`dd_medical.presets` (``reconstruct/<kind>``);
     ``baseline_name`` says what ``baseline`` is, for messages; ``output`` is the decoder's output for this model's
@@ -68,6 +70,18 @@ class ForwardModel(nn.Module):
         return x[:, 0]
 
     def finalize(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def slices(self, start: int, stop: int) -> ForwardModel:
+        """The model of slices ``start:stop`` of the measurements it was made for (itself, unless it holds something
+        per slice, such as coil sensitivities): what a fit of those slices alone is given."""
+        return self
+
+    def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
+        """What the measurements do not determine of images ``x`` ``(B, C, H, W)``, batched over ``B`` (any layout;
+        linear in ``x``): where the members of an ensemble may differ without explaining the measurements any worse
+        (:mod:`dd_medical.core.reconstruction_check`). Default: the images themselves (a model that cannot say which
+        part of an image it leaves unmeasured)."""
         return x
 
     def prepare(self, measurements, path: str | Path | None = None) -> torch.Tensor:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
 import torch
 
 from ...errors import InputError
-from .base import ForwardModel, mean_squared_residual
+from .base import ForwardModel, as_float_tensor, mean_squared_residual
 
 #: Sub-pixels per pixel side for scans this operator did not make itself (real sinograms, scans simulated on a
 #: finer grid): the one-point projector is about 1% off the line integrals of its own pixels.
@@ -79,6 +80,11 @@ class ParallelBeamRadon(ForwardModel):
             ``|f| + PRECONDITION_EPSILON`` (default ``True``), as the ramp filter of FBP does, so that gradient
             descent reaches fine detail in far fewer steps (``A^T A`` damps it as ``1 / |f|``). Same minimisers for
             consistent data.
+        ray_weights: the statistical weight of each measured line integral, ``(views, detectors)`` for every slice
+            or ``(D, views, detectors)`` one per slice (:meth:`slices` selects them), non-negative: the inverse of its
+            variance up to a factor, e.g. the detected counts (the variance of ``-log(counts / I0)`` is about
+            ``1 / counts``). :meth:`data_loss` weighs each ray's residual by it (normalised
+            to a mean of 1 per slice) before the frequency weighting. Default: every ray alike.
     """
 
     kind = "ct"
@@ -88,7 +94,7 @@ class ParallelBeamRadon(ForwardModel):
     PRECONDITION_EPSILON = 0.003
 
     def __init__(self, angles_deg, image_size: int | tuple[int, int], detectors: int | None = None,
-                 precondition: bool = True, subpixels: int = 1) -> None:
+                 precondition: bool = True, subpixels: int = 1, ray_weights=None) -> None:
         super().__init__()
         angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
         if angles.ndim != 1 or angles.size == 0:
@@ -111,6 +117,39 @@ class ParallelBeamRadon(ForwardModel):
             shape = (self.views * self.detectors, self.height * self.width)
             self.register_buffer("matrix", _csr(rows, cols, values, shape))
             self.register_buffer("transpose", _csr(cols, rows, values, shape[::-1]))
+        self.register_buffer("ray_weights", None if ray_weights is None else self._checked_weights(ray_weights))
+
+    def _checked_weights(self, weights) -> torch.Tensor:
+        """``sqrt`` of ray weights ``(D or 1, 1, views, detectors)``, each slice's normalised to a mean of 1."""
+        w = as_float_tensor(weights, "ray weights")
+        if w.ndim == 2:
+            w = w[None]
+        if w.ndim != 3 or tuple(w.shape[1:]) != (self.views, self.detectors):
+            raise InputError(f"ray weights must be (views={self.views}, detectors={self.detectors}) or (D, views, "
+                             f"detectors), got shape {tuple(w.shape)}")
+        if bool((w < 0).any()):
+            raise InputError("ray weights must be non-negative")
+        mean = w.flatten(1).mean(dim=1)
+        if not bool((mean > 0).all()):
+            raise InputError("ray weights are all zero for a slice")
+        return (w / mean.view(-1, 1, 1)).sqrt()[:, None]
+
+    def _sharing(self, sqrt_weights: torch.Tensor | None) -> ParallelBeamRadon:
+        """This geometry (the same system matrix, not a copy) with other square-rooted ray weights."""
+        part = copy.copy(self)
+        part._buffers = dict(self._buffers)
+        part._buffers["ray_weights"] = sqrt_weights
+        return part
+
+    def with_ray_weights(self, ray_weights) -> ParallelBeamRadon:
+        """The same geometry, sharing its system matrix, with ``ray_weights`` (see the class; ``None``: none)."""
+        return self._sharing(None if ray_weights is None else self._checked_weights(ray_weights).to(self.device))
+
+    def slices(self, start: int, stop: int) -> ParallelBeamRadon:
+        """The model of slices ``start:stop`` (their ray weights; the same object when every slice shares them)."""
+        if self.ray_weights is None or self.ray_weights.shape[0] == 1:
+            return self
+        return self._sharing(self.ray_weights[start:stop])
 
     @property
     def views(self) -> int:
@@ -178,13 +217,22 @@ class ParallelBeamRadon(ForwardModel):
     def data_loss(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
         """``(B,)`` data misfit of predicted sinograms ``(B, 1, views, detectors)``, the term a decoder is fitted with.
 
-        With ``precondition`` the squared residual is weighted per detector frequency by ``|f| + epsilon``
-        (``f`` in cycles per bin, zero-padded to twice the detectors; scaled so that a flat unit weight would give
-        about the mean squared residual); otherwise the mean squared residual.
+        Each ray's residual is first multiplied by the square root of its weight (``ray_weights``; with one set per
+        slice, ``B`` is a multiple of the slices and each slice's rows are consecutive). With ``precondition`` the
+        squared residual is then weighted per detector frequency by ``|f| + epsilon`` (``f`` in cycles per bin,
+        zero-padded to twice the detectors; scaled so that a flat unit weight would give about the mean squared
+        residual); otherwise the mean squared residual.
         """
-        if not self.precondition:
-            return mean_squared_residual(predicted, measured)
         residual = (predicted - measured).float()
+        if self.ray_weights is not None:
+            w = self.ray_weights
+            if w.shape[0] > 1:
+                if residual.shape[0] % w.shape[0]:
+                    raise InputError(f"{residual.shape[0]} sinograms for ray weights of {w.shape[0]} slices")
+                w = w.repeat_interleave(residual.shape[0] // w.shape[0], dim=0)
+            residual = residual * w
+        if not self.precondition:
+            return mean_squared_residual(residual, torch.zeros_like(residual))
         size = 2 * self.detectors
         weight = torch.fft.rfftfreq(size, device=residual.device) + self.PRECONDITION_EPSILON
         spectrum = torch.fft.rfft(residual, n=size, dim=-1)

@@ -33,6 +33,24 @@ def rss(images: torch.Tensor) -> torch.Tensor:
     return root_sum_of_squares(images.abs(), spatial_dim=1)[:, None]
 
 
+def kspace_mask(mask) -> torch.Tensor:
+    """A checked k-space mask as a float32 buffer: ``(W,)`` lines become ``(1, W)``, ``(H, W)`` stays."""
+    mask_t = as_float_tensor(mask, "k-space mask")
+    if mask_t.ndim not in (1, 2):
+        raise InputError(f"k-space mask must be (W,) lines or (H, W), got shape {tuple(mask_t.shape)}")
+    if not bool((mask_t != 0).any()):
+        raise InputError("k-space mask samples nothing")
+    return mask_t if mask_t.ndim == 2 else mask_t[None, :]
+
+
+def check_mask_fits(mask: torch.Tensor, height: int, width: int) -> None:
+    """:class:`InputError` unless a :func:`kspace_mask` fits k-space of ``height`` x ``width``."""
+    mh, mw = mask.shape
+    if mw != width or (mh != 1 and mh != height):
+        raise InputError(f"k-space of {height}x{width} does not match the mask of shape "
+                         f"{(mw,) if mh == 1 else (mh, mw)}")
+
+
 class CartesianFourier(ForwardModel):
     """``y = M * F(x)`` per coil: undersampled Cartesian k-space.
 
@@ -57,14 +75,9 @@ class CartesianFourier(ForwardModel):
 
     def __init__(self, mask, coils: int = 1, real: bool = False) -> None:
         super().__init__()
-        mask_t = as_float_tensor(mask, "k-space mask")
-        if mask_t.ndim not in (1, 2):
-            raise InputError(f"k-space mask must be (W,) lines or (H, W), got shape {tuple(mask_t.shape)}")
-        if not bool((mask_t != 0).any()):
-            raise InputError("k-space mask samples nothing")
         if coils < 1:
             raise InputError(f"coils must be >= 1, got {coils}")
-        self.register_buffer("mask", mask_t if mask_t.ndim == 2 else mask_t[None, :])  # (H, W) or (1, W)
+        self.register_buffer("mask", kspace_mask(mask))  # (H, W) or (1, W)
         self.coils = int(coils)
         self.real = bool(real)
         self.output = "sigmoid" if self.real else "linear"  # a real object is non-negative; coil images signed
@@ -80,11 +93,13 @@ class CartesianFourier(ForwardModel):
         if len(shape) != 5 or shape[-1] != 2 or shape[1] != self.coils:
             raise InputError(f"k-space must be (B, coils={self.coils}, H, W, 2), got shape {shape}")
         h, w = shape[2:4]
-        mh, mw = self.mask.shape
-        if mw != w or (mh != 1 and mh != h):
-            raise InputError(f"k-space of {h}x{w} does not match the mask of shape "
-                             f"{(mw,) if mh == 1 else (mh, mw)}")
+        check_mask_fits(self.mask, h, w)
         return (1 if self.real else 2) * self.coils, h, w
+
+    def prepare(self, measurements, path=None) -> torch.Tensor:
+        """:meth:`ForwardModel.prepare`, and every sample outside the mask set to 0: it was not measured (fully
+        sampled k-space given with a mask is undersampled by it)."""
+        return super().prepare(measurements, path) * self.mask.cpu()[..., None]
 
     def _coerce(self, t: torch.Tensor) -> torch.Tensor:
         """Complex k-space ``(D, coils, H, W)`` (one coil: ``(D, H, W)`` or ``(H, W)``) -> ``(..., 2)``."""
@@ -130,3 +145,7 @@ class CartesianFourier(ForwardModel):
         measured = y.to(x.device).float()
         merged = ifft2c(torch.where(self.mask[..., None] != 0, measured, self._kspace(x)))
         return merged[..., 0] if self.real else torch.view_as_complex(merged)
+
+    def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
+        """The k-space ``(B, coils, H, W, 2)`` of coil images ``x`` where the mask is 0 (zero where it samples)."""
+        return self._kspace(x) * (self.mask == 0)[..., None]
