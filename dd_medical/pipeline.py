@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -370,6 +371,12 @@ def on_device(operator: ForwardModel, device: torch.device) -> Iterator[ForwardM
         operator.to(home)
 
 
+def _baseline_peak(operator: ForwardModel, y: torch.Tensor, dev: torch.device, a: int, z: int) -> torch.Tensor:
+    """The largest value of the cheap baseline's image of slices ``a:z`` of ``y`` (the reconstruction's scale)."""
+    model = operator.slices(a, z)
+    return model.to_image(model.baseline(y[a:z].to(dev))).max()
+
+
 def _fit_kind(operator: ForwardModel, y: torch.Tensor, config: FitConfig, dev: torch.device, b: int,
               tracker: Tracker, keep_members: bool, scatter: torch.Tensor | None) -> torch.Tensor:
     """One decoder kind's mean ``(D, C, H, W)`` over ``y`` (``keep_members``: its members ``(D, ensemble, C, H,
@@ -446,8 +453,7 @@ def reconstruct_volume(
         raise InputError("an uncertainty map needs at least 2 decoders per slice (ensemble is 1); use ensemble=2 "
                          "or more, or architecture='both'")
     with on_device(operator, dev):
-        scale = max(float(r) for *_, r in in_batches(y.shape[0], 16, dev, lambda a, z: operator.slices(a, z).to_image(
-            operator.slices(a, z).baseline(y[a:z].to(dev))).max()))
+        scale = max(float(r) for *_, r in in_batches(y.shape[0], 16, dev, partial(_baseline_peak, operator, y, dev)))
         if not scale > 0:
             raise InputError("measurements are all zero: nothing to reconstruct")
         channels, height, width = operator.image_shape(y)

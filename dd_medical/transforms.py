@@ -360,7 +360,7 @@ class DeepDecoderReconstruct(TraceableTransform):
     ) -> None:
         self.mask = mask
         self.settings = dict(config=config, iterations=iterations, channels=channels, seed=seed)
-        self.config = resolve("reconstruct/mri", **self.settings)  # checked now; the model's kind decides per call
+        resolve("reconstruct/mri", **self.settings)  # bad settings fail now; the model's kind picks the task per call
         if coil_maps not in COIL_MAPS:
             raise InputError(f"unknown coil_maps {coil_maps!r}; choose one of {', '.join(COIL_MAPS)}")
         self.coil_maps = coil_maps

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+from _bench import run_benchmark  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import lowdose  # noqa: E402
 
@@ -26,10 +26,8 @@ def _case(size: int = 48) -> lowdose.Case:
 
 def test_quick_run_writes_a_record_with_every_method_and_score(tmp_path):
     out, png = tmp_path / "lowdose.json", tmp_path / "lowdose.png"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--lowdose", "--quick",
-                           "--device", "cpu", "--json", str(out), "--figure", str(png)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)
+    proc = run_benchmark("bench_quality.py", "--lowdose", "--quick", "--device", "cpu", "--json", str(out),
+                         "--figure", str(png))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"title", "topic", "what", "machine", "command", "columns", "rows", "raw", "grid"} <= set(data)
@@ -48,9 +46,8 @@ def test_quick_run_writes_a_record_with_every_method_and_score(tmp_path):
     assert png.exists() and "FBP noise" in proc.stdout
 
     again = tmp_path / "again.json"  # resumed: BM3D run again, every other method's rows copied
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--lowdose", "--quick",
-                           "--device", "cpu", "--methods", "BM3D", "--keep-from", str(out), "--json", str(again)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)
+    proc = run_benchmark("bench_quality.py", "--lowdose", "--quick", "--device", "cpu", "--methods", "BM3D",
+                         "--keep-from", str(out), "--json", str(again))
     assert proc.returncode == 0, proc.stderr[-2000:]
     second = json.loads(again.read_text())
     assert [r[:3] for r in second["rows"]] == [r[:3] for r in data["rows"]]

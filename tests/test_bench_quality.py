@@ -1,7 +1,5 @@
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,16 +8,16 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+from _bench import run_benchmark  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_quality  # noqa: E402
 
 
 def test_bench_quality_quick_writes_rows_figure_and_phantom_fields(tmp_path):
     out, png = tmp_path / "quality.json", tmp_path / "quality.png"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--quick", "--device", "cpu",
-                           "--only", "ct_small", "--only", "phantom", "--json", str(out), "--figure", str(png)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)
+    proc = run_benchmark("bench_quality.py", "--quick", "--device", "cpu", "--only", "ct_small", "--only", "phantom",
+                         "--json", str(out), "--figure", str(png))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = data["rows"]

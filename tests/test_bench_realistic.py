@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,8 @@ pytest.importorskip("sigpy")
 pytest.importorskip("h5py")
 
 ROOT = Path(__file__).resolve().parents[1]
+from _bench import run_benchmark  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import realistic  # noqa: E402
 
@@ -40,10 +40,8 @@ def _ct_slice(n: int = 48) -> np.ndarray:
 
 def test_quick_run_writes_a_record_with_every_method_and_a_readable_scan(tmp_path):
     out, h5 = tmp_path / "realistic.json", tmp_path / "h5"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_reconstruct.py"), "--realistic", "--quick",
-                           "--device", "cpu", "--json", str(out), "--h5-dir", str(h5)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180, check=False, env=env)
+    proc = run_benchmark("bench_reconstruct.py", "--realistic", "--quick", "--device", "cpu", "--json", str(out),
+                         "--h5-dir", str(h5), timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"title", "topic", "what", "machine", "command", "source", "columns", "rows", "raw", "grid",

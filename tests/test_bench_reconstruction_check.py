@@ -2,12 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from _bench import run_benchmark  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import reconstruction_check as bench  # noqa: E402
 
@@ -16,10 +16,7 @@ from dd_medical.core import reconstruction_check as rc  # noqa: E402
 
 def test_quick_run_writes_a_record_with_every_case_scored(tmp_path):
     out = tmp_path / "check.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reconstruction_check.py"), "--quick",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-                          env=env)
+    proc = run_benchmark("reconstruction_check.py", "--quick", "--json", str(out), timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"title", "topic", "what", "machine", "command", "limits", "results", "grid", "cases"} <= set(data)

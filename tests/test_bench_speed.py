@@ -1,17 +1,16 @@
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+from _bench import run_benchmark  # noqa: E402
 
 
 def test_bench_speed_quick_writes_rows_columns_ratios_and_bound(tmp_path):
     out = tmp_path / "speed.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--quick", "--device", "cpu",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = run_benchmark("bench_speed.py", "--quick", "--device", "cpu", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = data["rows"]
@@ -49,10 +48,9 @@ def test_bench_speed_variants_parse_and_check_their_fields():
 @pytest.mark.parametrize("deadline", [None, 0.0])
 def test_bench_speed_volume_is_timed_or_stopped_at_its_deadline(tmp_path, deadline):
     out = tmp_path / "volume.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--quick", "--device", "cpu", "--skip-rows",
-           "--volume", "3", "--variant", "one:ensemble=1", "--volume-variant", "one", "--json", str(out)]
-    proc = subprocess.run(cmd + ([] if deadline is None else ["--deadline", str(deadline)]), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    args = ["--quick", "--device", "cpu", "--skip-rows", "--volume", "3", "--variant", "one:ensemble=1",
+            "--volume-variant", "one", "--json", str(out)]
+    proc = run_benchmark("bench_speed.py", *args, *([] if deadline is None else ["--deadline", str(deadline)]))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["rows"] == [] and [v["size"] for v in data["volumes"]] == [32, 48]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,14 @@ class ForwardModel(nn.Module):
         """The model of slices ``start:stop`` of the measurements it was made for (itself, unless it holds something
         per slice, such as coil sensitivities): what a fit of those slices alone is given."""
         return self
+
+    def _with_buffer(self, name: str, value: torch.Tensor | None) -> ForwardModel:
+        """A shallow copy with buffer ``name`` replaced: every other buffer (a system matrix, a mask) is shared, not
+        copied or rebuilt."""
+        part = copy.copy(self)
+        part._buffers = dict(self._buffers)
+        part._buffers[name] = value
+        return part
 
     def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
         """What the measurements do not determine of images ``x`` ``(B, C, H, W)``, batched over ``B`` (any layout;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -134,22 +133,16 @@ class ParallelBeamRadon(ForwardModel):
             raise InputError("ray weights are all zero for a slice")
         return (w / mean.view(-1, 1, 1)).sqrt()[:, None]
 
-    def _sharing(self, sqrt_weights: torch.Tensor | None) -> ParallelBeamRadon:
-        """This geometry (the same system matrix, not a copy) with other square-rooted ray weights."""
-        part = copy.copy(self)
-        part._buffers = dict(self._buffers)
-        part._buffers["ray_weights"] = sqrt_weights
-        return part
-
     def with_ray_weights(self, ray_weights) -> ParallelBeamRadon:
         """The same geometry, sharing its system matrix, with ``ray_weights`` (see the class; ``None``: none)."""
-        return self._sharing(None if ray_weights is None else self._checked_weights(ray_weights).to(self.device))
+        return self._with_buffer("ray_weights", None if ray_weights is None else
+                                 self._checked_weights(ray_weights).to(self.device))
 
     def slices(self, start: int, stop: int) -> ParallelBeamRadon:
         """The model of slices ``start:stop`` (their ray weights; the same object when every slice shares them)."""
         if self.ray_weights is None or self.ray_weights.shape[0] == 1:
             return self
-        return self._sharing(self.ray_weights[start:stop])
+        return self._with_buffer("ray_weights", self.ray_weights[start:stop])
 
     @property
     def views(self) -> int:

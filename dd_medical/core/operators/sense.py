@@ -7,7 +7,6 @@ tool such as BART) or are estimated from the fully sampled centre of k-space by 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 
@@ -173,10 +172,7 @@ class SensitivityFourier(ForwardModel):
         """The operator of slices ``start:stop`` (their maps; the same object when the maps are shared)."""
         if self.maps.shape[0] == 1:
             return self
-        part = copy.copy(self)
-        part._buffers = dict(self._buffers)
-        part._buffers["maps"] = self.maps[start:stop]
-        return part
+        return self._with_buffer("maps", self.maps[start:stop])
 
     def image_shape(self, measurements: torch.Tensor) -> tuple[int, int, int]:
         """``(2, H, W)`` for k-space ``(B, coils, H, W, 2)``."""
