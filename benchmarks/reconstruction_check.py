@@ -24,7 +24,8 @@ image of the same measurements. Each case's check is :func:`dd_medical.reconstru
 chooses the limits, each the candidate with the fewest false alarms among those flagging at least
 :data:`TARGET_SENSITIVITY` of the calibration slices below their baseline (ties: more of them flagged, then the larger
 limit): first the disagreement's (:data:`DISAGREEMENT_GRID`) on the calibration slices that have one, by itself;
-then the misfit's (:data:`MISFIT_GRID`) on all of them, with that disagreement limit (:func:`choose` says why).
+then the misfit's (:data:`MISFIT_GRID`) on all of them, with that disagreement limit (:func:`choose` says why). The
+misfit is the check's: its excess over the noise floor of the measurements where the model estimates one (MRI).
 The test half (:data:`MR_TEST`, :data:`CT_TEST`) is scored with them:
 sensitivity (flagged among the slices below their baseline) and false-alarm rate (flagged among the others).
 One test slice is also fitted with the MRI preset's full number of steps (:data:`DEFAULT_LENGTH_MRI`), scored apart:
@@ -98,10 +99,17 @@ class Case:
     psnr: float = math.nan
     psnr_baseline: float = math.nan
     seconds: float = math.nan
+    noise_floor: float | None = None
 
     @property
     def below(self) -> bool:
         return self.psnr < self.psnr_baseline
+
+    @property
+    def excess(self) -> float:
+        """The misfit beyond the measurements' noise, as the check computes it (the misfit where the floor is
+        unknown: CT)."""
+        return rc.SliceReconstructionCheck(self.slice, self.misfit, self.disagreement, self.noise_floor).excess
 
 
 def _pad(volume: np.ndarray, fill: float) -> np.ndarray:
@@ -191,12 +199,12 @@ def run_case(case: Case, mr: np.ndarray, ct: np.ndarray, quick: bool, device: st
     theirs = float(psnr(dd_medical.baseline(y, sim.operator), sim.reference, span)[0])
     (s,) = check.slices
     return replace(case, misfit=s.misfit, disagreement=s.disagreement, psnr=ours, psnr_baseline=theirs,
-                   seconds=seconds)
+                   seconds=seconds, noise_floor=s.noise_floor)
 
 
 def flagged(case: Case, max_misfit: float, max_disagreement: float) -> bool:
-    """The check's rule with these limits."""
-    return case.misfit > max_misfit or (case.disagreement is not None and case.disagreement > max_disagreement)
+    """The check's rule with these limits (the misfit's excess over the noise against ``max_misfit``)."""
+    return case.excess > max_misfit or (case.disagreement is not None and case.disagreement > max_disagreement)
 
 
 def score(group: list[Case], max_misfit: float, max_disagreement: float) -> dict:
@@ -346,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             with args.cache.open("a") as f:
                 f.write(json.dumps(asdict(case)) + "\n")
         spread = "-" if case.disagreement is None else f"{case.disagreement:.3f}"
-        print(f"{case.name:40s} {case.iterations:5d} steps  misfit {case.misfit:.4f}  disagreement {spread:>6s}  "
+        print(f"{case.name:40s} {case.iterations:5d} steps  misfit {case.misfit:.4f} (beyond noise {case.excess:.4f})  "
+              f"disagreement {spread:>6s}  "
               f"PSNR {case.psnr:6.2f} vs {case.psnr_baseline:6.2f}{'  BELOW' if case.below else ''}  "
               f"{case.seconds:5.1f} s", flush=True)
     total = time.perf_counter() - t0

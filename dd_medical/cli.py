@@ -71,7 +71,7 @@ class Settings(NamedTuple):
 
 
 #: Fit options that only denoising has: a reconstruction fits one slice per decoder, in float32.
-DENOISING_ONLY = ("slab", "fp32")
+DENOISING_ONLY = ("slab", "fp32", "detail_threshold")
 
 
 def _fit_options(task: str, default_preset: str | None = None):
@@ -96,6 +96,10 @@ def _fit_options(task: str, default_preset: str | None = None):
         "slab": click.option("--slab", type=click.IntRange(min=1), default=None,
                              help="2.5D denoising: adjacent slices fitted together by each decoder, odd (1: slice by "
                                   "slice) [default: 1]."),
+        "detail_threshold": click.option(
+            "--detail-threshold", type=click.FloatRange(min=0), default=None,
+            help="A slice whose residual does not look like noise gets the structure of its residual back: its "
+                 "starlet coefficients above this many times their scale's noise (0: off) [default: 3]."),
         "fp32": click.option("--fp32", is_flag=True, help="On CUDA, fit in float32 instead of bf16 autocast."),
         "compile": click.option("--compile", "compile_", is_flag=True,
                                 help="On CUDA, fuse the decoder's kernels with torch.compile (each new batch shape is "
@@ -113,9 +117,10 @@ def _fit_options(task: str, default_preset: str | None = None):
     def decorate(func):
         @functools.wraps(func)
         def wrapper(*args, preset_name, iterations, channels, blocks, ensemble, compile_, seed, slab=None,
-                    fp32=False, **kwargs):
+                    detail_threshold=None, fp32=False, **kwargs):
             overrides = dict(iterations=iterations, channels=channels, blocks=blocks, ensemble=ensemble, slab=slab,
-                             seed=seed, amp=False if fp32 else None, compile=True if compile_ else None)
+                             seed=seed, amp=False if fp32 else None, compile=True if compile_ else None,
+                             detail_threshold=detail_threshold)
             try:
                 api.resolve_device(kwargs["device"])  # a mistyped or missing device, before any reading or fitting
             except DDMedicalError as err:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .core.config import FitConfig
 from .core.decoder import size_ladder
+from .core.detail import keep_anatomy
 from .core.fit import fit
 from .core.intensity import Window, default_window, resolve_modality
 from .core.noise import estimate_sigma
@@ -213,6 +214,8 @@ def fit_slices(operator: ForwardModel, measurements, config: FitConfig, device: 
         result = fit(operator.slices(start, stop), measurements[start:stop], config,
                      slice_indices=range(first_index + start, first_index + stop), device=device, callback=step,
                      keep_members=keep_members)
+        log.info("slices %d-%d: steps run %s (of at most %d), %.0f s", first_index + start, first_index + stop - 1,
+                 " ".join(map(str, result.iterations.tolist())), config.iterations, result.seconds)
         return result.members if keep_members else result.image
 
     shape = "x".join(str(s) for s in measurements.shape[1:])
@@ -319,7 +322,9 @@ def denoise_volume(
 
     ``slices=(start, stop)`` returns only those slices, equal to the same slices of the whole result (the other
     slices are context for slabs). Returns float32 in the input's units, of the input's shape (or ``(stop - start,
-    H, W)``). Slice ``i`` has the seeds of ``(config.seed, i)``, so ``batch_size`` changes nothing but memory.
+    H, W)``). Slice ``i`` has the seeds of ``(config.seed, i)``, so ``batch_size`` changes nothing but memory. A
+    slice whose result is not faithful to its input gets the structure of its residual back
+    (:func:`~dd_medical.core.detail.keep_anatomy` at ``config.detail_threshold``; 0: never).
 
     ``uncertainty=True`` returns ``(image, sd)``: ``sd`` (same shape and units) is the calibrated standard deviation
     of each voxel's error, from the spread of the ensemble's members (:mod:`dd_medical.core.uncertainty`;
@@ -352,11 +357,18 @@ def denoise_volume(
             result, spread = _denoise_slabs(unit, config, dev, b, tracker, start, stop, uncertainty)
     finally:
         tracker.close()
+    fitted = result
+    kept = [keep_anatomy(y, x, config.detail_threshold) for y, x in zip(unit[start:stop, 0], fitted, strict=True)]
+    result = torch.stack([image for image, _ in kept])
+    restored = [start + i for i, (_, used) in enumerate(kept) if used > 0]
+    if restored:
+        log.info("structure returned from the residual of %d slice(s) not faithful to their input: %s", len(restored),
+                 ", ".join(map(str, restored[:8])) + (", ..." if len(restored) > 8 else ""))
     out = window.from_unit(result.numpy()).astype(np.float32, copy=False)
     if not uncertainty:
         return out[0] if squeeze else out
     noise = estimate_sigma(unit[start:stop])
-    residual = unit[start:stop, 0] - result
+    residual = unit[start:stop, 0] - fitted  # the decoders' own residual, as the map was calibrated
     sd = ((calibration or load_calibration())(spread, noise, residual) * window.width).numpy()
     return (out[0], sd[0]) if squeeze else (out, sd)
 
@@ -397,9 +409,10 @@ def _fit_kind(operator: ForwardModel, y: torch.Tensor, config: FitConfig, dev: t
 def _check(operator: ForwardModel, y: torch.Tensor, images: torch.Tensor, means: list[torch.Tensor],
            members: torch.Tensor | None, scatter: torch.Tensor | None, ensemble: int, decoders: int,
            dev: torch.device, b: int) -> ReconstructionCheck:
-    """The :class:`ReconstructionCheck` of the fitted mean ``images`` ``(D, C, H, W)`` against ``y`` (the fit's
-    scale): its data misfit and, with two or more decoders, their disagreement, from the kept ``members`` or from
-    ``scatter`` within the kinds plus the scatter between the kinds' ``means`` (each holds ``ensemble``)."""
+    """The :class:`ReconstructionCheck` of the fitted mean ``images`` ``(D, C, H, W)`` against ``y`` (the fit's scale):
+    its data misfit, the noise floor of ``y`` and, with two or more decoders, their disagreement, from the kept
+    ``members`` or from ``scatter`` within the kinds plus the scatter between the kinds' ``means`` (each holds
+    ``ensemble``)."""
     def figures(a: int, z: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         model = operator.slices(a, z)
         misfit = data_misfit(model, y[a:z], images[a:z])
@@ -413,8 +426,9 @@ def _check(operator: ForwardModel, y: torch.Tensor, images: torch.Tensor, means:
         return misfit, disagreement(model, images[a:z], scattered, decoders)
 
     parts = [r for *_, r in in_batches(y.shape[0], b, dev, figures, what="checking one slice")]
+    floor = operator.noise_floor(y)  # the measurements' own noise, where the model can estimate it (MRI)
     return gathered(torch.cat([m for m, _ in parts]), None if decoders < 2 else torch.cat([d for _, d in parts]),
-                    decoders, operator.baseline_name)
+                    decoders, operator.baseline_name, noise_floor=floor)
 
 
 def reconstruct_volume(

@@ -73,7 +73,33 @@ def test_the_misfit_is_the_unexplained_fraction_of_the_measurements():
     x = _coil_images()
     report = check_reconstruction(op, op(x), 0.8 * x)  # 20% of every measured sample left unexplained
     assert report.misfit == pytest.approx(0.2, rel=1e-4)
-    assert report.unreliable == (0.2 > MAX_MISFIT)
+    # white coil images have white k-space: to the noise estimate it is all noise, and nothing is in excess of it
+    assert report.slices[0].noise_floor > 0.5 and not report.unreliable
+    smooth = torch.cat([torch.from_numpy(_image(16))[:, None], torch.zeros(1, 1, 16, 16)], dim=1)
+    report = check_reconstruction(op, op(smooth), 0.8 * smooth)
+    assert report.misfit == pytest.approx(0.2, rel=1e-4) and report.slices[0].noise_floor < 0.15
+    assert report.unreliable == (report.excess > MAX_MISFIT) and report.unreliable
+
+
+def test_the_misfit_counts_only_its_excess_over_the_noise_of_the_kspace():
+    from dd_medical.core.operators.mri import kspace_noise_floor
+
+    smooth = torch.nn.functional.avg_pool2d(torch.from_numpy(_image(64, depth=2))[:, None], 5, 1, 2)[:, 0]
+    sim = dd_medical.simulate(smooth.numpy(), "mri", modality="MR", acceleration=4)
+    y, op = sim.measurements.double(), sim.operator
+    measured = (op.mask != 0).expand(64, 64)[..., None]
+    for sigma in (0.02, 0.1):
+        noise = sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        noisy = y + noise * measured
+        truth = (noise * measured).flatten(1).norm(dim=1) / noisy.flatten(1).norm(dim=1)
+        assert torch.allclose(kspace_noise_floor(noisy, op.mask), truth, rtol=0.25)
+    assert float(kspace_noise_floor(y, op.mask).max()) < 0.02  # a smooth image's highest frequencies are small
+    # a good fit of noisy k-space leaves the noise: within the noise it passes, the same misfit without it fails
+    noisy_fit = SliceReconstructionCheck(0, 1.2 * MAX_MISFIT, 0.5, noise_floor=MAX_MISFIT)
+    assert noisy_fit.excess == pytest.approx(MAX_MISFIT * (1.2**2 - 1) ** 0.5) and not noisy_fit.unreliable
+    assert SliceReconstructionCheck(0, 1.2 * MAX_MISFIT, 0.5).unreliable
+    text = ReconstructionCheck((noisy_fit,), 4, "zero-filled").summary()
+    assert "beyond the noise's" in text and "passed" in text
 
 
 def test_the_disagreement_is_measured_where_the_mask_measured_nothing():

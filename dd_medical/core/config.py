@@ -62,6 +62,10 @@ class FitConfig:
             reference code's compression recipe). Default 0.
         tv_weight: if > 0, this weight times the anisotropic total variation of each decoder's image (a sum over
             pixels, channel-averaged, in the fit's [0, 1]-like scale) is added to its data term. Default 0.
+        detail_threshold: denoising: the structure the fit left in a slice's residual, its starlet coefficients
+            above this many times the noise of their scale, is added back to the result
+            (:func:`~dd_medical.core.detail.return_detail`), so that anatomy the decoder could not hold is not
+            erased. Default 3.0 (Starck & Murtagh's ``k``); 0 turns it off.
     """
 
     channels: int = 64
@@ -86,6 +90,7 @@ class FitConfig:
     norm_first: bool = False
     input_noise: float = 0.0
     tv_weight: float = 0.0
+    detail_threshold: float = 3.0
 
     def __post_init__(self) -> None:
         if self.slab < 1 or self.slab % 2 == 0:
@@ -102,6 +107,8 @@ class FitConfig:
             raise ValueError("average_warmup must be >= 0")
         if not self.tv_weight >= 0:
             raise ValueError("tv_weight must be >= 0")
+        if not self.detail_threshold >= 0:
+            raise ValueError("detail_threshold must be >= 0 (0: off)")
         if not self.input_noise >= 0:
             raise ValueError("input_noise must be >= 0")
         if not self.sure_epsilon > 0 or self.sure_patience < 1:

@@ -91,7 +91,9 @@ def edge_strength(image: torch.Tensor) -> torch.Tensor:
     return torch.hypot(gx, gy)[0, 0]
 
 
-def _check(index: int, before: torch.Tensor, after: torch.Tensor) -> SliceCheck:
+def slice_check(before: torch.Tensor, after: torch.Tensor, index: int = 0) -> SliceCheck:
+    """The fidelity figures of one slice ``(H, W)`` (see :func:`check_fidelity`)."""
+    before, after = before.float(), after.float()
     mask = signal_mask(before)
     if int(mask.sum()) < 16:
         mask = torch.ones_like(mask)
@@ -120,4 +122,4 @@ def check_fidelity(before: np.ndarray, after: np.ndarray) -> FidelityReport:
         raise ValueError(f"before {tuple(b.shape)} and after {tuple(a.shape)} differ in shape")
     if b.ndim == 2:
         b, a = b[None], a[None]
-    return FidelityReport(tuple(_check(i, b[i], a[i]) for i in range(b.shape[0])))
+    return FidelityReport(tuple(slice_check(b[i], a[i], i) for i in range(b.shape[0])))

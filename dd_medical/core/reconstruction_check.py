@@ -13,8 +13,11 @@
   the decoders disagree, what they filled in is a guess, and the cheap baseline (zero-filled, FBP) may be better.
 
 A slice is flagged **unreliable** when either figure exceeds its limit (:data:`MAX_MISFIT`,
-:data:`MAX_DISAGREEMENT`). How often the flag catches slices that fell below their cheap baseline, and how often it
-flags the others, is measured in ``docs/reconstruction.md`` (``benchmarks/reconstruction_check.py``).
+:data:`MAX_DISAGREEMENT`); the misfit counts only its **excess** over the noise where the forward model can estimate
+the measurements' noise (MRI, from the highest readout frequencies: ``ForwardModel.noise_floor``), so that a good
+fit of noisy k-space, which leaves the noise unexplained, is not flagged. How often the flag catches slices that
+fell below their cheap baseline, and how often it flags the others, is measured in ``docs/reconstruction.md``
+(``benchmarks/reconstruction_check.py``).
 """
 
 from __future__ import annotations
@@ -44,15 +47,28 @@ class SliceReconstructionCheck:
             (:func:`data_misfit`); ``inf`` for a slice with no measured signal that the fit does not reproduce.
         disagreement: the members' standard deviation on the unmeasured part over the RMS of their mean there;
             ``None`` with one decoder per slice.
+        noise_floor: the misfit the measurements' noise alone gives a perfect fit
+            (:meth:`~dd_medical.core.operators.ForwardModel.noise_floor`: MRI); ``None`` where it is not known.
     """
 
     index: int
     misfit: float
     disagreement: float | None
+    noise_floor: float | None = None
+
+    @property
+    def excess(self) -> float:
+        """The misfit beyond what the measurements' noise explains, ``sqrt(misfit^2 - noise_floor^2)`` (0 when the
+        misfit is within the noise; the misfit itself where the noise floor is unknown): what the fit failed to
+        explain, since a fit's error and the noise add in quadrature."""
+        floor = self.noise_floor
+        if floor is None or not math.isfinite(floor) or not math.isfinite(self.misfit):
+            return self.misfit
+        return math.sqrt(max(self.misfit**2 - floor**2, 0.0))
 
     @property
     def unreliable(self) -> bool:
-        return self.misfit > MAX_MISFIT or (self.disagreement is not None and self.disagreement > MAX_DISAGREEMENT)
+        return self.excess > MAX_MISFIT or (self.disagreement is not None and self.disagreement > MAX_DISAGREEMENT)
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,17 @@ class ReconstructionCheck:
         return max(s.misfit for s in self.slices)
 
     @property
+    def excess(self) -> float:
+        """The largest excess of the misfit over the noise (:attr:`SliceReconstructionCheck.excess`)."""
+        return max(s.excess for s in self.slices)
+
+    @property
+    def noise_floor(self) -> float | None:
+        """The largest noise floor over the slices (``None`` where it is not known)."""
+        values = [s.noise_floor for s in self.slices if s.noise_floor is not None and math.isfinite(s.noise_floor)]
+        return max(values) if values else None
+
+    @property
     def disagreement(self) -> float | None:
         """The largest disagreement over the slices (``None`` with one decoder per slice)."""
         values = [s.disagreement for s in self.slices if s.disagreement is not None]
@@ -93,12 +120,15 @@ class ReconstructionCheck:
         """One line: the worst figures (what they mean, which way is bad), and which slices are flagged."""
         misfit = (f"data misfit up to {100 * self.misfit:.1f}% of the measurements" if math.isfinite(self.misfit)
                   else "a data misfit where nothing was measured")
+        if self.noise_floor is not None and math.isfinite(self.misfit):
+            misfit += f", {100 * self.excess:.1f}% beyond the noise's {100 * self.noise_floor:.1f}%"
         disagreement = self.disagreement
         spread = ("decoders' disagreement not measured (one decoder per slice)" if disagreement is None else
                   f"decoders' disagreement where nothing was measured up to {100 * disagreement:.0f}% of the "
                   "filled-in content" if math.isfinite(disagreement) else
                   "decoders disagree where the filled-in content is zero")
-        limits = f"limits {100 * MAX_MISFIT:g}% and {100 * MAX_DISAGREEMENT:g}%; higher is worse"
+        beyond = " beyond the noise" if self.noise_floor is not None else ""
+        limits = f"limits {100 * MAX_MISFIT:g}%{beyond} and {100 * MAX_DISAGREEMENT:g}%; higher is worse"
         if not self.unreliable:
             return f"reconstruction check passed ({misfit}, {spread}; {limits})"
         flagged = self.flagged
@@ -111,6 +141,7 @@ class ReconstructionCheck:
         """Plain numbers, for metadata and manifests."""
         return {"unreliable": self.unreliable, "flagged_slices": [s.index for s in self.flagged],
                 "misfit": [round(s.misfit, 4) for s in self.slices],
+                "noise_floor": [None if s.noise_floor is None else round(s.noise_floor, 4) for s in self.slices],
                 "disagreement": None if self.disagreement is None else
                 [round(s.disagreement, 4) for s in self.slices],  # type: ignore[arg-type]
                 "decoders": self.decoders,
@@ -167,12 +198,13 @@ def disagreement(operator: ForwardModel, mean: torch.Tensor, scatter: torch.Tens
 
 
 def gathered(misfit: torch.Tensor, spread: torch.Tensor | None, decoders: int, baseline: str = "cheap",
-             first_index: int = 0) -> ReconstructionCheck:
-    """A :class:`ReconstructionCheck` from per-slice figures ``(D,)`` (``spread`` ``None`` with one decoder)."""
+             first_index: int = 0, noise_floor: torch.Tensor | None = None) -> ReconstructionCheck:
+    """A :class:`ReconstructionCheck` from per-slice figures ``(D,)`` (``spread`` ``None`` with one decoder;
+    ``noise_floor`` ``None`` where the model cannot estimate it)."""
     values = [None] * misfit.shape[0] if spread is None else [float(v) for v in spread]
-    return ReconstructionCheck(tuple(SliceReconstructionCheck(first_index + i, float(f), d)
-                                     for i, (f, d) in enumerate(zip(misfit, values, strict=True))),
-                               int(decoders), baseline)
+    floors = [None] * misfit.shape[0] if noise_floor is None else [float(v) for v in noise_floor]
+    return ReconstructionCheck(tuple(SliceReconstructionCheck(first_index + i, float(f), d, n) for i, (f, d, n)
+                                     in enumerate(zip(misfit, values, floors, strict=True))), int(decoders), baseline)
 
 
 def check_reconstruction(operator: ForwardModel, measurements: torch.Tensor, mean: torch.Tensor,
@@ -184,4 +216,4 @@ def check_reconstruction(operator: ForwardModel, measurements: torch.Tensor, mea
     misfit = data_misfit(operator, measurements, mean)
     count = 1 if members is None else int(members.shape[1])
     spread = None if count < 2 else disagreement(operator, mean, member_scatter(operator, members), count)
-    return gathered(misfit, spread, count, operator.baseline_name, first_index)
+    return gathered(misfit, spread, count, operator.baseline_name, first_index, operator.noise_floor(measurements))

@@ -24,6 +24,8 @@ def derivation_description(config: FitConfig, job: str = "denoising") -> str:
         f"k={config.channels}, blocks={config.blocks or 'from the noise level'}, iterations<={config.iterations}, "
         f"Adam lr={config.learning_rate}, stopping={config.stopping}, result={config.result}, seed={config.seed}"
         + (f", TV weight={config.tv_weight:g}" if config.tv_weight > 0 else "")
+        + (f", residual structure returned where unfaithful (k={config.detail_threshold:g})"
+           if job == "denoising" and config.detail_threshold > 0 else "")
     )
 
 

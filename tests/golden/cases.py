@@ -21,13 +21,16 @@ def make_inputs() -> dict[str, np.ndarray]:
 
 
 FAST = ["--iterations", "30", "--seed", "3"]
+#: The denoising outputs were recorded before the residual's structure was returned to unfaithful slices (issue 28,
+#: dd_medical.core.detail, tested in test_detail.py): the cases compare the decoders' own results.
+DECODERS = ["--detail-threshold", "0"]
 #: name -> (input, command, extra arguments, output suffix)
 CASES: dict[str, tuple[str, str, list[str], str]] = {
-    "denoise_default": ("ct", "denoise", FAST, ".nii.gz"),
-    "denoise_fast": ("ct", "denoise", ["--preset", "fast", *FAST], ".nii.gz"),
-    "denoise_sure": ("ct", "denoise", ["--preset", "sure", "--iterations", "60"], ".nii.gz"),
-    "denoise_slab3": ("ct", "denoise", ["--slab", "3", "--ensemble", "1", *FAST], ".nii.gz"),
-    "denoise_quality_mr": ("mr", "denoise", ["--preset", "quality", "--iterations", "20"], ".nii.gz"),
+    "denoise_default": ("ct", "denoise", [*FAST, *DECODERS], ".nii.gz"),
+    "denoise_fast": ("ct", "denoise", ["--preset", "fast", *FAST, *DECODERS], ".nii.gz"),
+    "denoise_sure": ("ct", "denoise", ["--preset", "sure", "--iterations", "60", *DECODERS], ".nii.gz"),
+    "denoise_slab3": ("ct", "denoise", ["--slab", "3", "--ensemble", "1", *FAST, *DECODERS], ".nii.gz"),
+    "denoise_quality_mr": ("mr", "denoise", ["--preset", "quality", "--iterations", "20", *DECODERS], ".nii.gz"),
     "reconstruct_ct": ("ct", "reconstruct", ["--simulate", "ct", "--views", "20", "--iterations", "40"], ".nii.gz"),
     "reconstruct_ct_notv": ("ct", "reconstruct", ["--simulate", "ct", "--views", "20", "--iterations", "30",
                                                    "--tv-weight", "0"], ".nii.gz"),

@@ -33,6 +33,7 @@ class ForwardModel(nn.Module):
     - ``to_image(x)``: the result ``(B, H, W)`` from fitted (or baseline) images (MRI: coil magnitude);
     - ``finalize(x, y)``: data consistency of fitted images with the measurements (identity by default);
     - ``unmeasured(x)``: the part of images the measurements do not determine (the images by default);
+    - ``noise_floor(y)``: the misfit the measurements' noise alone gives, where it can be estimated (else ``None``);
     - ``data_loss(Ax, y)``: the ``(B,)`` misfit a decoder is fitted with (mean squared residual by default);
     - ``prepare(measurements)``: checked float32 measurements batched over slices;
     - ``slices(start, stop)``: the model of some of the slices (itself, unless it holds something per slice).
@@ -85,6 +86,12 @@ class ForwardModel(nn.Module):
         part._buffers = dict(self._buffers)
         part._buffers[name] = value
         return part
+
+    def noise_floor(self, y: torch.Tensor) -> torch.Tensor | None:
+        """``(B,)`` float64: the data misfit (:func:`~dd_medical.core.reconstruction_check.data_misfit`) that the
+        noise of measurements ``y`` alone gives a perfect fit, where the model can estimate it from ``y`` (MRI: from
+        the highest readout frequencies); ``None`` where it cannot (the default)."""
+        return None
 
     def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
         """What the measurements do not determine of images ``x`` ``(B, C, H, W)``, batched over ``B`` (any layout;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...errors import InputError
@@ -49,6 +51,35 @@ def check_mask_fits(mask: torch.Tensor, height: int, width: int) -> None:
     if mw != width or (mh != 1 and mh != height):
         raise InputError(f"k-space of {height}x{width} does not match the mask of shape "
                          f"{(mw,) if mh == 1 else (mh, mw)}")
+
+
+#: Fraction of the k-space rows (readout frequencies) at each end in which :func:`kspace_noise_floor` measures the
+#: noise: there the signal of an image has decayed and the measured samples are mostly noise.
+NOISE_ROWS = 1 / 16
+
+
+def kspace_noise_floor(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float64: the data misfit that the noise of k-space ``y`` ``(B, coils, H, W, 2)`` alone gives a perfect
+    fit, ``sigma * sqrt(n) / ||y||`` over the ``n`` measured real and imaginary samples (``mask`` ``(H, W)`` or
+    ``(1, W)``), the misfit of :func:`~dd_medical.core.reconstruction_check.data_misfit`. ``sigma`` is the noise's
+    standard deviation per real component, the median absolute value of the measured samples in the outer
+    :data:`NOISE_ROWS` of the rows at each end (highest readout frequencies) divided by 0.6745; ``nan`` where none
+    was measured there. An image with strong detail at those frequencies (sharp edges in a small matrix) adds to it:
+    the estimate errs high, never much low."""
+    height, width = y.shape[-3], y.shape[-2]
+    rows = max(1, round(height * NOISE_ROWS))
+    measured = (mask != 0).to(y.device).expand(height, width)
+    edge = torch.zeros(height, dtype=torch.bool, device=y.device)
+    edge[:rows] = True
+    edge[-rows:] = True
+    where = measured & edge[:, None]
+    count = 2 * y.shape[1] * int(measured.sum())
+    floors = []
+    for k in y.double():
+        noise = k[:, where].abs().median() / 0.6744897501960817 if bool(where.any()) else torch.tensor(math.nan)
+        size = k.pow(2).sum().sqrt()
+        floors.append(noise * count**0.5 / size if float(size) > 0 else torch.tensor(math.nan))
+    return torch.stack(floors).cpu()
 
 
 class CartesianFourier(ForwardModel):
@@ -145,6 +176,10 @@ class CartesianFourier(ForwardModel):
         measured = y.to(x.device).float()
         merged = ifft2c(torch.where(self.mask[..., None] != 0, measured, self._kspace(x)))
         return merged[..., 0] if self.real else torch.view_as_complex(merged)
+
+    def noise_floor(self, y: torch.Tensor) -> torch.Tensor:
+        """The misfit the noise of k-space ``y`` alone gives (:func:`kspace_noise_floor`)."""
+        return kspace_noise_floor(y, self.mask)
 
     def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
         """The k-space ``(B, coils, H, W, 2)`` of coil images ``x`` where the mask is 0 (zero where it samples)."""

@@ -15,7 +15,7 @@ import torch
 
 from ...errors import InputError
 from .base import ForwardModel
-from .mri import CartesianFourier, check_mask_fits, fft2c, ifft2c, kspace_mask, rss
+from .mri import CartesianFourier, check_mask_fits, fft2c, ifft2c, kspace_mask, kspace_noise_floor, rss
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,11 @@ class SensitivityFourier(ForwardModel):
         measured = y.to(x.device).float()
         merged = ifft2c(torch.where(self.mask[..., None] != 0, measured, self._kspace(x)))
         return torch.view_as_complex(merged.contiguous())
+
+    def noise_floor(self, y: torch.Tensor) -> torch.Tensor:
+        """The misfit the noise of k-space ``y`` alone gives
+        (:func:`~dd_medical.core.operators.mri.kspace_noise_floor`)."""
+        return kspace_noise_floor(y, self.mask)
 
     def unmeasured(self, x: torch.Tensor) -> torch.Tensor:
         """The coils' k-space ``(B, coils, H, W, 2)`` of objects ``x`` where the mask is 0 (zero where it samples)."""
