@@ -110,8 +110,9 @@ def return_detail(before: torch.Tensor, after: torch.Tensor, threshold: float = 
 TARGET_RESIDUAL_RATIO = 1.3
 TARGET_EDGE_RATIO = 1.2
 #: The thresholds tried, as multiples of ``detail_threshold``, strictest first: a slice gets the least detail back
-#: that makes it pass the fidelity check.
-LADDER = (2.0, 1.5, 1.0)
+#: that makes it faithful. The last, below ``detail_threshold``, is for slices the decoders failed throughout (their
+#: own texture at weak noise): there, more of the input, noise included, is the lesser harm.
+LADDER = (2.0, 1.5, 1.0, 2 / 3)
 
 
 def _faithful(before: torch.Tensor, after: torch.Tensor) -> bool:
@@ -121,10 +122,11 @@ def _faithful(before: torch.Tensor, after: torch.Tensor) -> bool:
 
 def keep_anatomy(before: torch.Tensor, after: torch.Tensor, threshold: float = 3.0) -> tuple[torch.Tensor, float]:
     """``after`` ``(H, W)`` unchanged where it is faithful to ``before`` (the fidelity check's figures,
-    :func:`~dd_medical.core.fidelity.slice_check`: residual at most :data:`TARGET_RESIDUAL_RATIO` times the noise,
-    edge ratio at most :data:`TARGET_EDGE_RATIO`); else with the least of its residual's structure back that makes it so
-    (:func:`return_detail` at ``threshold`` times each of :data:`LADDER`, strictest first), or, when none does, at
-    ``threshold``. Returns the result and the threshold used (0: unchanged). ``threshold=0``: unchanged."""
+    :func:`~dd_medical.core.fidelity.slice_check`: residual at most :data:`TARGET_RESIDUAL_RATIO` times the
+    noise, edge ratio at most :data:`TARGET_EDGE_RATIO`); else with the least of its residual's structure back
+    that makes it so (:func:`return_detail` at ``threshold`` times each of :data:`LADDER`, strictest first), or,
+    when none does, at the last of them (two thirds of ``threshold``). Returns the result and the threshold used
+    (0: unchanged). ``threshold=0``: unchanged."""
     if threshold <= 0 or _faithful(before, after):
         return after, 0.0
     for factor in LADDER:
