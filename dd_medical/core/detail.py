@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .fidelity import EDGE_FRACTION, FLAT_FRACTION, edge_strength, slice_check
-from .noise import MAD_TO_SIGMA, SPIKE_FRACTION, estimate_sigma, signal_mask
+from .noise import MAD_TO_SIGMA, constant_pixels, estimate_sigma, signal_mask
 
 #: Scales of the starlet transform (details at 1, 2, 4 and 8 pixels, and the coarse rest).
 LEVELS = 4
@@ -99,9 +99,7 @@ def return_detail(before: torch.Tensor, after: torch.Tensor, threshold: float = 
         k = threshold + FINEST_EXTRA if scale == 0 else threshold
         kept += torch.where(band.abs() > k * scale_at * level, band, torch.zeros_like(band))
     out = a + kept
-    values, counts = torch.unique(b, return_counts=True)
-    constant = torch.isin(b, values[counts > SPIKE_FRACTION * b.numel()])
-    return torch.where(constant, b, out).to(after.dtype)
+    return torch.where(constant_pixels(b), b, out).to(after.dtype)
 
 
 #: A slice is left as it is when its residual is at most this multiple of its noise, and its edge ratio at most

@@ -51,6 +51,13 @@ def _batched(images: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
     return x, single
 
 
+def constant_pixels(image: torch.Tensor) -> torch.Tensor:
+    """``True`` on every pixel of ``image`` whose exact value fills more than :data:`SPIKE_FRACTION` of it (clipping
+    at a window bound, constant padding): pixels that hold no noise. Same shape as ``image``."""
+    values, counts = torch.unique(image, return_counts=True)
+    return torch.isin(image, values[counts > SPIKE_FRACTION * image.numel()])
+
+
 def signal_mask(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``True`` where a pixel can carry noise: ``False`` on every pixel whose exact value fills more than
     :data:`SPIKE_FRACTION` of its image (clipped or padded regions, which hold no noise) and on their 4-neighbours.
@@ -58,9 +65,7 @@ def signal_mask(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     x, single = _batched(images)
     masks = []
     for image in x:
-        values, counts = torch.unique(image, return_counts=True)
-        spikes = values[counts > SPIKE_FRACTION * image.numel()]
-        flat = torch.isin(image, spikes)
+        flat = constant_pixels(image)
         grown = flat.clone()
         grown[..., 1:, :] |= flat[..., :-1, :]
         grown[..., :-1, :] |= flat[..., 1:, :]
