@@ -1,6 +1,8 @@
 """Speed: the fast default (batched, ensemble, moving average, stopping rule) against the reference way.
 
-Rows, at each ``--sizes`` (256: a centre crop of pydicom's 693_UNCR.dcm; 512: the full slice), on ``--device``:
+Rows, for each ``--image`` (default pydicom-data's 693_UNCR.dcm; a DICOM file, a series folder's middle slice, or
+a pydicom test file's name) at each ``--sizes`` (256: a centre crop; 512: the full slice; ``--downsample 4 --sizes
+128``: the whole field of view block-averaged to 128 px, its clipped air and padding included), on ``--device``:
 
 * ``sequential``: the reference way (:func:`denoise` with ``strategy="sequential"``: ``denoise_volume`` with
   ``batch_size=1`` and ``amp=False``) with the reference config (k=64, 6 blocks, Adam 0.01, the lowest-loss iterate
@@ -15,8 +17,10 @@ Rows, at each ``--sizes`` (256: a centre crop of pydicom's 693_UNCR.dcm; 512: th
   per slice, so its slices/s holds for ``--slices`` and its time to quality is scaled to ``--slices``.
 
 Setting as in ``bench_denoise.py``: window [-1000, 1000] HU -> [0, 1], Gaussian noise sigma 25/255 (seed 0),
-clipped to [0, 1]; ``--slices`` copies of the slice with independent noise. PSNR against the clean slice (MONAI,
-data range 1, mean over slices).
+clipped to [0, 1] (air below -1000 HU is clipped noise); the scanner's padding outside the field of view (stored
+below -1024 HU) stays constant, as a scanner writes it; ``--slices`` copies of the slice with independent noise. PSNR
+against the clean slice (MONAI, data range 1, mean over slices). Each row also gives the steps each slice ran (from
+the pipeline's log) and the share of pixels at the window's bounds.
 
 Columns: slices per second (slices / wall time of the whole ``denoise_volume`` call); time to quality, the wall
 seconds to reach the PSNR that the sequential strategy reaches at its final iteration (``target``), with the bar's
@@ -42,8 +46,11 @@ and reports the fraction done and ``projected_s`` (an upper bound: it assumes ev
     python benchmarks/bench_speed.py --sizes 256 --sequential-iterations 1000 --json speed.json   # CPU
     python benchmarks/bench_speed.py --device cuda --sizes 512 --slices 8 --sequential-slices 1 \
         --fast-iterations 600 --refine 1 --variant fp32:amp=false --json speed.json               # GPU
+    python benchmarks/bench_speed.py --image 693_UNCR.dcm ../shared/data/ct_head_gantry_tilt \
+        ../shared/data/ct_body_j2k --downsample 4 --sizes 128 --slices 4 --sequential-slices 1 --refine 3  # clipped
     python benchmarks/bench_speed.py --quick --json out.json                                       # smoke run
 
+``--title`` writes the JSON as a record for ``docs/results.md`` (a table in ``rows``, the measurements in ``raw``).
 ``--json auto`` writes ``benchmarks/measured/speed_<machine>.json`` (``benchmarks/machine.py``: the GPU's model, e.g.
 ``h200``, or ``cpu-<N>core``); the JSON also says which machine (``machine``, ``machine_tag``) and which command
 (``command``, ``date``) produced it.
@@ -53,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -69,7 +77,7 @@ from pydicom.pixels import apply_rescale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SIGMA, WINDOW, gaussian_noise  # noqa: E402
-from machine import json_help, json_path, machine_description, write_json  # noqa: E402
+from machine import json_help, json_path, machine_description, machine_tag, write_json  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.decoder import num_parameters, size_ladder  # noqa: E402
@@ -85,16 +93,59 @@ QUICK_SEQUENTIAL = FitConfig(channels=16, blocks=4, iterations=60, result="best"
 QUICK_FAST = FitConfig(channels=16, blocks=4, iterations=60, ensemble=2, slab=1)
 
 
-def noisy_slices(size: int, slices: int, image: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Clean ``(D, size, size)`` in [0, 1] (centre crop of ``image``, default 693_UNCR.dcm, windowed) and a noisy
-    copy (seed 0)."""
-    ds = pydicom.dcmread(image or get_testdata_file(IMAGE))
-    full = WINDOW.to_unit(apply_rescale(ds.pixel_array, ds))
+#: Stored values below this (HU) are the scanner's padding outside the field of view (-1500, -2048, -3024...).
+PADDING_HU = -1024.0
+
+
+def dicom_slice(image: str | None) -> str:
+    """The file of ``image``: a DICOM file, a folder of one series (its middle file in name order), or the name of
+    a pydicom test file; default pydicom-data's 693_UNCR.dcm."""
+    if image is None:
+        return get_testdata_file(IMAGE)
+    path = Path(image)
+    if not path.exists():
+        found = get_testdata_file(image)
+        if found is None:
+            raise SystemExit(f"--image {image}: no such file, folder or pydicom test file")
+        return found
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and pydicom.misc.is_dicom(f))
+        if not files:
+            raise SystemExit(f"--image {image}: no DICOM file in the folder")
+        return str(files[len(files) // 2])
+    return image
+
+
+def image_label(image: str | None) -> str:
+    """A short name for ``image`` in the rows (the folder's name for a series; no identifying values)."""
+    if image is None:
+        return IMAGE
+    path = Path(image)
+    return path.name if path.is_dir() or len(path.name) < 24 else path.parent.name  # long names are UIDs
+
+
+def noisy_slices(size: int, slices: int, image: str | None = None,
+                 downsample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Clean ``(D, size, size)`` in [0, 1] (centre crop of ``image`` (:func:`dicom_slice`), block-averaged
+    ``downsample`` x ``downsample`` first, windowed) and a noisy copy (seed 0). The scanner's padding (stored below
+    :data:`PADDING_HU`; a block all padding) stays constant in the noisy copy, as a scanner writes it; noise clipped
+    at the window (air) is clipped as in ``gaussian_noise``."""
+    ds = pydicom.dcmread(dicom_slice(image))
+    hu = apply_rescale(ds.pixel_array, ds).astype(np.float64)
+    if downsample > 1:
+        h, w = (hu.shape[0] // downsample) * downsample, (hu.shape[1] // downsample) * downsample
+        blocks = hu[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample)
+        padding, hu = (blocks < PADDING_HU).all(axis=(1, 3)), blocks.mean(axis=(1, 3))
+    else:
+        padding = hu < PADDING_HU
+    full = WINDOW.to_unit(hu)
     if size > min(full.shape):
-        raise SystemExit(f"--sizes {size}: {image or IMAGE} is only {full.shape[0]}x{full.shape[1]} pixels")
+        raise SystemExit(f"--sizes {size}: {image_label(image)} is only {full.shape[0]}x{full.shape[1]} pixels")
     top, left = (full.shape[0] - size) // 2, (full.shape[1] - size) // 2
-    clean = np.repeat(full[None, top:top + size, left:left + size], slices, axis=0)
+    crop = (slice(top, top + size), slice(left, left + size))
+    clean = np.repeat(full[crop][None], slices, axis=0)
     noisy = gaussian_noise(clean, SIGMA)
+    noisy[:, padding[crop]] = clean[:, padding[crop]]
     return clean.astype(np.float32), noisy
 
 
@@ -175,11 +226,24 @@ def denoise(noisy: np.ndarray, config: FitConfig, dev: torch.device, strategy: s
     return denoise_volume(noisy, config, dev, window=Window(0.0, 1.0), batch_size=batch_size, progress=progress)
 
 
+class _StepsRun(logging.Handler):
+    """Collects the steps each slice ran from the pipeline's log ("slices a-b: steps run ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.steps: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "steps run" in str(record.msg):
+            self.steps += [int(n) for n in str(record.args[2]).split()]
+
+
 def run_row(spec: dict) -> dict:
-    """One row, in this process: fit, time, PSNR, peak memory (see the module docstring)."""
+    """One row, in this process: fit, time, PSNR, peak memory, the steps each slice ran (see the module
+    docstring)."""
     dev = resolve_device(spec["device"])
     config = FitConfig(**spec["config"])
-    clean, noisy = noisy_slices(spec["size"], spec["slices"], spec.get("image"))
+    clean, noisy = noisy_slices(spec["size"], spec["slices"], spec.get("image"), spec.get("downsample", 1))
     before = _peak_mib(dev) if dev.type == "cpu" else 0.0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -192,19 +256,25 @@ def run_row(spec: dict) -> dict:
         if deadline is not None and fraction > 0 and time.perf_counter() - t0 > deadline:
             raise _DeadlineError
 
-    def timed(cfg: FitConfig) -> tuple[float, float]:
+    def timed(cfg: FitConfig) -> tuple[float, float, list[int]]:
         nonlocal t0
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        out = denoise(noisy, cfg, dev, spec["strategy"], progress=watch if deadline is not None else False)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - t0, float(np.mean(psnr(np.clip(out, 0, 1), clean)))
+        steps, pipeline_log = _StepsRun(), logging.getLogger("dd_medical.pipeline")
+        pipeline_log.addHandler(steps)
+        pipeline_log.setLevel(logging.INFO)
+        try:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            out = denoise(noisy, cfg, dev, spec["strategy"], progress=watch if deadline is not None else False)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return time.perf_counter() - t0, float(np.mean(psnr(np.clip(out, 0, 1), clean))), steps.steps
+        finally:
+            pipeline_log.removeHandler(steps)
 
     t0 = 0.0
     try:
-        seconds, value = timed(config)
+        seconds, value, ran = timed(config)
     except _DeadlineError:
         spent = time.perf_counter() - t0
         return dict(strategy=spec["strategy"], size=spec["size"], slices=spec["slices"], device=str(dev),
@@ -214,7 +284,7 @@ def run_row(spec: dict) -> dict:
                     rss_before_fit_mib=before, memory_kind=_memory_kind(dev), runs=[], config=asdict(config))
     target = spec.get("target_psnr")
     ttq: float | None = seconds
-    runs = [dict(iterations=config.iterations, seconds=seconds, psnr=value)]
+    runs = [dict(iterations=config.iterations, seconds=seconds, psnr=value, steps=ran)]
     if target is not None:
         reached = value >= target - spec["tolerance_db"]
         ttq = seconds if reached else None
@@ -223,14 +293,17 @@ def run_row(spec: dict) -> dict:
             budget = ok // 2 if not failed else (ok + failed) // 2
             if budget < 1 or budget in (ok, failed):
                 break
-            s, v = timed(replace(config, iterations=budget))
-            runs.append(dict(iterations=budget, seconds=s, psnr=v))
+            s, v, ran = timed(replace(config, iterations=budget))
+            runs.append(dict(iterations=budget, seconds=s, psnr=v, steps=ran))
             if v < target - spec["tolerance_db"]:
                 failed = budget
             else:
                 ok, ttq = budget, min(ttq, s)
     return dict(strategy=spec["strategy"], size=spec["size"], slices=spec["slices"], device=str(dev),
-                iterations=config.iterations, seconds=seconds, slices_per_s=spec["slices"] / seconds, psnr=value,
+                image=image_label(spec.get("image")), downsample=spec.get("downsample", 1),
+                at_bounds=float(((noisy <= 0) | (noisy >= 1)).mean()),
+                iterations=config.iterations, steps=runs[0]["steps"], seconds=seconds,
+                slices_per_s=spec["slices"] / seconds, psnr=value,
                 target_psnr=target if target is not None else value, time_to_quality_s=ttq,
                 peak_memory_mib=_peak_mib(dev), rss_before_fit_mib=before, memory_kind=_memory_kind(dev),
                 runs=runs, config=asdict(config))
@@ -282,6 +355,38 @@ def iteration_bound(batch: int, height: int = 512, width: int = 512, channels: i
                 memory_bound_s=t_mem, compute_bound_s=t_flop, bound_s=max(t_mem, t_flop))
 
 
+RECORD_COLUMNS = ["slice (pixels at the window's bounds)", "strategy", "steps run per slice", "complete run: s / dB",
+                  "time to quality (s)", "x sequential"]
+
+
+def as_record(out: dict, title: str, machine: str) -> dict:
+    """``out`` as a record for ``benchmarks/report.py`` (``machine``: its tag, e.g. ``cpu-2core``): ``title``,
+    ``topic``, ``what``, a table in ``rows`` (:data:`RECORD_COLUMNS`), the measured rows in ``raw``."""
+    rows, ratios = [], {(q["image"], q["size"], q["strategy"]): q for q in out["ratios"]}
+    for r in out["rows"]:
+        ratio = ratios.get((r["image"], r["size"], r["strategy"]))
+        ttq = r["time_to_quality_s"]
+        steps = sorted(r.get("steps") or [])
+        rows.append([f"{r['image']}, {r['size']} px ({100 * r['at_bounds']:.0f}%)", r["strategy"],
+                     f"{steps[0]}-{steps[-1]}" if steps and steps[0] != steps[-1] else str(steps[0] if steps else ""),
+                     f"{r['seconds']:.1f} / {r['psnr']:.2f}", "not reached" if ttq is None else f"{ttq:.1f}",
+                     "1" if ratio is None else "n/a" if ratio["speedup_time_to_quality"] is None
+                     else f"**{ratio['speedup_time_to_quality']:.2f}**"])
+    first = out["rows"][0] if out["rows"] else {}
+    copies = (f"{first['slices']} copies of each slice with independent noise, in one call"
+              + (f" (the sequential row fits {first['measured_slices']}, one after another, and its time is scaled)"
+                 if "measured_slices" in first else "")) if first else ""
+    what = (f"Each slice block-averaged {first.get('downsample', 1)}x{first.get('downsample', 1)} (its whole field of "
+            "view) and centre-cropped; white noise sigma 25/255 (about 196 HU) on the [-1000, 1000] HU window, "
+            f"clipped at the window (air), the scanner's padding left constant; {copies}. The percentage is the "
+            "pixels at the window's bounds. Sequential: the reference way (one decoder, fp32, the lowest-loss iterate "
+            "of a fixed run); fast: the defaults. Time to quality: the fastest complete run reaching the sequential "
+            f"run's PSNR within 0.1 dB. {out['machine']}.")
+    return dict(title=title, topic="speed", what=what, source="benchmarks/bench_speed.py", columns=RECORD_COLUMNS,
+                rows=rows, raw=out["rows"], ratios=out["ratios"], machine=machine, torch=out["torch"],
+                threads=out["threads"])
+
+
 def parse_overrides(text: str) -> tuple[str, dict]:
     """``"name:key=value,key=value"`` -> ``(name, {key: value})`` (FitConfig fields; values parsed as JSON)."""
     name, _, rest = text.partition(":")
@@ -311,7 +416,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="an extra fast row: the defaults with these FitConfig fields, e.g. bf16:amp=true")
     parser.add_argument("--refine", type=int, default=1, help="halved-budget reruns of the fast row (see above)")
     parser.add_argument("--tolerance-db", type=float, default=0.1, help="time to quality: PSNR >= target - this")
-    parser.add_argument("--image", help="DICOM slice to crop (default pydicom's 693_UNCR.dcm)")
+    parser.add_argument("--image", nargs="+", default=[None],
+                        help="DICOM slices to crop, series folders (their middle slice) or pydicom test files' names; "
+                             "rows for each (default pydicom-data's 693_UNCR.dcm)")
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="block-average each slice N x N before the crop (4: a 512 px slice's whole field of "
+                             "view, air and padding included, at 128 px)")
+    parser.add_argument("--title", help="write the JSON as a record for docs/results.md (benchmarks/report.py) with "
+                                        "this title: a table in 'rows', the measurements in 'raw'")
     parser.add_argument("--iteration-batches", type=int, nargs="*", default=[],
                         help="also print ms per iteration for these numbers of decoders (one pass) at each size")
     parser.add_argument("--iteration-modes", nargs="*", default=["fp32:amp=false"], metavar="NAME:KEY=VALUE,...",
@@ -355,7 +467,8 @@ def main(argv: list[str] | None = None) -> None:
                      machine=machine, torch=torch.__version__, threads=torch.get_num_threads())
 
     def save() -> None:
-        write_json(json_file, out, dev, None if argv is None else [__file__, *argv])
+        write_json(json_file, out if args.title is None else as_record(out, args.title, machine_tag(dev)), dev,
+                   None if argv is None else [__file__, *argv])
 
     if args.iteration_batches:
         modes = dict(parse_overrides(m) for m in args.iteration_modes)
@@ -370,23 +483,25 @@ def main(argv: list[str] | None = None) -> None:
             save()
 
     run = run_row if args.quick else row_in_subprocess
-    for size in [] if args.skip_rows else sizes:
-        base = dict(size=size, device=str(dev), tolerance_db=args.tolerance_db, refine=refine, image=args.image)
+    for image, size in [] if args.skip_rows else [(i, s) for i in args.image for s in sizes]:
+        base = dict(size=size, device=str(dev), tolerance_db=args.tolerance_db, refine=refine, image=image,
+                    downsample=args.downsample)
         seq = run(dict(base, slices=seq_slices, strategy="sequential", config=asdict(sequential)))
         if seq_slices != slices:  # one slice after another: the same seconds per slice for any number of slices
             scale = slices / seq_slices
             seq.update(measured_slices=seq_slices, slices=slices, time_to_quality_s=seq["seconds"] * scale,
                        seconds=seq["seconds"] * scale)
-        print(f"{size}x{size} sequential: {seq['seconds']:.1f} s for {slices} slices, {seq['psnr']:.2f} dB", flush=True)
+        print(f"{seq['image']} {size}x{size} sequential: {seq['seconds']:.1f} s for {slices} slices, "
+              f"{seq['psnr']:.2f} dB", flush=True)
         out["rows"].append(seq)
         for name, cfg in {"fast": fast, **{n: replace(fast, **o) for n, o in variants.items()}}.items():
             fst = run(dict(base, slices=slices, strategy="batched", config=asdict(cfg), target_psnr=seq["psnr"]))
             fst["strategy"] = name
-            print(f"{size}x{size} {name}: {fst['seconds']:.1f} s, {fst['psnr']:.2f} dB, runs {fst['runs']}",
-                  flush=True)
+            print(f"{fst['image']} {size}x{size} {name}: {fst['seconds']:.1f} s, {fst['psnr']:.2f} dB, runs "
+                  f"{fst['runs']}", flush=True)
             ttq = fst["time_to_quality_s"]
             out["rows"].append(fst)
-            out["ratios"].append(dict(size=size, strategy=name,
+            out["ratios"].append(dict(size=size, strategy=name, image=fst["image"],
                                       speedup_slices_per_s=fst["slices_per_s"] / seq["slices_per_s"],
                                       speedup_time_to_quality=None if ttq is None else seq["time_to_quality_s"] / ttq,
                                       psnr_difference_db=fst["psnr"] - seq["psnr"]))
@@ -414,7 +529,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = fast if args.volume_variant is None else replace(fast, **variants[args.volume_variant])
         for size in sizes:
             vol = run(dict(size=size, slices=args.volume, device=str(dev), strategy="batched", config=asdict(cfg),
-                           image=args.image, deadline_s=args.deadline, tolerance_db=args.tolerance_db, refine=0))
+                           image=args.image[0], downsample=args.downsample, deadline_s=args.deadline,
+                           tolerance_db=args.tolerance_db, refine=0))
             vol["variant"] = args.volume_variant or "fast"
             out["volumes"].append(vol)
             save()

@@ -2,6 +2,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +61,32 @@ def test_bench_speed_volume_is_timed_or_stopped_at_its_deadline(tmp_path, deadli
             assert v["seconds"] > 0 and 10 < v["psnr"] < 60
         else:
             assert v["seconds"] is None and 0 < v["fraction_done"] < 1 and v["projected_s"] > 0
+
+
+def test_bench_speed_whole_field_of_view_keeps_padding_constant_and_clips_air():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_speed import noisy_slices
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    clean, noisy = noisy_slices(128, 2, "693_UNCR.dcm", downsample=4)  # its padding is stored at -3024 HU
+    assert clean.shape == noisy.shape == (2, 128, 128)
+    padding = (clean == 0).all(0) & (noisy == 0).all(0)
+    assert 0.1 < padding.mean() < 0.3  # constant, as a scanner writes it, not noise clipped at the window
+    air = (clean[0] > 0) & (clean[0] < 0.01)
+    assert 0.3 < (noisy[:, air] == 0).mean() < 0.7  # air: the noise clipped at the window's bottom
+    assert not np.array_equal(noisy[0], noisy[1])
+
+
+def test_bench_speed_title_writes_a_record_with_the_steps_each_slice_ran(tmp_path):
+    out = tmp_path / "record.json"
+    proc = run_benchmark("bench_speed.py", "--quick", "--device", "cpu", "--image", "693_UNCR.dcm", "--downsample",
+                         "8", "--title", "A record", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["title"] == "A record" and data["topic"] == "speed" and len(data["rows"]) == 4
+    assert all(len(row) == len(data["columns"]) for row in data["rows"])
+    assert [r["strategy"] for r in data["raw"]] == ["sequential", "fast"] * 2
+    for r in data["raw"]:
+        assert len(r["steps"]) == r["slices"] and all(1 <= n <= r["iterations"] for n in r["steps"])
+        assert r["image"] == "693_UNCR.dcm" and 0 < r["at_bounds"] < 1
