@@ -373,15 +373,19 @@ def as_record(out: dict, title: str, machine: str) -> dict:
                      "1" if ratio is None else "n/a" if ratio["speedup_time_to_quality"] is None
                      else f"**{ratio['speedup_time_to_quality']:.2f}**"])
     first = out["rows"][0] if out["rows"] else {}
-    copies = (f"{first['slices']} copies of each slice with independent noise, in one call"
+    fast = next((r for r in out["rows"] if r["strategy"] == "fast"), {})
+    downsample, slices = first.get("downsample", 1), first.get("slices", 1)
+    crop = (f"Each slice block-averaged {downsample}x{downsample} (its whole field of view) and centre-cropped"
+            if downsample > 1 else "A centre crop of each slice")
+    copies = ("one noisy copy" if slices == 1 else f"{slices} copies of each slice with independent noise, in one call"
               + (f" (the sequential row fits {first['measured_slices']}, one after another, and its time is scaled)"
-                 if "measured_slices" in first else "")) if first else ""
-    what = (f"Each slice block-averaged {first.get('downsample', 1)}x{first.get('downsample', 1)} (its whole field of "
-            "view) and centre-cropped; white noise sigma 25/255 (about 196 HU) on the [-1000, 1000] HU window, "
-            f"clipped at the window (air), the scanner's padding left constant; {copies}. The percentage is the "
-            "pixels at the window's bounds. Sequential: the reference way (one decoder, fp32, the lowest-loss iterate "
-            "of a fixed run); fast: the defaults. Time to quality: the fastest complete run reaching the sequential "
-            f"run's PSNR within 0.1 dB. {out['machine']}.")
+                 if "measured_slices" in first else ""))
+    cap = f", at most {fast['iterations']} steps" if fast and fast["iterations"] != FitConfig().iterations else ""
+    what = (f"{crop}; white noise sigma 25/255 (about 196 HU) on the [-1000, 1000] HU window, clipped at the window "
+            f"(air), the scanner's padding left constant; {copies}. The percentage is the pixels at the window's "
+            "bounds. Sequential: the reference way (one decoder, fp32, the lowest-loss iterate of a fixed run); fast: "
+            f"the defaults{cap}. Time to quality: the fastest complete run reaching the sequential run's PSNR within "
+            f"0.1 dB. {out['machine']}.")
     return dict(title=title, topic="speed", what=what, source="benchmarks/bench_speed.py", columns=RECORD_COLUMNS,
                 rows=rows, raw=out["rows"], ratios=out["ratios"], machine=machine, torch=out["torch"],
                 threads=out["threads"])
