@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import json_help, json_path, write_json  # noqa: E402
+from resample import block_mean  # noqa: E402
 
 from dd_medical import api, presets  # noqa: E402
 from dd_medical.codec.encode import REFINE_FRACTION  # noqa: E402
@@ -49,11 +50,6 @@ BLOCKS = 6
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _downsample2(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    return image[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-
-
 def load_images(quick: bool, shared: bool, full_size: bool = False) -> list[tuple[str, Volume, int]]:
     """``(name, one-slice Volume in HU or grey levels, source bits per pixel)``."""
     from pydicom.data import get_testdata_file
@@ -61,7 +57,7 @@ def load_images(quick: bool, shared: bool, full_size: bool = False) -> list[tupl
 
     from dd_medical.io import read_volume
 
-    images = [("camera 256", Volume(_downsample2(camera().astype(np.float32)), modality="OT"), 8)]
+    images = [("camera 256", Volume(block_mean(camera().astype(np.float32), 2), modality="OT"), 8)]
     if full_size:  # the paper's size: camera and 693_UNCR at their own 512x512
         images = [("camera 512", Volume(camera().astype(np.float32), modality="OT"), 8)]
     if quick:
@@ -70,7 +66,7 @@ def load_images(quick: bool, shared: bool, full_size: bool = False) -> list[tupl
     if full_size:
         images.append(("693_UNCR 512", Volume(ct.array[:1], modality="CT"), 16))
         return images
-    images.append(("693_UNCR 256 (2x2 down)", Volume(_downsample2(ct.array[0]), modality="CT"), 16))
+    images.append(("693_UNCR 256 (2x2 down)", Volume(block_mean(ct.array[0], 2), modality="CT"), 16))
     small = read_volume(get_testdata_file("CT_small.dcm"))
     images.append(("CT_small 128", Volume(small.array[:1], spacing=small.spacing, modality="CT"), 16))
     if shared and SHARED.is_dir():
@@ -81,7 +77,7 @@ def load_images(quick: bool, shared: bool, full_size: bool = False) -> list[tupl
             vol = read_volume(path)
             middle = vol.array[vol.shape[0] // 2]
             if min(middle.shape) >= 512:
-                middle = _downsample2(middle)
+                middle = block_mean(middle, 2)
             images.append((f"{name} mid {middle.shape[0]}x{middle.shape[1]}", Volume(middle, modality=vol.modality),
                            16))
     return images

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import json_help, json_path, machine_description, machine_tag, write_json  # noqa: E402
+from resample import block_mean  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.detail import TARGET_EDGE_RATIO, TARGET_RESIDUAL_RATIO, keep_anatomy  # noqa: E402
@@ -39,11 +40,6 @@ from dd_medical.pipeline import denoise_volume  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLUMNS = ["slice", "px", "noise (HU)", "fit", "residual / noise", "edge ratio", "check", "p99.9 HU in -> out",
            "max HU in -> out", "s"]
-
-
-def _block(image: np.ndarray, factor: int) -> np.ndarray:
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)).astype(np.float32)
 
 
 def load_slices(native: bool, quick: bool) -> list[tuple[str, np.ndarray]]:
@@ -62,7 +58,7 @@ def load_slices(native: bool, quick: bool) -> list[tuple[str, np.ndarray]]:
     big += [(f"ct_body_j2k z{z}", body[z]) for z in (4, 10, 16)]
     head = read_volume(SHARED / "ct_head_gantry_tilt").array
     big += [(f"ct_head_gantry_tilt z{z}", head[z]) for z in (10, 18)]
-    slices += [(f"{name} 4x4", _block(x, 4)) for name, x in big]
+    slices += [(f"{name} 4x4", block_mean(x, 4).astype(np.float32)) for name, x in big]
     if native:
         slices += big
     return slices

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import json_path, machine_tag, write_json  # noqa: E402
+from resample import block_mean  # noqa: E402
 
 from dd_medical.core.noise import MAD_TO_SIGMA, estimate_sigma, signal_mask  # noqa: E402
 from dd_medical.core.operators import ParallelBeamRadon, hu_to_attenuation  # noqa: E402
@@ -61,7 +62,7 @@ def roi_noise(x: np.ndarray, roi: tuple[slice, slice]) -> float:
 
 def _half(x: np.ndarray) -> np.ndarray:
     """2x2 block average of a 512 px slice."""
-    return x.reshape(256, 2, 256, 2).mean(axis=(1, 3)).astype(np.float32)
+    return block_mean(x, 2).astype(np.float32)
 
 
 def slices(shared: bool) -> dict[str, tuple[np.ndarray, float, np.ndarray | None, float]]:

@@ -78,6 +78,7 @@ from pydicom.pixels import apply_rescale
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise import REFERENCE, SIGMA, WINDOW, gaussian_noise  # noqa: E402
 from machine import json_help, json_path, machine_description, machine_tag, write_json  # noqa: E402
+from resample import block_mean  # noqa: E402
 
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.decoder import num_parameters, size_ladder  # noqa: E402
@@ -132,12 +133,9 @@ def noisy_slices(size: int, slices: int, image: str | None = None,
     at the window (air) is clipped as in ``gaussian_noise``."""
     ds = pydicom.dcmread(dicom_slice(image))
     hu = apply_rescale(ds.pixel_array, ds).astype(np.float64)
+    padding = hu < PADDING_HU
     if downsample > 1:
-        h, w = (hu.shape[0] // downsample) * downsample, (hu.shape[1] // downsample) * downsample
-        blocks = hu[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample)
-        padding, hu = (blocks < PADDING_HU).all(axis=(1, 3)), blocks.mean(axis=(1, 3))
-    else:
-        padding = hu < PADDING_HU
+        padding, hu = block_mean(padding.astype(np.float64), downsample) == 1, block_mean(hu, downsample)
     full = WINDOW.to_unit(hu)
     if size > min(full.shape):
         raise SystemExit(f"--sizes {size}: {image_label(image)} is only {full.shape[0]}x{full.shape[1]} pixels")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from resample import block_mean
 
 from dd_medical.core.config import FitConfig
 from dd_medical.core.intensity import Window
@@ -91,10 +92,7 @@ class Case:
 
 
 def _block(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return image.astype(np.float32)
-    d, h, w = image.shape
-    return image.reshape(d, h // factor, factor, w // factor, factor).mean(axis=(2, 4)).astype(np.float32)
+    return (image if factor == 1 else block_mean(image, factor)).astype(np.float32)
 
 
 def _to_fine(hu: np.ndarray, pixel_mm: float, size: int) -> tuple[np.ndarray, float]:
