@@ -58,9 +58,11 @@ def test_batched_fit_equals_unbatched_fit_of_each_slice(result_mode):
 
 
 @pytest.mark.parametrize("stopping, architecture",
-                         [("fixed", "deep"), ("discrepancy", "deep"), ("sure", "deep"), ("fixed", "conv")])
-def test_passes_per_iteration_do_not_change_the_result(stopping, architecture):
+                         [("fixed", "deep"), ("discrepancy", "deep"), ("sure", "deep"), ("holdout", "deep"),
+                          ("fixed", "conv")])
+def test_passes_per_iteration_do_not_change_the_result(stopping, architecture, monkeypatch):
     """CPU cache-sized passes (one decoder per pass) give the one-pass result, weights and stopping points."""
+    monkeypatch.setattr("dd_medical.core.stopping.HOLDOUT_PATIENCE", 40)
     clean = _images(3, seed=1) * 0
     rng = np.random.default_rng(2)
     y = (0.5 + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
@@ -203,6 +205,53 @@ def test_sure_stopping_returns_a_point_near_the_best_one():
     assert mse(sure.image) < 0.6 * mse(y)  # (the noisy MSE is 0.007: noise clipped at 0 in air)
     assert sure.iterations[0] < 600  # stopped by its patience after the minimum
     assert sure.weights["out_weight"].shape[0] == 2  # the decoder and its probe twin
+
+
+def test_holdout_stopping_returns_a_point_near_the_best_one_without_a_noise_level(monkeypatch):
+    """The error on held-out pixels finds the stopping point; no noise level is estimated or given."""
+    from dd_medical.core import stopping
+    from dd_medical.core.intensity import Window
+    from dd_medical.phantom import make_phantom
+
+    monkeypatch.setattr(stopping, "estimate_sigma", None)  # the rule must not need it
+    monkeypatch.setattr(stopping, "HOLDOUT_PATIENCE", 60)
+    clean = torch.from_numpy(Window(-1000.0, 1000.0).to_unit(make_phantom(depth=1, size=96, seed=0).hu[0]))
+    clean = clean.float()[None, None]
+    rng = np.random.default_rng(5)
+    y = (clean + torch.from_numpy(rng.normal(0, 0.1, clean.shape).astype(np.float32))).clamp(0, 1)
+    base = dict(channels=16, blocks=4, ensemble=1)
+    held = fit(Identity(), y, FitConfig(**base, iterations=600, stopping="holdout"))
+    mse = lambda image: float(((image - clean) ** 2).mean())  # noqa: E731
+    fixed = [mse(fit(Identity(), y, FitConfig(**base, iterations=n, stopping="fixed")).image)
+             for n in (60, 150, 300, 600)]
+    assert mse(held.image) < 1.25 * min(fixed), (mse(held.image), fixed)
+    assert mse(held.image) < 0.6 * mse(y)
+    assert held.iterations[0] < 600  # stopped by its patience after the minimum
+
+
+def test_holdout_pixels_are_out_of_every_member_fit_and_follow_the_seed():
+    from dd_medical.core.noise import signal_mask
+    from dd_medical.core.stopping import HOLDOUT_FRACTION, HOLDOUT_PIXELS, Holdout
+
+    def weights(y: torch.Tensor, seed: int, indices: list[int]) -> torch.Tensor:
+        rule = Holdout()
+        rule.start(y, y.repeat_interleave(3, dim=0), (1, *y.shape[-2:]), None, indices,
+                   replace(FitConfig(**{**SMALL, "ensemble": 3}), seed=seed))
+        return rule.weights.view(2, 3, 1, *y.shape[-2:])
+
+    y = _images(2, size=64)
+    w = weights(y, 0, [0, 1])
+    assert torch.equal(w[:, 0], w[:, 1]) and torch.equal(w[:, 0], w[:, 2])  # the same pixels for every member
+    held = w[:, 0, 0] == 0
+    assert not held[~signal_mask(y)[:, 0]].any()
+    assert not torch.equal(held[0], held[1])  # each slice its own pixels ...
+    assert torch.equal(weights(y, 0, [0, 1]), w) and not torch.equal(weights(y, 1, [0, 1]), w)  # ... from its seed
+    assert torch.equal(weights(y, 0, [1, 7])[0], w[1])  # a slice's pixels do not depend on its batch
+    carrying = signal_mask(y)[:, 0].flatten(1).sum(1).float()
+    assert torch.allclose(held.flatten(1).sum(1) / carrying, HOLDOUT_PIXELS / carrying, rtol=0.15)  # a small slice
+    big = _images(2, size=192)
+    held = weights(big, 0, [0, 1])[:, 0, 0] == 0
+    assert abs(float(held.float().mean()) / float(signal_mask(big).float().mean()) - HOLDOUT_FRACTION) < 0.01
 
 
 def test_sure_stopping_needs_image_shaped_measurements():

@@ -8,7 +8,7 @@ from typing import Literal
 
 ARCHITECTURES = ("deep", "conv", "both")
 RESULTS = ("average", "best", "last")
-STOPPING = ("fixed", "discrepancy", "sure")
+STOPPING = ("fixed", "discrepancy", "sure", "holdout")
 #: With ``blocks=None`` the depth follows the noise level of the slices (their estimated noise standard deviation in
 #: the fit's [0, 1] scale): strong noise gets the paper's low capacity (6 blocks: five upsamplings), weaker noise
 #: fewer upsamplings from a larger input, so that anatomy is not smoothed away with the noise. ``(noise at least,
@@ -43,8 +43,10 @@ class FitConfig:
             ``"discrepancy"`` (default) stops once the estimate explains the measurements down to the noise,
             misfit <= ``discrepancy_factor * sigma^2`` (Morozov's discrepancy principle); ``"sure"`` keeps the
             estimate of lowest Monte-Carlo SURE (Ramani, Blu & Unser 2008), probed with a twin of every decoder, and
-            stops ``sure_patience`` steps after its last minimum. Both rules need image-shaped measurements
-            (denoising); ``sigma`` is estimated from them (:func:`~dd_medical.core.noise.estimate_sigma`).
+            stops ``sure_patience`` steps after its last minimum; ``"holdout"`` keeps a random 1/16 of the pixels out
+            of the fit and the estimate of lowest error on them, and stops 200 steps after its last minimum (no
+            noise level needed; :class:`~dd_medical.core.stopping.Holdout`). These rules need image-shaped
+            measurements (denoising); ``sigma`` is estimated from them (:func:`~dd_medical.core.noise.estimate_sigma`).
         discrepancy_factor: see ``stopping`` (default 0.96).
         sure_epsilon: SURE's probe step relative to ``sigma`` (default 0.1).
         sure_patience: see ``stopping`` (default 150 steps).
@@ -78,7 +80,7 @@ class FitConfig:
     result: Literal["average", "best", "last"] = "average"
     average_decay: float = 0.98
     average_warmup: int = 20
-    stopping: Literal["fixed", "discrepancy", "sure"] = "discrepancy"
+    stopping: Literal["fixed", "discrepancy", "sure", "holdout"] = "discrepancy"
     discrepancy_factor: float = 0.96
     sure_epsilon: float = 0.1
     sure_patience: int = 150

@@ -158,13 +158,16 @@ def _decoders(config: FitConfig, indices: list[int], image_shape: tuple[int, int
 
 
 def _losses(decoders: Decoders, operator: ForwardModel, targets: torch.Tensor, config: FitConfig, estimator,
-            step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: the ``(N,)`` data misfits and objectives; the estimator sees the iterate first."""
+            step: int, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the ``(N,)`` data misfits and objectives (``weights``: each measurement's, 0 or 1, for
+    image-shaped measurements); the estimator sees the iterate first."""
     device = targets.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
         images = decoders()
     predicted = images.float()
-    losses = operator.data_loss(operator(predicted), targets)
+    measured = operator(predicted)
+    losses = operator.data_loss(measured, targets) if weights is None else \
+        operator.data_loss(measured * weights, targets * weights)
     objective = losses + config.tv_weight * total_variation(predicted) if config.tv_weight > 0 else losses
     with torch.no_grad():
         estimator.update(step, predicted.detach(), objective.detach(), decoders)
@@ -234,7 +237,7 @@ def fit(
             for param_group in optimiser.param_groups:
                 param_group["lr"] = _step_size(config, step)
         optimiser.zero_grad(set_to_none=True)
-        losses, objective = _losses(decoders, operator, targets, config, estimator, step)
+        losses, objective = _losses(decoders, operator, targets, config, estimator, step, stopping.weights)
         objective.sum().backward()
         optimiser.step()
         if step % config.loss_every == 0 or step == config.iterations - 1:

@@ -1,4 +1,5 @@
-"""When a slice's fit ends: after a fixed number of steps, at the noise level (discrepancy), or at the lowest SURE.
+"""When a slice's fit ends: after a fixed number of steps, at the noise level (discrepancy), at the lowest SURE, or
+at the lowest error on pixels held out of the fit.
 
 A rule sees, every ``loss_every`` steps, the estimates of every decoder as ``(B, members, twins, C, H, W)`` and
 decides which slices stop; a stopped slice keeps its members' estimates of then (``frozen``), and the passes whose
@@ -15,12 +16,20 @@ from .noise import estimate_sigma, signal_mask
 from .operators import ForwardModel, mean_squared_residual
 
 _PROBE = 1 << 20  # member offset of the SURE probes' seeds
+_HOLDOUT = 1 << 21  # member offset of the held-out pixels' seeds
+#: The share of a slice's noise-carrying pixels the hold-out rule keeps out of the fit, raised for small slices to
+#: hold at least ``HOLDOUT_PIXELS`` (at most a quarter) ...
+HOLDOUT_FRACTION = 1 / 16
+HOLDOUT_PIXELS = 512
+#: ... and the steps it goes on after the last minimum of their error.
+HOLDOUT_PATIENCE = 200
 
 
 class FixedSteps:
     """Every slice runs all the steps."""
 
     twins = 1  # decoders fitted per ensemble member
+    weights: torch.Tensor | None = None  # per decoder (N, C, H, W): each pixel's weight in the data term
 
     def start(self, y: torch.Tensor, targets: torch.Tensor, image_shape: tuple[int, int, int],
               noise_sigma: torch.Tensor | float | None, indices: list[int], config: FitConfig) -> torch.Tensor:
@@ -126,6 +135,51 @@ class Sure(_NoiseLevelRule):
         return self.frozen
 
 
+class Holdout(FixedSteps):
+    """Keep each slice's estimate of lowest error on held-out pixels and stop ``patience`` steps after it.
+
+    A random :data:`HOLDOUT_FRACTION` of the slice's noise-carrying pixels (:func:`~dd_medical.core.noise.signal_mask`;
+    at least :data:`HOLDOUT_PIXELS` of them, at most a quarter; the same for its members, drawn from the slice's seed)
+    has weight 0 in every decoder's data term. Their noise is then independent of the fit (for white noise), so the
+    mean squared error between the estimate and the held-out measurements is the estimate's error there plus a
+    constant: its minimum over the steps is the estimate closest to the clean image there, found without a noise
+    level (hold-out validation; for single-image priors, Li et al., "Self-validation: early stopping for
+    single-instance deep generative priors", BMVC 2021). The estimate at a held-out pixel is the decoder's, fitted to
+    its neighbours. Correlated noise is partly predictable from the neighbours, so there the rule stops later.
+    Denoising only (the identity operator).
+    """
+
+    def __init__(self, fraction: float = HOLDOUT_FRACTION, patience: int = HOLDOUT_PATIENCE) -> None:
+        self.fraction, self.patience = fraction, patience
+
+    def start(self, y, targets, image_shape, noise_sigma, indices, config):
+        targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
+        carries = signal_mask(y.float().cpu()).all(1)  # (B, H, W)
+        draws = torch.stack([torch.rand(y.shape[-2:], generator=slice_generator(config.seed, i, _HOLDOUT))
+                             for i in indices])
+        share = (HOLDOUT_PIXELS / carries.flatten(1).sum(1).clamp_min(1)).clamp(self.fraction, 0.25)
+        held = (carries & (draws < share[:, None, None]))[:, None].expand(y.shape).to(y.device)
+        self.held = held.float()
+        self.weights = (~held).float().repeat_interleave(config.ensemble, dim=0)
+        self.frozen = torch.zeros((y.shape[0], config.ensemble, *image_shape), device=y.device)
+        self.best = torch.full((y.shape[0],), float("inf"), device=y.device)
+        self.best_at = torch.zeros(y.shape[0], dtype=torch.long)
+        return targets
+
+    def check(self, step, estimates, operator, y):
+        members = estimates[:, :, 0]
+        error = ((members.mean(dim=1) - y).pow(2) * self.held).flatten(1).sum(1) \
+            / self.held.flatten(1).sum(1).clamp_min(1)
+        newly_best = self.active & (error < self.best)
+        self.best = torch.where(newly_best, error, self.best)
+        self.frozen[newly_best] = members[newly_best]
+        self.best_at[newly_best.cpu()] = step + 1
+        return self._stop(step, self.active & ((step + 1 - self.best_at).to(y.device) >= self.patience))
+
+    def result(self, members):
+        return self.frozen
+
+
 def make_stopping(config: FitConfig, operator: ForwardModel, y: torch.Tensor) -> FixedSteps:
     """The rule ``config.stopping`` names; ``ValueError`` where it cannot serve these measurements."""
     if config.stopping == "fixed":
@@ -135,4 +189,6 @@ def make_stopping(config: FitConfig, operator: ForwardModel, y: torch.Tensor) ->
                          "stopping='fixed'")
     if config.stopping == "discrepancy":
         return Discrepancy(config.discrepancy_factor)
+    if config.stopping == "holdout":
+        return Holdout(HOLDOUT_FRACTION, HOLDOUT_PATIENCE)
     return Sure(config.sure_epsilon, config.sure_patience)
