@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dd_medical.core import fit as fitting  # noqa: E402
 from dd_medical.core.config import FitConfig  # noqa: E402
 from dd_medical.core.intensity import Window  # noqa: E402
-from dd_medical.core.stopping import FixedSteps  # noqa: E402
+from dd_medical.core.stopping import FixedSteps, LowestScore  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLUMNS = ["case", "stop", "PSNR (dB)", "PSNR soft tissue (dB)", "steps per slice", "s"]
@@ -71,19 +71,15 @@ class OracleStop(FixedSteps):
     def start(self, y, targets, image_shape, noise_sigma, indices, config):
         targets = super().start(y, targets, image_shape, noise_sigma, indices, config)
         self.target, self.weight = self.clean[indices][:, None].to(y.device), self.mask[indices][:, None].to(y.device)
-        self.frozen = torch.zeros((y.shape[0], config.ensemble, *image_shape), device=y.device)
-        self.best = torch.full((y.shape[0],), float("inf"), device=y.device)
-        self.stopped_at = torch.zeros(y.shape[0], dtype=torch.long)  # here: the step of the best estimate
+        self.lowest = LowestScore(y.shape[0], (config.ensemble, *image_shape), y.device, float("inf"))
+        self.frozen, self.stopped_at = self.lowest.members, self.lowest.at  # here: the step of the best estimate
         return targets
 
     def check(self, step, estimates, operator, y):
         members = estimates[:, :, 0]
         error = ((members.mean(dim=1).clamp(0, 1) - self.target) ** 2 * self.weight).flatten(1).sum(1) \
             / self.weight.flatten(1).sum(1).clamp_min(1)
-        better = error < self.best
-        self.best = torch.where(better, error, self.best)
-        self.frozen[better] = members[better]
-        self.stopped_at[better.cpu()] = step + 1
+        self.lowest.update(step, members, error, self.active)  # never stops: it runs to the cap
         return True
 
     def result(self, members):

@@ -160,14 +160,15 @@ def _decoders(config: FitConfig, indices: list[int], image_shape: tuple[int, int
 def _losses(decoders: Decoders, operator: ForwardModel, targets: torch.Tensor, config: FitConfig, estimator,
             step: int, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass: the ``(N,)`` data misfits and objectives (``weights``: each measurement's, 0 or 1, for
-    image-shaped measurements); the estimator sees the iterate first."""
+    image-shaped measurements, whose ``targets`` the stopping rule has weighted already); the estimator sees the
+    iterate first."""
     device = targets.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
         images = decoders()
     predicted = images.float()
     measured = operator(predicted)
     losses = operator.data_loss(measured, targets) if weights is None else \
-        operator.data_loss(measured * weights, targets * weights)
+        operator.data_loss(measured * weights, targets)
     objective = losses + config.tv_weight * total_variation(predicted) if config.tv_weight > 0 else losses
     with torch.no_grad():
         estimator.update(step, predicted.detach(), objective.detach(), decoders)

@@ -57,6 +57,26 @@ class FixedSteps:
         return bool(self.active.any())
 
 
+class LowestScore:
+    """Each slice's members at the lowest score seen so far, and which slices are ``patience`` steps past it: what the
+    rules that keep a minimum (SURE, hold-out) share."""
+
+    def __init__(self, batch: int, members_shape: tuple[int, ...], device: torch.device, patience: float) -> None:
+        self.members = torch.zeros((batch, *members_shape), device=device)
+        self.score = torch.full((batch,), float("inf"), device=device)
+        self.at = torch.zeros(batch, dtype=torch.long)  # the step after each slice's lowest (0: none yet)
+        self.patience = patience
+
+    def update(self, step: int, members: torch.Tensor, score: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Keep ``members`` ``(B, M, C, H, W)`` of the ``active`` slices whose ``score`` ``(B,)`` is their lowest
+        yet; returns the active slices now ``patience`` steps past their lowest."""
+        newly_best = active & (score < self.score)
+        self.score = torch.where(newly_best, score, self.score)
+        self.members[newly_best] = members[newly_best]
+        self.at[newly_best.cpu()] = step + 1
+        return active & ((step + 1 - self.at).to(score.device) >= self.patience)
+
+
 class _NoiseLevelRule(FixedSteps):
     """A rule that needs the noise level ``sigma`` of the measurements: given, or estimated from them."""
 
@@ -114,8 +134,8 @@ class Sure(_NoiseLevelRule):
         self.steps = (self.epsilon * self.sigma).repeat_interleave(members)[:, None, None, None]
         targets = targets.clone()
         targets[1::2] += self.steps * self.probes
-        self.best = torch.full((y.shape[0],), float("inf"), device=y.device)
-        self.best_at = torch.zeros(y.shape[0], dtype=torch.long)
+        self.lowest = LowestScore(y.shape[0], (members, *image_shape), y.device, self.patience)
+        self.frozen = self.lowest.members
         return targets
 
     def check(self, step, estimates, operator, y):
@@ -125,11 +145,7 @@ class Sure(_NoiseLevelRule):
         divergence = (self.probes * (pairs[:, 1] - pairs[:, 0])).flatten(1).mean(dim=1) / self.steps.flatten()
         # SURE of the member mean, up to the constant -sigma^2: misfit + 2 sigma^2 divergence / N.
         risk = mean_squared_residual(current, y) + 2 * self.sigma**2 * divergence.view(batch, members).mean(1)
-        newly_best = self.active & (risk < self.best)
-        self.best = torch.where(newly_best, risk, self.best)
-        self.frozen[newly_best] = estimates[:, :, 0][newly_best]
-        self.best_at[newly_best.cpu()] = step + 1
-        return self._stop(step, self.active & ((step + 1 - self.best_at).to(y.device) >= self.patience))
+        return self._stop(step, self.lowest.update(step, estimates[:, :, 0], risk, self.active))
 
     def result(self, members):
         return self.frozen
@@ -161,20 +177,15 @@ class Holdout(FixedSteps):
         held = (carries & (draws < share[:, None, None]))[:, None].expand(y.shape).to(y.device)
         self.held = held.float()
         self.weights = (~held).float().repeat_interleave(config.ensemble, dim=0)
-        self.frozen = torch.zeros((y.shape[0], config.ensemble, *image_shape), device=y.device)
-        self.best = torch.full((y.shape[0],), float("inf"), device=y.device)
-        self.best_at = torch.zeros(y.shape[0], dtype=torch.long)
-        return targets
+        self.lowest = LowestScore(y.shape[0], (config.ensemble, *image_shape), y.device, self.patience)
+        self.frozen = self.lowest.members
+        return targets * self.weights  # the held-out pixels' measurements, once: the fit weights only its estimate
 
     def check(self, step, estimates, operator, y):
         members = estimates[:, :, 0]
         error = ((members.mean(dim=1) - y).pow(2) * self.held).flatten(1).sum(1) \
             / self.held.flatten(1).sum(1).clamp_min(1)
-        newly_best = self.active & (error < self.best)
-        self.best = torch.where(newly_best, error, self.best)
-        self.frozen[newly_best] = members[newly_best]
-        self.best_at[newly_best.cpu()] = step + 1
-        return self._stop(step, self.active & ((step + 1 - self.best_at).to(y.device) >= self.patience))
+        return self._stop(step, self.lowest.update(step, members, error, self.active))
 
     def result(self, members):
         return self.frozen
