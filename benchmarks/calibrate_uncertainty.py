@@ -11,10 +11,12 @@ version is known, with the package's defaults, and keeps each voxel's ensemble s
     pydicom-data's 693_UNCR and eCT_Supplemental, scored against the anatomy and against the noise-free scan;
   - the shared real MR volume with Gaussian noise added.
 
-The map (smoothing, then a monotone map of spread / noise to the error's RMS / noise) is fitted on the calibration
-set only; ``--write`` stores it in the package. On each validation set it reports, inside the body: the Spearman
-rank correlation of predicted SD and absolute error per voxel and per 8x8 patch, the coverage of the nominal 68%
-and 95% intervals, and a reliability diagram; and on the phantom's lesions, the contrast lost next to the map's
+The map (the members' variance, the residual's excess over the noise and the result's edges, weighted and smoothed,
+then a monotone map of the predictor, relative to the noise, to the error's RMS / noise) is fitted on the calibration
+set only: the smoothing and weights that rank the error best there, then the map; ``--write`` stores it in the
+package. On each validation set it reports, inside the body: the Spearman rank correlation of predicted SD and
+absolute error per voxel and per 8x8 patch, the coverage of the nominal 68% and 95% intervals, and a reliability
+diagram; and on the phantom's lesions, the contrast lost next to the map's
 value there (what the spread cannot see).
 
     python benchmarks/calibrate_uncertainty.py --json auto --write   # measure, refit the package's calibration
@@ -203,24 +205,28 @@ def run_case(case: Case, config: FitConfig, device: str, cache: Path) -> None:
     np.savez(file, result=case.result, spread=case.spread, noise=case.noise, seconds=case.seconds)
 
 
-def relative(case: Case, smooth: float, residual: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def relative(case: Case, smooth: float, residual: float = 0.0, edge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(predictor, |error| / noise)`` of ``case``'s scored voxels: the map's input
-    (:meth:`~dd_medical.core.uncertainty.Calibration.predictor`) with this smoothing and residual weight."""
-    probe = Calibration(smooth, (0.0, 1.0), (0.0, 1.0), residual=residual)
+    (:meth:`~dd_medical.core.uncertainty.Calibration.predictor`) with this smoothing, residual and edge weight."""
+    probe = Calibration(smooth, (0.0, 1.0), (0.0, 1.0), residual=residual, edge=edge)
     predicted = probe.predictor(*_inputs(case)).numpy()
     noise = np.maximum(case.noise, 1e-6)[:, None, None]
     return predicted[case.mask], (np.abs(case.result - case.clean) / noise)[case.mask]
 
 
-def _inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The map's inputs for ``case``: spread, noise per slice, residual (input minus result), in its units."""
+def _inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The map's inputs for ``case``: spread, noise per slice, residual (input minus result) and result, in its
+    units."""
     return (torch.from_numpy(case.spread), torch.from_numpy(case.noise),
-            torch.from_numpy(case.noisy - case.result))
+            torch.from_numpy(case.noisy - case.result), torch.from_numpy(case.result))
 
 
 #: Weights of the residual's local excess over the noise variance tried (added to the member variance; the one with
 #: the highest Spearman correlation on the calibration set is kept).
 RESIDUAL_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: Weights of the result's edges (the square root of its gradient magnitude over the noise) tried with each residual
+#: weight.
+EDGE_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -288,6 +294,18 @@ WHAT = ("Denoised with the defaults, each voxel's calibrated SD (the map) agains
         "volume with added noise (scored against the MR as stored, which has noise of its own).")
 
 
+def choose_predictor(fitting: list[Case]) -> tuple[dict[float, float], dict[tuple[float, float], float]]:
+    """The Spearman correlation on the calibration set ``fitting`` of the spread alone at each of :data:`SMOOTHING`,
+    and, at the best smoothing, of the predictor with each residual weight (:data:`RESIDUAL_WEIGHTS`) and edge weight
+    (:data:`EDGE_WEIGHTS`)."""
+    def score(*weights: float) -> float:
+        return _spearman(*map(np.concatenate, zip(*(relative(c, *weights) for c in fitting), strict=True)))
+
+    choice = {smooth: score(smooth) for smooth in SMOOTHING}
+    smooth = max(choice, key=choice.get)
+    return choice, {(w, e): score(smooth, w, e) for w in RESIDUAL_WEIGHTS for e in EDGE_WEIGHTS}
+
+
 def main(argv: list[str] | None = None) -> None:
     from machine import json_help, json_path, machine_description, machine_tag, write_json
 
@@ -313,23 +331,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{case.group:40s} {case.name:34s} noise {np.median(case.noise):6.1f}, {case.seconds:5.0f} s/slice",
               flush=True)
     fitting = [c for c in cases if c.group == "calibration"]
-    choice = {}
-    for smooth in SMOOTHING:
-        x, y = zip(*(relative(c, smooth) for c in fitting), strict=True)
-        choice[smooth] = _spearman(np.concatenate(x), np.concatenate(y))
+    choice, residual = choose_predictor(fitting)
     smooth = max(choice, key=choice.get)
-    residual = {w: _spearman(*map(np.concatenate, zip(*(relative(c, smooth, w) for c in fitting), strict=True)))
-                for w in RESIDUAL_WEIGHTS}
-    weight = max(residual, key=residual.get)
-    print(f"the spread plus w x the residual's excess over the noise -> Spearman on the calibration set: {residual}; "
-          f"chosen {weight}")
-    x, y = zip(*(relative(c, smooth, weight) for c in fitting), strict=True)
+    weight, edge = max(residual, key=residual.get)
+    print(f"smoothing (px) -> Spearman on the calibration set: {choice}; chosen {smooth}")
+    print(f"(residual weight, edge weight) -> Spearman on the calibration set: {residual}; chosen {(weight, edge)}")
+    x, y = zip(*(relative(c, smooth, weight, edge) for c in fitting), strict=True)
     names = sorted({c.name.rsplit(" +", 1)[0] for c in fitting})
     calibration = fit_calibration(np.concatenate(x), np.concatenate(y), smooth,
                                   f"{', '.join(names)} at {SIZE} px with white noise of "
                                   f"{', '.join(f'{s:.0f}' for s in CALIBRATION_SIGMAS_HU)} HU; "
-                                  f"ensemble {config.ensemble}", residual=weight)
-    print(f"smoothing (px) -> Spearman on the calibration set: {choice}; chosen {smooth}")
+                                  f"ensemble {config.ensemble}", residual=weight, edge=edge)
     groups = list(dict.fromkeys(c.group for c in cases))
     results = {g: evaluate([c for c in cases if c.group == g], calibration) for g in groups}
     caveat = lesion_caveat(cases, calibration)
@@ -359,14 +371,15 @@ def main(argv: list[str] | None = None) -> None:
         write_json(json_file, dict(
             title=f"Uncertainty map: calibrated on known noise, validated on unseen data ({SIZE} px)",
             topic="uncertainty", what=WHAT + f" Calibration: {calibration.fitted_on}; smoothing "
-                                             f"{calibration.smooth:g} px; residual weight {calibration.residual:g} "
-                                             "(chosen on the calibration set).",
+                                             f"{calibration.smooth:g} px; residual weight {calibration.residual:g}; "
+                                             f"edge weight {calibration.edge:g} (chosen on the calibration set).",
             machine=machine_tag(args.device), source="benchmarks/calibrate_uncertainty.py",
             columns=["set", "Spearman per voxel", "Spearman per 8x8 patch", "68% interval covers (%)",
                      "95% interval covers (%)", "voxels"],
             rows=rows, tables=[lesion_table], results=results, calibration=asdict(calibration),
             smoothing_choice={str(k): v for k, v in choice.items()},
-            residual_choice={str(k): v for k, v in residual.items()}, lesions=caveat, config=asdict(config),
+            residual_choice={f"{k[0]:g}, {k[1]:g}": v for k, v in residual.items()}, lesions=caveat,
+            config=asdict(config),
             cases=[dict(name=c.name, group=c.group, slices=int(c.noisy.shape[0]), noise=float(np.median(c.noise)),
                         rms_error=float(np.sqrt(np.mean((c.result - c.clean)[c.mask] ** 2))),
                         seconds_per_slice=c.seconds) for c in cases]), args.device, argv)

@@ -357,8 +357,7 @@ def denoise_volume(
             result, spread = _denoise_slabs(unit, config, dev, b, tracker, start, stop, uncertainty)
     finally:
         tracker.close()
-    fitted = result
-    kept = [keep_anatomy(y, x, config.detail_threshold) for y, x in zip(unit[start:stop, 0], fitted, strict=True)]
+    kept = [keep_anatomy(y, x, config.detail_threshold) for y, x in zip(unit[start:stop, 0], result, strict=True)]
     result = torch.stack([image for image, _ in kept])
     restored = [start + i for i, (_, used) in enumerate(kept) if used > 0]
     if restored:
@@ -368,8 +367,8 @@ def denoise_volume(
     if not uncertainty:
         return out[0] if squeeze else out
     noise = estimate_sigma(unit[start:stop])
-    residual = unit[start:stop, 0] - fitted  # the decoders' own residual, as the map was calibrated
-    sd = ((calibration or load_calibration())(spread, noise, residual) * window.width).numpy()
+    residual = unit[start:stop, 0] - result  # input minus the result returned, as the map is calibrated
+    sd = ((calibration or load_calibration())(spread, noise, residual, result) * window.width).numpy()
     return (out[0], sd[0]) if squeeze else (out, sd)
 
 

@@ -48,6 +48,21 @@ def test_the_residual_term_adds_what_exceeds_the_noise() -> None:
         cal(spread, noise)
 
 
+def test_the_edge_term_adds_the_root_of_the_gradient_over_the_noise() -> None:
+    cal = Calibration(0.0, (0.0, 1.0), (0.0, 1.0), edge=0.5)
+    spread, noise = torch.full((1, 3, 5), 1.0), torch.tensor([2.0])
+    ramp = torch.arange(5, dtype=torch.float64).mul(8.0).expand(1, 3, 5)  # 8 per pixel along the rows
+    flat = torch.zeros_like(ramp)
+    np.testing.assert_allclose(cal(spread, noise, result=flat).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(cal(spread, noise, result=ramp).numpy() / 2, np.sqrt(0.25 + 0.5 * 2.0), rtol=1e-6)
+    step = torch.zeros((1, 5, 5), dtype=torch.float64)
+    step[..., 3:] = 100.0
+    sd = cal(torch.zeros(1, 5, 5), torch.tensor([1.0]), result=step)[0].numpy()
+    assert sd[:, 2:4].min() > 0 and sd[:, 0].max() == 0  # at the edge, not away from it
+    with pytest.raises(ValueError, match="result"):
+        cal(spread, noise)
+
+
 def test_calibration_rejects_decreasing_knots() -> None:
     with pytest.raises(ValueError):
         Calibration(0.0, (0.0, 1.0), (1.0, 0.5))
