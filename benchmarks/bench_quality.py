@@ -94,9 +94,8 @@ from dd_medical.core.noise import estimate_sigma  # noqa: E402
 from dd_medical.core.operators import ParallelBeamRadon, attenuation_to_hu, hu_to_attenuation  # noqa: E402
 from dd_medical.metrics import psnr, ssim  # noqa: E402
 from dd_medical.phantom import PIXEL_MM, TISSUE_HU, make_phantom  # noqa: E402
+from dd_medical.simulation import MU_WATER_PER_MM  # noqa: E402
 
-#: Linear attenuation of water in 1/mm (about 70 keV): scales the sinogram (pixel units) to line integrals.
-MU_WATER_PER_MM = 0.02
 DATASETS = ("ct_small", "693", "shared", "phantom")
 METHODS = ("dd-medical 2D", "dd-medical volumetric", "BM3D", "BM4D", "NLM", "TV (oracle weight)",
            "anisotropic diffusion (oracle)", "reference-style decoder")

@@ -51,10 +51,8 @@ from resample import block_mean
 from dd_medical.core.config import FitConfig
 from dd_medical.core.intensity import Window
 from dd_medical.core.operators import attenuation_to_hu, hu_to_attenuation
+from dd_medical.simulation import ELECTRONIC_COUNTS, MU_WATER_PER_MM, photon_counts  # noqa: F401 (documented)
 
-MU_WATER_PER_MM = 0.02
-#: Standard deviation of the Gaussian electronic noise added to the detected counts.
-ELECTRONIC_COUNTS = 10.0
 DOSES = {"1e5 photons": 1e5, "2e4 photons": 2e4}
 WIDE, SOFT = Window(-1000.0, 1000.0), Window(-160.0, 240.0)
 #: Planted lesions per slice: (diameter in mm, contrast in HU).
@@ -260,8 +258,7 @@ def scan(case: Case, line: np.ndarray, photons: float | None, seed: int) -> np.n
     theta = _views(n)
     if photons is not None:
         rng = np.random.default_rng(seed)
-        counts = rng.poisson(photons * np.exp(-line)) + rng.normal(0.0, ELECTRONIC_COUNTS, line.shape)
-        line = -np.log(np.maximum(counts, 1.0) / photons)
+        line = -np.log(photon_counts(line, photons, rng) / photons)
     bins = line.shape[1] // 2 * 2
     coarse = line[:, :bins].reshape(line.shape[0], bins // 2, 2, line.shape[2]).mean(axis=2)
     mu = np.stack([iradon(s, theta, output_size=n, filter_name=FILTER, circle=False) for s in coarse])

@@ -82,6 +82,7 @@ from dd_medical.core.operators import (
     hu_to_attenuation,
     random_mask,
 )
+from dd_medical.simulation import ELECTRONIC_COUNTS, MU_WATER_PER_MM, photon_counts  # noqa: F401 (documented)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -108,8 +109,6 @@ MRI_GRIDS = {
 }
 MRI_ITERATIONS = {"SENSE": 100, "l1-wavelet": 200, "TV": 300}
 
-MU_WATER_PER_MM = 0.02
-ELECTRONIC_COUNTS = 10.0
 DOSES = {"1e5 photons": 1e5, "1e4 photons": 1e4}
 VIEWS = (60, 120)
 #: TV weights tried for CT (attenuation relative to water; data term in units of the noise variance, so about
@@ -493,9 +492,7 @@ def to_detector(fine_sino: np.ndarray, size: int, views: int, detectors: int, ax
 def measure(line: np.ndarray, photons: float, pixel_mm: float, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray]:
     """Noisy line integrals (same units as ``line``, relative attenuation x pixels) and the detected counts."""
-    p = line * MU_WATER_PER_MM * pixel_mm
-    counts = rng.poisson(photons * np.exp(-p)) + rng.normal(0.0, ELECTRONIC_COUNTS, p.shape)
-    counts = np.maximum(counts, 1.0)
+    counts = photon_counts(line * MU_WATER_PER_MM * pixel_mm, photons, rng)
     return (-np.log(counts / photons) / (MU_WATER_PER_MM * pixel_mm)).astype(np.float32), counts.astype(np.float32)
 
 

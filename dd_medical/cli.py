@@ -284,17 +284,25 @@ def denoise(input_path: Path, output_path: Path, settings: Settings, batch_size:
 @cli.command()
 @click.option("--output", "output_dir", type=click.Path(path_type=Path), default=Path("dd-medical-demo"),
               show_default=True, help="Folder for the derived DICOM series and the PNG panel.")
-@click.option("--noise-hu", type=float, default=None,
-              help="Gaussian noise added, in HU [default: 25/255 of a 2000 HU window, ~196 HU].")
+@click.option("--photons", type=click.FloatRange(min=1), default=None,
+              help="Photons incident on each ray of the simulated scan (fewer: noisier) [default: 1e4, a low-dose "
+                   "scan].")
+@click.option("--noise-hu", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Instead of a simulated scan, add white Gaussian noise of this standard deviation (HU) to the "
+                   "phantom.")
 @_fit_options("denoise", default_preset="fast")
 @_handle_errors
-def demo(output_dir: Path, noise_hu: float | None, settings: Settings, batch_size: int | None, device: str) -> None:
-    """Denoise the shipped CT phantom series with known added noise, and measure the result."""
-    from .demo import DEMO_NOISE_HU, run_demo
+def demo(output_dir: Path, photons: float | None, noise_hu: float | None, settings: Settings, batch_size: int | None,
+         device: str) -> None:
+    """Scan the shipped CT phantom series at low dose (simulated: photon counts, filtered back-projection), denoise
+    the scan, and measure the result against the same scan without noise."""
+    from .demo import DEMO_PHOTONS, run_demo
 
+    if photons is not None and noise_hu is not None:
+        _fail("--photons and --noise-hu are two kinds of noise: give one")
     config = settings.resolve("denoise")
-    report = run_demo(output_dir, noise_hu=DEMO_NOISE_HU if noise_hu is None else noise_hu, config=config,
-                      device=device, batch_size=batch_size, seed=config.seed)
+    report = run_demo(output_dir, photons=DEMO_PHOTONS if photons is None else photons, noise_hu=noise_hu,
+                      config=config, device=device, batch_size=batch_size, seed=config.seed)
     click.echo(report)
     if report.fidelity is not None and not report.fidelity.passed:
         sys.exit(EXIT_FIDELITY)
@@ -380,6 +388,10 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--views", type=int, default=None, help="CT: number of views [--simulate ct: 60].")
 @click.option("--arc", "arc_deg", type=float, default=180.0, show_default=True,
               help="CT: angular range of the views in degrees (< 180: limited angle).")
+@click.option("--photons", type=click.FloatRange(min=1), default=None,
+              help="--simulate ct: a noisy scan with this many photons incident on each ray (about 1e5 routine "
+                   "dose, 1e4 low dose; Poisson counts plus electronic noise; the path lengths from INPUT's pixel "
+                   "spacing in mm) [default: noise-free].")
 @click.option("--missing", type=float, default=0.5, show_default=True,
               help="Inpainting: fraction of pixels removed (--simulate inpaint).")
 @click.option("--image-size", type=int, default=None, help="CT sinogram input: image size N [default: from detectors].")
@@ -401,8 +413,8 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
-                mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, missing: float,
-                image_size: int | None, real_object: bool, architecture: str | None,
+                mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, photons: float | None,
+                missing: float, image_size: int | None, real_object: bool, architecture: str | None,
                 tv_weight: float | None, output_kind: str | None, uncertainty_path: Path | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
@@ -437,7 +449,8 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
         sim = api.simulate(like.array, simulate_kind, modality=like.modality, acceleration=acceleration,
                            center_fraction=center_fraction, mask_type=mask_type,
                            mask=load_mask(mask_path) if mask_path else None, views=60 if views is None else views,
-                           arc_deg=arc_deg, missing=missing, seed=settings.overrides["seed"], real_object=real_object)
+                           arc_deg=arc_deg, missing=missing, seed=settings.overrides["seed"], real_object=real_object,
+                           photons=photons, pixel_mm=float(like.spacing[0]))
         measurements, operator = sim.measurements, sim.operator
     else:
         measurements, operator, modality = read_raw(input_path, mask_path=mask_path, views=views, arc_deg=arc_deg,
@@ -490,6 +503,7 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
 _APPLIES = {"acceleration": ("simulate mri",), "center_fraction": ("simulate mri",), "mask_type": ("simulate mri",),
             "real_object": ("simulate mri",), "mask_path": ("simulate mri", "raw mri", "raw sense"),
             "views": ("simulate ct", "raw ct"), "arc_deg": ("simulate ct", "raw ct"), "image_size": ("raw ct",),
+            "photons": ("simulate ct",),
             "missing": ("simulate inpaint",)}
 _CONTEXTS = {"raw mri": "raw k-space", "raw sense": "raw k-space", "raw ct": "a raw sinogram"}
 

@@ -6,11 +6,14 @@ import dd_medical
 
 sim = simulate(mr_slices, "mri", modality="MR", acceleration=4, center_fraction=0.08)   # (D, H, W) magnitudes
 image = dd_medical.reconstruct(sim.measurements, sim.operator)                          # (D, H, W) RSS magnitude
+
+ct = simulate(ct_slices_hu, "ct", views=60, downsample=2, photons=1e4, pixel_mm=0.8)      # a low-dose scan
 ```
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +34,11 @@ from .core.operators import (
 from .errors import InputError
 from .pipeline import check_slices
 
+#: Linear attenuation of water (1/mm) at a typical CT effective energy (about 70 keV), for photon statistics.
+MU_WATER_PER_MM = 0.02
+#: Standard deviation of the detector's electronic noise, in detected photons per ray.
+ELECTRONIC_COUNTS = 10.0
+
 
 @dataclass
 class Simulation:
@@ -42,12 +50,23 @@ class Simulation:
         operator: the forward model that produced them.
         reference: ``(D, H, W)`` float32, the ground truth in the reconstruction's scale.
         to_input_units: maps a reconstruction (reconstruction scale) back to the input's units (e.g. HU).
+        counts: CT with ``photons``: the detected counts ``(D, views, detectors)`` float32 the sinogram was made
+            from (each ray's statistical weight, :meth:`ParallelBeamRadon.with_ray_weights`); otherwise ``None``.
     """
 
     measurements: torch.Tensor
     operator: ForwardModel
     reference: np.ndarray
     to_input_units: Callable[[np.ndarray], np.ndarray]
+    counts: np.ndarray | None = None
+
+
+def photon_counts(path: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """Detected counts of rays through ``path`` (dimensionless line integrals ``mu * length``, any shape) from
+    ``photons`` incident on each: Poisson counts plus Gaussian electronic noise (:data:`ELECTRONIC_COUNTS`), at
+    least 1 (a detector reports a positive signal), float64. ``-log(counts / photons)`` is the measured path."""
+    counts = rng.poisson(photons * np.exp(-path)) + rng.normal(0.0, ELECTRONIC_COUNTS, path.shape)
+    return np.maximum(counts, 1.0)
 
 
 def simulate(
@@ -65,6 +84,8 @@ def simulate(
     seed: int = 0,
     real_object: bool = False,
     downsample: int = 1,
+    photons: float | None = None,
+    pixel_mm: float = 1.0,
 ) -> Simulation:
     """Simulate measurements of ``images`` ``(D, H, W)`` (or ``(H, W)``).
 
@@ -90,6 +111,12 @@ def simulate(
             ``s >= 2`` the measurements hold detail and a discretisation the reconstruction's model does not
             share, so simulating and reconstructing do not use the same discrete operator (the "inverse crime"
             that flatters every method on ``s = 1``, the default). ``H`` and ``W`` must be multiples of ``s``.
+        photons: CT: a noisy scan with this many photons incident on each ray (about 1e5 routine dose, 1e4 low
+            dose; :func:`photon_counts`): the measured line integrals are ``-log(counts / photons)``, so noise is
+            strongest through the densest paths and rays starved of photons are biased, as a scanner's are.
+            ``Simulation.counts`` holds the counts. Default ``None``: noise-free. Needs CT images in HU (attenuation
+            from :data:`MU_WATER_PER_MM`) and ``pixel_mm``.
+        pixel_mm: CT with ``photons``: the images' pixel size in mm (square pixels), which sets each path's length.
     """
     slices = check_slices(images, "image")
     depth, height, width = slices.shape
@@ -100,7 +127,9 @@ def simulate(
         raise InputError(f"downsample applies to CT simulation only (got {kind!r})")
     if height % downsample or width % downsample:
         raise InputError(f"image size {height}x{width} is not a multiple of downsample {downsample}")
-    if resolve_modality(modality, slices) == "CT":  # HU
+    is_ct = resolve_modality(modality, slices) == "CT"
+    _check_photons(kind, is_ct, photons, pixel_mm)
+    if is_ct:  # HU
         reference, back = hu_to_attenuation(slices), attenuation_to_hu
     else:
         if slices.min() < 0:
@@ -130,6 +159,9 @@ def simulate(
                                      subpixels=2)
             y = fine.forward(x).reshape(depth, 1, views, op.detectors, s).sum(-1) / s**2
             reference = reference.reshape(depth, height // s, s, width // s, s).mean(axis=(2, 4))
+        if photons is not None:
+            y, counts = photon_noise(y, photons, pixel_mm * s, seed)
+            return Simulation(y, op, reference, back, counts)
     elif kind == "inpaint":
         if not 0 <= missing < 1:
             raise InputError(f"missing fraction must be in [0, 1), got {missing}")
@@ -139,3 +171,25 @@ def simulate(
     else:
         raise InputError(f"unknown simulation {kind!r}; choose mri, ct or inpaint")
     return Simulation(y, op, reference, back)
+
+
+def _check_photons(kind: str, is_ct: bool, photons: float | None, pixel_mm: float) -> None:
+    if photons is None:
+        return
+    if kind != "ct" or not is_ct:
+        raise InputError(f"photons applies to CT images in HU simulated as 'ct' (got {kind!r} of non-CT images)"
+                         if kind == "ct" else f"photons applies to CT simulation only (got {kind!r})")
+    if not (math.isfinite(photons) and photons >= 1):
+        raise InputError(f"photons must be a finite count >= 1 per ray, got {photons}")
+    if not (math.isfinite(pixel_mm) and pixel_mm > 0):
+        raise InputError(f"pixel_mm must be a positive size in mm, got {pixel_mm}")
+
+
+def photon_noise(y: torch.Tensor, photons: float, pixel_mm: float, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """A noisy scan of noise-free sinograms ``y`` ``(D, 1, views, detectors)`` (line integrals of attenuation
+    relative to water, in pixels of ``pixel_mm`` mm): the measured line integrals, same shape and units, and the
+    detected counts ``(D, views, detectors)`` float32 (:func:`photon_counts`, ``photons`` per ray, seeded)."""
+    scale = MU_WATER_PER_MM * pixel_mm
+    counts = photon_counts(np.maximum(y.double().numpy(), 0.0) * scale, photons, np.random.default_rng(seed))
+    noisy = -np.log(counts / photons) / scale
+    return torch.from_numpy(noisy.astype(np.float32)), counts[:, 0].astype(np.float32)

@@ -3,7 +3,8 @@
     python plugin/make_images.py        # plugin/DDMedical.png, the module's icon, plugin/Screenshots/1.png
     python plugin/make_images.py --out /tmp/x --iterations 20      # a quick trial elsewhere
 
-The data are those of ``dd-medical demo``: the phantom series with Gaussian noise of ``DEMO_NOISE_HU`` (seed 0);
+The data are those of ``dd-medical demo``: the phantom series scanned at low dose (simulated with ``DEMO_PHOTONS``
+photons per ray, seed 0, ``dd_medical.demo.low_dose_scan``);
 the middle slice is denoised the way the Deep Decoder module does it, ``dd_medical.api.denoise`` with the
 ``medium`` strength (about 2 minutes on one CPU core). The screenshot is rendered with Pillow, not captured in
 Slicer: three slice views as Slicer shows them (input | Deep Decoder output | the output with the uncertainty map
@@ -113,28 +114,28 @@ def render_screenshot(noisy: np.ndarray, denoised: np.ndarray, settings: dict[st
     draw.text((panel_width // 2 - 16, y + 2), "100%", fill=(255, 255, 255), font=_font(13))
     draw.text((10, y + 26), "Done", fill=(0, 0, 0), font=_font(13))
     shot.paste(panel, (0, 0))
-    shot.paste(_slice_view(noisy, "phantom + noise"), (panel_width + gap, 0))
-    shot.paste(_slice_view(denoised, "phantom + noise DD"), (panel_width + 2 * gap + VIEW, 0))
-    shot.paste(_slice_view(denoised, "phantom + noise DD", sd, "phantom + noise DD SD"),
+    shot.paste(_slice_view(noisy, "phantom LD"), (panel_width + gap, 0))
+    shot.paste(_slice_view(denoised, "phantom LD DD"), (panel_width + 2 * gap + VIEW, 0))
+    shot.paste(_slice_view(denoised, "phantom LD DD", sd, "phantom LD DD SD"),
                (panel_width + 3 * gap + 2 * VIEW, 0))
     return shot
 
 
 def demo_slice(iterations: int = 0, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """The middle slice of ``dd-medical demo``'s noisy phantom series, that slice denoised as the module does it
+    """The middle slice of ``dd-medical demo``'s low-dose scan of the phantom, that slice denoised as the module does it
     (``medium``; ``iterations`` > 0 overrides the preset's), its uncertainty map, and the settings shown in the
     screenshot."""
     from dd_medical.api import denoise
-    from dd_medical.demo import DEMO_NOISE_HU, sample_series_dir
+    from dd_medical.demo import DEMO_PHOTONS, low_dose_scan, sample_series_dir
     from dd_medical.io import read_volume
 
     clean = read_volume(sample_series_dir())
-    noisy = clean.array + np.random.default_rng(0).normal(0.0, DEMO_NOISE_HU, clean.shape).astype(np.float32)
+    noisy, _ = low_dose_scan(clean.array, float(clean.spacing[0]), DEMO_PHOTONS, seed=0)
     middle = noisy[clean.shape[0] // 2][None]
     denoised, sd = denoise(middle, "medium", device=device, progress=False, seed=0, modality=clean.modality,
                            iterations=iterations or None, uncertainty=True)
-    settings = {"Input volume": "phantom + noise", "Output volume": "phantom + noise DD",
-                "Uncertainty (SD)": "phantom + noise DD SD", "Strength": "medium",
+    settings = {"Input volume": "phantom LD", "Output volume": "phantom LD DD",
+                "Uncertainty (SD)": "phantom LD DD SD", "Strength": "medium",
                 "Modality": f"auto: {clean.modality} (DICOM)",
                 "Iterations": str(iterations) if iterations else "preset",
                 "Channels": "preset", "Blocks": "preset", "Ensemble": "preset", "Device": device,

@@ -102,11 +102,32 @@ def test_demo_writes_series_and_panel_and_reports_psnr(tmp_path):
                     "--device", "cpu")
     assert code in WRITTEN, out
     assert "mean" in out and "PSNR" in out and "fidelity check" in out
+    assert "low-dose scan (10000 photons per ray" in out and "against the same scan without noise" in out
     assert len(list((out_dir / "denoised_series").glob("*.dcm"))) == 8
     panel = sitk.ReadImage(str(out_dir / "demo_panel.png"))
     assert panel.GetSize()[0] > 4 * 384  # four labelled tiles, enlarged to at least 384 px
-    code, _ = run("demo", "--output", str(out_dir), "--iterations", "5", "--channels", "4", "--blocks", "3")
+    code, out = run("demo", "--output", str(out_dir), "--iterations", "5", "--channels", "4", "--blocks", "3",
+                    "--noise-hu", "50")
     assert code in WRITTEN  # an earlier demo folder is replaced
+    assert "white Gaussian noise of 50 HU" in out and "against the clean series" in out
+    code, out = run("demo", "--output", str(out_dir), "--photons", "1e5", "--noise-hu", "50")
+    assert code == 2 and "give one" in out
+
+
+def test_the_demo_scan_has_correlated_noise_of_a_low_dose_scan():
+    from dd_medical.demo import DEMO_PHOTONS, low_dose_scan, sample_series_dir
+
+    series = read_volume(sample_series_dir())
+    noisy, noise_free = low_dose_scan(series.array[:1], float(series.spacing[0]), DEMO_PHOTONS)
+    assert noisy.shape == noise_free.shape == (1, *series.shape[1:])
+    body = series.array[0] > -500
+    error = (noisy - noise_free)[0]
+    assert 30 < float(error[body].std()) < 90  # a low-dose scan's noise in HU, not the 196 HU of the earlier demo
+    pairs = body[:, 1:] & body[:, :-1]
+    across = float(np.corrcoef(error[:, :-1][pairs], error[:, 1:][pairs])[0, 1])
+    assert abs(across) > 0.1  # FBP noise: neighbours are correlated, unlike white noise
+    typical = float(np.median(np.abs(noise_free[0] - series.array[0])[body]))
+    assert typical < 10  # the noise-free scan is the phantom, up to the scan's resolution at edges (HU)
 
 
 def test_console_script_help_and_version():

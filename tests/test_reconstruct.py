@@ -231,6 +231,34 @@ def test_simulation_rejects_bad_parameters():
         simulate(hu, "mri", downsample=2)
     with pytest.raises(InputError, match="whole number"):
         simulate(hu, "ct", downsample=1.5)
+    with pytest.raises(InputError, match="CT simulation only"):
+        simulate(hu, "mri", photons=1e4)
+    with pytest.raises(InputError, match="CT images in HU"):
+        simulate((hu + 1000) / 1000, "ct", modality="MR", photons=1e4)
+    with pytest.raises(InputError, match="finite count >= 1"):
+        simulate(hu, "ct", photons=float("nan"))
+    with pytest.raises(InputError, match="positive size in mm"):
+        simulate(hu, "ct", photons=1e4, pixel_mm=0)
+
+
+def test_ct_simulation_counts_photons_like_a_scanner():
+    hu = phantom_hu(2, 32)
+    clean = simulate(hu, "ct", views=16, downsample=2)
+    assert clean.counts is None
+    sims = {p: simulate(hu, "ct", views=16, downsample=2, photons=p, pixel_mm=2.0, seed=3) for p in (1e5, 1e3)}
+    again = simulate(hu, "ct", views=16, downsample=2, photons=1e3, pixel_mm=2.0, seed=3)
+    assert torch.equal(again.measurements, sims[1e3].measurements)  # deterministic given the seed
+    errors = {}
+    for photons, sim in sims.items():
+        assert sim.counts.shape == (2, 16, sim.operator.detectors) and sim.counts.min() >= 1
+        np.testing.assert_array_equal(sim.reference, clean.reference)
+        path = clean.measurements[:, 0].double().numpy() * 0.02 * 4.0  # mu_water 0.02/mm, 4 mm reconstruction pixels
+        expected = photons * np.exp(-path)
+        assert np.allclose(sim.counts, expected, rtol=0.2, atol=60)  # Poisson + 10 electronic counts about it
+        errors[photons] = (sim.measurements - clean.measurements)[:, 0].numpy()
+        through = expected < 0.95 * photons  # rays that cross the body: the noise is strongest where counts are few
+        assert errors[photons][through].std() > errors[photons][~through].std()
+    assert errors[1e3].std() > 5 * errors[1e5].std()  # 100 times fewer photons: about 10 times the noise
 
 
 def test_ct_simulation_from_a_finer_grid_avoids_the_inverse_crime():
@@ -295,6 +323,18 @@ def test_cli_simulates_ct_from_a_dicom_series_and_writes_a_derived_series(tmp_pa
     assert recon.array.min() > -1500 and recon.array.max() < 3000  # HU, not attenuation
     (first, *_) = sorted(out.rglob("*.dcm"))
     assert f"TV weight={CT_TV_WEIGHT:g}" in pydicom.dcmread(first).DerivationDescription
+
+
+def test_cli_simulates_a_low_dose_ct_scan_and_refuses_photons_elsewhere(tmp_path):
+    series = tmp_path / "series"
+    write_phantom_series(series, depth=1, size=32)
+    result = CliRunner().invoke(cli, ["reconstruct", str(series), str(tmp_path / "a.nii.gz"), "--simulate", "ct",
+                                      "--views", "16", "--photons", "1e4", *CLI_FIT])
+    assert result.exit_code in (0, EXIT_FIDELITY), result.output
+    assert read_volume(tmp_path / "a.nii.gz").shape == (1, 32, 32)
+    result = CliRunner().invoke(cli, ["reconstruct", str(series), str(tmp_path / "b.nii.gz"), "--simulate", "mri",
+                                      "--photons", "1e4", *CLI_FIT])
+    assert result.exit_code == 2 and "--photons applies to --simulate ct" in result.output
 
 
 def test_cli_conv_decoder_is_recorded_in_the_derived_series(tmp_path):
