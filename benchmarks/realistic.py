@@ -40,8 +40,10 @@ non-negativity by PDHG (:func:`tv_weighted`: ``benchmarks/baselines.py``'s ``tv_
 its proximal step; no library on PyPI runs it on this projector), its data term weighted by the inverse variance of
 each ray from its measured count (:func:`count_weights`; ``--ct-weighting none``: one weight for all rays),
 :data:`CT_TV_ITERATIONS` iterations; ``dd-medical``: :func:`dd_medical.reconstruct` with the
-``reconstruct/ct`` defaults on the same operator (its data term weights every ray alike; ``--decoder-weighting
-counts``: by its detected counts, :class:`~dd_medical.core.operators.ParallelBeamRadon`'s ``ray_weights``).
+``reconstruct/ct`` defaults on the same operator weighted by the detected counts as the package weighs a scan's
+counts (:meth:`~dd_medical.core.operators.ParallelBeamRadon.with_counts`: rays starved of photons count in proportion
+to their counts, the rest alike; ``--decoder-weighting counts``: every ray by its counts, ``ray_weights``;
+``none``: every ray alike, as for a sinogram read without its counts).
 
 **Calibration.** Every regularisation weight is chosen on separate calibration images (:func:`mri_images`,
 :func:`ct_images`: never a test image; slices of the same shared volumes away from the test slices where the shared
@@ -150,7 +152,7 @@ class Options:
     ct_tv_iterations: int = CT_TV_ITERATIONS
     ct_weighting: str = "counts"
     coil_maps: str = "espirit"
-    decoder_weighting: str = "none"
+    decoder_weighting: str = "capped"
     decoder: dict[str, object] = field(default_factory=dict)
     decoder_rows: bool = True
     workers: int = 1
@@ -641,16 +643,20 @@ def _members(config) -> int:
     return config.ensemble * (2 if config.architecture == "both" else 1)
 
 
-def run_decoder(measurements, operator, config, device: str) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """``dd_medical.reconstruct`` of one slice: ``(image (H, W), members' spread (H, W) or None, seconds)``."""
+def run_decoder(measurements, operator, config, device: str) -> tuple[np.ndarray, np.ndarray | None, float, dict]:
+    """``dd_medical.reconstruct`` of one slice: ``(image (H, W), members' spread (H, W) or None, seconds, check)``;
+    ``check``: the reconstruction check's data misfit, disagreement and flag (``check_misfit``,
+    ``check_disagreement``, ``flagged``)."""
     import dd_medical
 
     t0 = time.perf_counter()
-    result = dd_medical.reconstruct(measurements, operator, config=config, device=device, progress=False,
-                                    uncertainty=_members(config) >= 2)
+    result, check = dd_medical.reconstruct(measurements, operator, config=config, device=device, progress=False,
+                                           uncertainty=_members(config) >= 2, report=True)
     seconds = time.perf_counter() - t0
     image, spread = result if isinstance(result, tuple) else (result, None)
-    return np.asarray(image)[0], None if spread is None else np.asarray(spread)[0], seconds
+    (only,) = check.slices
+    figures = {"check_misfit": only.excess, "check_disagreement": only.disagreement, "flagged": only.unreliable}
+    return np.asarray(image)[0], None if spread is None else np.asarray(spread)[0], seconds, figures
 
 
 def _rail(spread: np.ndarray | None, image: np.ndarray, body: np.ndarray, unit: float) -> dict[str, float | None]:
@@ -761,8 +767,8 @@ def run_mri(options: Options, checkpoint: Callable[[list[dict], list[dict]], Non
                                          reconstruction_rss=rss(ifft2c(case.full))[None])
                         measurements, operator, _ = read_raw(path, coil_maps=options.coil_maps)
                         config = decoder_config(f"reconstruct/{operator.kind}", options)
-                        image, spread, seconds = run_decoder(measurements, operator, config, options.device)
-                        add(rows, DECODER, image, seconds, **_rail(spread, image, case.body, 1.0))
+                        image, spread, seconds, check = run_decoder(measurements, operator, config, options.device)
+                        add(rows, DECODER, image, seconds, **_rail(spread, image, case.body, 1.0), **check)
                     if checkpoint is not None:
                         checkpoint(rows, grid)
     return rows, grid
@@ -823,9 +829,10 @@ def run_ct(options: Options, checkpoint: Callable[[list[dict], list[dict]], None
                         mu = tv_ct(op, sino, weights, weight, options.ct_tv_iterations, dev)
                         add(grid, "TV", mu, time.perf_counter() - t0, weight=weight)
                 if role == "test" and options.decoder_rows:
-                    model = op.with_ray_weights(counts) if options.decoder_weighting == "counts" else op
-                    mu, spread, seconds = run_decoder(sino[None, None], model, config, options.device)
-                    add(rows, DECODER, mu, seconds, **_rail(spread, mu, body, 1000.0))
+                    model = op.with_counts(counts) if options.decoder_weighting == "capped" else \
+                        op.with_ray_weights(counts if options.decoder_weighting == "counts" else None)
+                    mu, spread, seconds, check = run_decoder(sino[None, None], model, config, options.device)
+                    add(rows, DECODER, mu, seconds, **_rail(spread, mu, body, 1000.0), **check)
             if checkpoint is not None:
                 checkpoint(rows, grid)
     return rows, grid
@@ -908,8 +915,12 @@ def summarise(rows: list[dict]) -> list[list]:
     return out
 
 
-RAIL_COLUMNS = ("setting", "slices", "below baseline", "spread, below (% of mean)", "spread, others (% of mean)",
-                "AUC (spread flags below)", "Spearman (spread vs gain)")
+RAIL_WHAT = ("The safety rail: per setting, the test slices where dd-medical's body PSNR fell below the cheap "
+             "baseline's (zero-filled; the better FBP), how many of those and of the others the reconstruction "
+             "check flagged as unreliable, and (with two or more decoders per slice) the members' spread.")
+RAIL_COLUMNS = ("setting", "slices", "below baseline", "flagged: below", "flagged: others",
+                "spread, below (% of mean)", "spread, others (% of mean)", "AUC (spread flags below)",
+                "Spearman (spread vs gain)")
 
 
 def _baseline_psnr(rows: list[dict], setting: str, image: str) -> float | None:
@@ -929,27 +940,32 @@ def flag_below_baseline(rows: list[dict]) -> None:
 
 
 def rail(rows: list[dict]) -> list[list]:
-    """Per setting: slices, how many fell below the baseline, the relative spread of those and of the others, the
-    AUC of the relative spread as a detector of "below" (1: every below slice spreads more than every other one),
-    and the Spearman correlation of the spread with the gain (negative: more spread, less gain)."""
+    """Per setting: slices, how many fell below the baseline, how many of those and of the others the reconstruction
+    check flagged (``k/n``), the relative spread of both, the AUC of the relative spread as a detector of "below"
+    (1: every below slice spreads more than every other one), and the Spearman correlation of the spread with the
+    gain (negative: more spread, less gain); the spread's columns are empty with one decoder per slice."""
     from scipy.stats import spearmanr
 
     out = []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         ours = [r for r in rows if r["setting"] == setting and r["method"] == DECODER
-                and r.get("spread_relative") is not None and r.get("below_baseline") is not None]
+                and r.get("below_baseline") is not None]
         if not ours:
             continue
-        below = [100 * r["spread_relative"] for r in ours if r["below_baseline"]]
-        others = [100 * r["spread_relative"] for r in ours if not r["below_baseline"]]
+        flags = [f"{sum(bool(r.get('flagged')) for r in group)}/{len(group)}" if group else ""
+                 for group in ([r for r in ours if r["below_baseline"]], [r for r in ours if not r["below_baseline"]])]
+        spread = [r for r in ours if r.get("spread_relative") is not None]
+        below = [100 * r["spread_relative"] for r in spread if r["below_baseline"]]
+        others = [100 * r["spread_relative"] for r in spread if not r["below_baseline"]]
         auc = ""
         if below and others:
             auc = format(np.mean([(b > o) + 0.5 * (b == o) for b in below for o in others]), ".2f")
         rho = ""
-        if len(ours) >= 3:
-            value = spearmanr([r["spread_relative"] for r in ours], [r["gain_db"] for r in ours]).statistic
+        if len(spread) >= 3:
+            value = spearmanr([r["spread_relative"] for r in spread], [r["gain_db"] for r in spread]).statistic
             rho = "" if not np.isfinite(value) else format(float(value), "+.2f")
-        out.append([setting, len(ours), len(below), _mean_se(below, ".2f"), _mean_se(others, ".2f"), auc, rho])
+        out.append([setting, len(ours), sum(r["below_baseline"] for r in ours), *flags, _mean_se(below, ".2f"),
+                    _mean_se(others, ".2f"), auc, rho])
     return out
 
 
@@ -978,9 +994,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"CT TV-PDHG iterations (default {CT_TV_ITERATIONS})")
     group.add_argument("--ct-weighting", choices=("counts", "none"), default="counts",
                        help="CT TV data term: weighted by the measured counts (default) or not")
-    group.add_argument("--decoder-weighting", choices=("counts", "none"), default="none",
-                       help="CT decoder: weigh each ray's residual by its detected counts (ParallelBeamRadon's "
-                            "ray_weights), or every ray alike (the default of a sinogram read from a file)")
+    group.add_argument("--decoder-weighting", choices=("capped", "counts", "none"), default="capped",
+                       help="CT decoder: rays starved of photons weighted by their counts, the rest alike "
+                            "(ParallelBeamRadon.with_counts, the default); every ray by its counts (ray_weights); or "
+                            "every ray alike (a sinogram read without its counts)")
     group.add_argument("--coil-maps", choices=("espirit", "none"), default="espirit",
                        help="MRI decoder: one complex image through ESPIRiT coil maps (SENSE, the package's model for "
                             "multi-coil k-space), or every coil image fitted and combined by root-sum-of-squares")
@@ -1072,10 +1089,12 @@ def main(args: argparse.Namespace, argv: list[str] | None) -> None:
         clean = lambda r: {k: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
                            for k, v in r.items()}
         described = what(options)
+        rail_rows = rail(rows)
+        tables = [dict(what=RAIL_WHAT, columns=list(RAIL_COLUMNS), rows=rail_rows)] if rail_rows else []
         return dict(title=title, topic="reconstruction", lead=not options.quick,
                     what=described + (f" {args.note}" if args.note else ""), machine=machine_tag(options.device),
                     source="benchmarks/realistic.py", columns=list(SUMMARY_COLUMNS), rows=summarise(rows),
-                    rail_columns=list(RAIL_COLUMNS), rail_rows=rail(rows), calibrated_weights=chosen,
+                    rail_columns=list(RAIL_COLUMNS), rail_rows=rail_rows, tables=tables, calibrated_weights=chosen,
                     geometry=checks, options={k: (str(v) if isinstance(v, Path) else v)
                                               for k, v in asdict(options).items()},
                     decoder={task: asdict(decoder_config(task, options))

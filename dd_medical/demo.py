@@ -21,7 +21,7 @@ from .metrics import psnr, ssim
 from .presets import resolve
 from .simulation import photon_noise, simulate
 
-#: Photons incident on each ray of the demo's simulated scan: a low-dose scan (about 55 HU of FBP noise in the
+#: Photons incident on each ray of the demo's simulated scan: a low-dose scan (about 45 HU of FBP noise in the
 #: phantom's soft tissue; 1e5 would be about routine dose).
 DEMO_PHOTONS = 1e4
 EVAL_WINDOW = Window(-1000.0, 1000.0)  # PSNR/SSIM are computed on this window mapped to [0, 1]

@@ -114,7 +114,9 @@ def simulate(
         photons: CT: a noisy scan with this many photons incident on each ray (about 1e5 routine dose, 1e4 low
             dose; :func:`photon_counts`): the measured line integrals are ``-log(counts / photons)``, so noise is
             strongest through the densest paths and rays starved of photons are biased, as a scanner's are.
-            ``Simulation.counts`` holds the counts. Default ``None``: noise-free. Needs CT images in HU (attenuation
+            ``Simulation.counts`` holds the counts, and the operator weighs each ray by them
+            (:meth:`ParallelBeamRadon.with_counts`), as a reconstruction from the scanner's counts would. Default
+            ``None``: noise-free. Needs CT images in HU (attenuation
             from :data:`MU_WATER_PER_MM`) and ``pixel_mm``.
         pixel_mm: CT with ``photons``: the images' pixel size in mm (square pixels), which sets each path's length.
     """
@@ -161,7 +163,7 @@ def simulate(
             reference = reference.reshape(depth, height // s, s, width // s, s).mean(axis=(2, 4))
         if photons is not None:
             y, counts = photon_noise(y, photons, pixel_mm * s, seed)
-            return Simulation(y, op, reference, back, counts)
+            return Simulation(y, op.with_counts(counts), reference, back, counts)
     elif kind == "inpaint":
         if not 0 <= missing < 1:
             raise InputError(f"missing fraction must be in [0, 1), got {missing}")

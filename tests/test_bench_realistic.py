@@ -237,13 +237,23 @@ def test_pick_calibrates_on_calibration_images_only():
 
 def test_rail_counts_slices_below_the_baseline_and_scores_the_spread():
     rows = []
-    for i, (ours, base, spread) in enumerate([(30, 25, 0.01), (20, 25, 0.05), (28, 27, 0.02), (22, 24, 0.04)]):
+    for i, (ours, base, spread, flagged) in enumerate([(30, 25, 0.01, False), (20, 25, 0.05, True),
+                                                       (28, 27, 0.02, True), (22, 24, 0.04, False)]):
         rows += [dict(setting="MRI 4x", image=str(i), method="zero-filled RSS", psnr_body=base),
-                 dict(setting="MRI 4x", image=str(i), method="dd-medical", psnr_body=ours, spread_relative=spread)]
+                 dict(setting="MRI 4x", image=str(i), method="dd-medical", psnr_body=ours, spread_relative=spread,
+                      flagged=flagged)]
+        rows += [dict(setting="CT", image=str(i), method="FBP Hann", psnr_body=base),
+                 dict(setting="CT", image=str(i), method="dd-medical", psnr_body=ours, spread_relative=None,
+                      flagged=not flagged)]
     realistic.flag_below_baseline(rows)
-    assert [r["below_baseline"] for r in rows if r["method"] == "dd-medical"] == [False, True, False, True]
-    ((setting, n, below, _, _, auc, rho),) = realistic.rail(rows)
-    assert (setting, n, below, auc) == ("MRI 4x", 4, 2, "1.00") and float(rho) < 0
+    assert [r["below_baseline"] for r in rows if r["method"] == "dd-medical"] == [False] * 2 + [True] * 2 + [
+        False] * 2 + [True] * 2
+    mri, ct = realistic.rail(rows)
+    assert len(mri) == len(realistic.RAIL_COLUMNS)
+    (setting, n, below, flagged_below, flagged_others, _, _, auc, rho) = mri
+    assert (setting, n, below, flagged_below, flagged_others, auc) == ("MRI 4x", 4, 2, "1/2", "1/2", "1.00")
+    assert float(rho) < 0
+    assert ct[:5] == ["CT", 4, 2, "1/2", "1/2"] and ct[5:] == ["", "", "", ""]  # one decoder: no spread
 
 
 def test_grid_pool_gives_the_serial_results():

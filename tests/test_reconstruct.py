@@ -10,6 +10,7 @@ import dd_medical
 from dd_medical.cli import EXIT_FIDELITY, cli
 from dd_medical.core.fit import FitConfig, fit
 from dd_medical.core.operators import (
+    FULL_WEIGHT_COUNTS,
     SUBPIXELS,
     CartesianFourier,
     GaussianProjection,
@@ -259,6 +260,35 @@ def test_ct_simulation_counts_photons_like_a_scanner():
         through = expected < 0.95 * photons  # rays that cross the body: the noise is strongest where counts are few
         assert errors[photons][through].std() > errors[photons][~through].std()
     assert errors[1e3].std() > 5 * errors[1e5].std()  # 100 times fewer photons: about 10 times the noise
+
+
+def test_ct_counts_weigh_only_the_rays_starved_of_photons():
+    op = ParallelBeamRadon(np.linspace(0, 180, 4, endpoint=False), 8)
+    counts = np.full((4, op.detectors), 5e4, np.float32)
+    counts[0, :3] = (1.0, 10.0, 50.0)
+    weights = op.with_counts(counts).ray_weights[0, 0].numpy() ** 2
+    capped = np.minimum(counts, FULL_WEIGHT_COUNTS)
+    np.testing.assert_allclose(weights, capped / capped.mean(), rtol=1e-6)
+    assert weights[0, 0] < weights[0, 1] < weights[0, 2] < weights[1, 0] == weights[3, -1]
+    with pytest.raises(InputError, match="non-negative"):
+        op.with_counts(-counts)
+    with pytest.raises(InputError, match="ray weights must be"):
+        op.with_counts(counts[:, :-1])
+
+
+def test_a_low_dose_scan_reconstructed_with_its_counts_resists_starved_rays():
+    """Long paths (6 mm pixels, 10,000 photons): 9% of the rays detect under 20 photons and their logarithms are
+    biased. The simulation's operator weighs rays by their counts; every ray alike streaks (measured: 21.9 against
+    18.5 dB). With short paths (4 mm: none under 20 photons) the counts change little (30.1 against 30.2 dB)."""
+    config = default_config(ParallelBeamRadon([0.0], 4), channels=16, blocks=4, iterations=300)
+    gains = []
+    for pixel_mm in (6.0, 4.0):
+        sim = simulate(phantom_hu(1, 64), "ct", views=24, downsample=2, photons=1e4, pixel_mm=pixel_mm)
+        assert sim.operator.ray_weights is not None
+        scores = [_psnr(reconstruct_volume(sim.measurements, op, config, device="cpu", progress=False), sim.reference)
+                  for op in (sim.operator, sim.operator.with_ray_weights(None))]
+        gains.append(scores[0] - scores[1])
+    assert gains[0] > 2 and abs(gains[1]) < 0.5
 
 
 def test_ct_simulation_from_a_finer_grid_avoids_the_inverse_crime():
