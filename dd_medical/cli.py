@@ -388,6 +388,9 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @click.option("--views", type=int, default=None, help="CT: number of views [--simulate ct: 60].")
 @click.option("--arc", "arc_deg", type=float, default=180.0, show_default=True,
               help="CT: angular range of the views in degrees (< 180: limited angle).")
+@click.option("--counts", "counts_path", type=click.Path(path_type=Path), default=None,
+              help="A .npy sinogram's detected photon counts (its shape, or (views, detectors) for every slice): "
+                   "rays starved of photons are weighted by their counts, the rest alike.")
 @click.option("--photons", type=click.FloatRange(min=1), default=None,
               help="--simulate ct: a noisy scan with this many photons incident on each ray (about 1e5 routine "
                    "dose, 1e4 low dose; Poisson counts plus electronic noise; the path lengths from INPUT's pixel "
@@ -413,8 +416,9 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
 @_handle_errors
 def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_size: int | None, device: str,
                 simulate_kind: str | None, acceleration: float, center_fraction: float,
-                mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float, photons: float | None,
-                missing: float, image_size: int | None, real_object: bool, architecture: str | None,
+                mask_type: str, mask_path: Path | None, views: int | None, arc_deg: float,
+                counts_path: Path | None, photons: float | None, missing: float, image_size: int | None,
+                real_object: bool, architecture: str | None,
                 tv_weight: float | None, output_kind: str | None, uncertainty_path: Path | None) -> None:
     """Reconstruct undersampled measurements in INPUT into OUTPUT, the untrained decoder as the prior.
 
@@ -454,7 +458,7 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
         measurements, operator = sim.measurements, sim.operator
     else:
         measurements, operator, modality = read_raw(input_path, mask_path=mask_path, views=views, arc_deg=arc_deg,
-                                                    image_size=image_size)
+                                                    image_size=image_size, counts_path=counts_path)
         _refuse_unused(click.get_current_context(), f"raw {operator.kind}")
     config = settings.resolve(f"reconstruct/{operator.kind}", architecture=architecture, tv_weight=tv_weight)
     decoders = config.ensemble * (2 if config.architecture == "both" else 1)
@@ -503,7 +507,7 @@ def reconstruct(input_path: Path, output_path: Path, settings: Settings, batch_s
 _APPLIES = {"acceleration": ("simulate mri",), "center_fraction": ("simulate mri",), "mask_type": ("simulate mri",),
             "real_object": ("simulate mri",), "mask_path": ("simulate mri", "raw mri", "raw sense"),
             "views": ("simulate ct", "raw ct"), "arc_deg": ("simulate ct", "raw ct"), "image_size": ("raw ct",),
-            "photons": ("simulate ct",),
+            "photons": ("simulate ct",), "counts_path": ("raw ct",),
             "missing": ("simulate inpaint",)}
 _CONTEXTS = {"raw mri": "raw k-space", "raw sense": "raw k-space", "raw ct": "a raw sinogram"}
 

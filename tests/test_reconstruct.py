@@ -19,7 +19,7 @@ from dd_medical.core.operators import (
 )
 from dd_medical.errors import InputError
 from dd_medical.io import read_volume, write_image
-from dd_medical.io.raw import load_kspace
+from dd_medical.io.raw import load_kspace, read_raw
 from dd_medical.metrics import psnr
 from dd_medical.phantom import write_phantom_series
 from dd_medical.pipeline import reconstruct_volume
@@ -388,6 +388,30 @@ def test_cli_simulates_mri_of_a_real_object(tmp_path):
                                       "--real-object", *CLI_FIT])
     assert result.exit_code in (0, EXIT_FIDELITY), result.output  # 3: a tiny fit may be flagged
     assert "PSNR" in result.output and read_volume(out).shape == (1, 32, 32)
+
+
+def test_a_raw_sinogram_is_weighted_by_its_counts_file(tmp_path):
+    sim = simulate(phantom_hu(2, 32), "ct", views=16, photons=1e4, pixel_mm=3.0)
+    np.save(tmp_path / "sino.npy", sim.measurements[:, 0].numpy())
+    np.save(tmp_path / "counts.npy", sim.counts)
+    np.save(tmp_path / "one.npy", sim.counts[0])
+    _, plain, _ = read_raw(tmp_path / "sino.npy", image_size=32)
+    assert plain.ray_weights is None
+    _, weighted, _ = read_raw(tmp_path / "sino.npy", image_size=32, counts_path=tmp_path / "counts.npy")
+    torch.testing.assert_close(weighted.ray_weights, sim.operator.ray_weights)
+    _, shared, _ = read_raw(tmp_path / "sino.npy", image_size=32, counts_path=tmp_path / "one.npy")
+    assert shared.ray_weights.shape[0] == 1
+    np.save(tmp_path / "short.npy", sim.counts[:, :, :-1])
+    with pytest.raises(InputError, match="short.npy.*counts must be real, of the sinogram's shape"):
+        read_raw(tmp_path / "sino.npy", image_size=32, counts_path=tmp_path / "short.npy")
+    np.save(tmp_path / "negative.npy", -sim.counts)
+    with pytest.raises(InputError, match="negative.npy.*non-negative"):
+        read_raw(tmp_path / "sino.npy", image_size=32, counts_path=tmp_path / "negative.npy")
+    image = tmp_path / "slice.nii.gz"
+    write_image(Volume(phantom_hu(1, 32), modality="CT"), image)
+    result = CliRunner().invoke(cli, ["reconstruct", str(image), str(tmp_path / "x.nii.gz"), "--simulate", "ct",
+                                      "--counts", str(tmp_path / "counts.npy"), *CLI_FIT])
+    assert result.exit_code == 2 and "--counts applies to a raw sinogram" in result.output
 
 
 def test_cli_rejects_bad_simulation_settings_and_raw_sinograms(tmp_path):

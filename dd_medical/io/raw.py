@@ -114,6 +114,7 @@ def read_raw(
     arc_deg: float = 180.0,
     image_size: int | None = None,
     coil_maps: str = "espirit",
+    counts_path: str | Path | None = None,
 ) -> tuple[torch.Tensor, ForwardModel, str]:
     """Raw measurements and their forward model from a file: ``(measurements, operator, modality)``.
 
@@ -125,6 +126,9 @@ def read_raw(
     root-sum-of-squares. A real ``.npy`` sinogram ``(D, views, detectors)`` gives a
     :class:`ParallelBeamRadon` with ``views`` (must match the file) evenly over ``arc_deg`` degrees and an image of
     ``image_size`` (default: the largest square the detector covers), with :data:`SUBPIXELS`; modality ``"OT"``.
+    ``counts_path``: a sinogram's detected photon counts, ``.npy`` of the sinogram's shape (or one
+    ``(views, detectors)`` for every slice): its rays are weighted by them
+    (:meth:`~dd_medical.core.operators.ParallelBeamRadon.with_counts`).
     """
     input_path, mask_path = Path(path), None if mask_path is None else Path(mask_path)
     if not input_path.exists():
@@ -155,4 +159,22 @@ def read_raw(
         raise InputError(f"sinogram with {detectors} detector bins is too small for an image", input_path)
     op = ParallelBeamRadon(np.linspace(0.0, arc_deg, sino.shape[1], endpoint=False), size, detectors=detectors,
                            subpixels=SUBPIXELS)
+    if counts_path is not None:
+        op = _with_counts(op, Path(counts_path), sino.shape)
     return op.prepare(sino, input_path), op, "OT"
+
+
+def _with_counts(op: ParallelBeamRadon, path: Path, shape: tuple[int, ...]) -> ParallelBeamRadon:
+    """``op`` weighted by the counts in ``path`` (``.npy``, real, the sinogram's ``shape`` or one slice's)."""
+    if not path.exists():
+        raise InputError("path does not exist", path)
+    if path.suffix.lower() != ".npy":
+        raise InputError("counts must be a .npy array", path)
+    counts = _load_npy(path)
+    if np.iscomplexobj(counts) or tuple(counts.shape) not in (tuple(shape), tuple(shape[1:])):
+        raise InputError(f"counts must be real, of the sinogram's shape {tuple(shape)} or {tuple(shape[1:])}; got "
+                         f"{counts.dtype} {counts.shape}", path)
+    try:
+        return op.with_counts(counts)
+    except InputError as err:
+        raise InputError(err.problem, path) from None
