@@ -1015,6 +1015,8 @@ WHAT_MRI = ("simulated multi-coil MRI ({coils} coils, complex noise at SNR {snr:
             "from real slices, with sigpy's zero-filled, SENSE, l1-wavelet and TV (ESPIRiT maps)")
 WHAT_CT = ("simulated low-dose sparse-view CT (Poisson counts plus electronic noise, projected with scikit-image from "
            "a grid twice as fine, {ct} px) from real slices, with scikit-image FBP and count-weighted TV-PDHG")
+DECODER_WEIGHTING = {"capped": "rays weighted by their counts capped at 100 (ParallelBeamRadon.with_counts)",
+                     "counts": "every ray weighted by its counts", "none": "every ray alike"}
 WHAT = ("Calibrated rows take the weight best on separate calibration images; oracle rows the best on the test slice "
         "(upper bounds). Scores inside the body lead; mean ± standard error over the test slices; the last column "
         "counts the slices where dd-medical's body PSNR was higher.")
@@ -1024,6 +1026,8 @@ def what(options: Options) -> str:
     """The record's description of what was run (only the modalities of ``options.only``)."""
     parts = [t for k, t in (("mri", WHAT_MRI), ("ct", WHAT_CT)) if options.only in (None, k)]
     text = " and ".join(parts).format(coils=options.coils, snr=options.snr, mri=options.mri_size, ct=options.ct_size)
+    if options.only in (None, "ct"):
+        text += f"; dd-medical's CT data term: {DECODER_WEIGHTING[options.decoder_weighting]}"
     return f"{text[0].upper()}{text[1:]}. {WHAT}"
 
 
