@@ -425,7 +425,7 @@ def _check(operator: ForwardModel, y: torch.Tensor, images: torch.Tensor, means:
         return misfit, disagreement(model, images[a:z], scattered, decoders)
 
     parts = [r for *_, r in in_batches(y.shape[0], b, dev, figures, what="checking one slice")]
-    floor = operator.noise_floor(y)  # the measurements' own noise, where the model can estimate it (MRI)
+    floor = operator.noise_floor(y)  # the measurements' own noise, where the model can estimate it (MRI, CT counts)
     return gathered(torch.cat([m for m, _ in parts]), None if decoders < 2 else torch.cat([d for _, d in parts]),
                     decoders, operator.baseline_name, noise_floor=floor)
 

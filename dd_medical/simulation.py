@@ -163,7 +163,7 @@ def simulate(
             reference = reference.reshape(depth, height // s, s, width // s, s).mean(axis=(2, 4))
         if photons is not None:
             y, counts = photon_noise(y, photons, pixel_mm * s, seed)
-            return Simulation(y, op.with_counts(counts), reference, back, counts)
+            return Simulation(y, op.with_counts(counts, photons), reference, back, counts)
     elif kind == "inpaint":
         if not 0 <= missing < 1:
             raise InputError(f"missing fraction must be in [0, 1), got {missing}")

@@ -276,6 +276,23 @@ def test_ct_counts_weigh_only_the_rays_starved_of_photons():
         op.with_counts(counts[:, :-1])
 
 
+def test_the_counts_give_ct_a_noise_floor_near_the_noise_alone():
+    """The misfit a noise-free truth leaves in noisy data is the noise's: the floor from the counts is within 15% of
+    it (3 mm pixels, no starved rays), for any scale of the measurements; without counts there is none."""
+    hu = phantom_hu(2, 64)
+    clean = simulate(hu, "ct", views=24, downsample=2).measurements
+    assert simulate(hu, "ct", views=24, downsample=2).operator.noise_floor(clean) is None
+    for photons in (1e4, 1e5):
+        sim = simulate(hu, "ct", views=24, downsample=2, photons=photons, pixel_mm=3.0)
+        op, y = sim.operator, sim.measurements / 3.7  # the pipeline fits measurements divided by FBP's maximum
+        noise = (op.data_loss(clean / 3.7, y).double() / op.data_loss(torch.zeros_like(y), y).double()).sqrt()
+        floor = op.noise_floor(y)
+        assert floor.shape == (2,) and torch.allclose(floor, noise, rtol=0.15), (floor, noise)
+        assert torch.allclose(op.noise_floor(sim.measurements), floor, rtol=1e-6)
+        first = op.slices(0, 1)
+        assert first.counts.shape[0] == 1 and torch.allclose(first.noise_floor(y[:1]), floor[:1], rtol=1e-6)
+
+
 def test_a_low_dose_scan_reconstructed_with_its_counts_resists_starved_rays():
     """Long paths (6 mm pixels, 10,000 photons): 9% of the rays detect under 20 photons and their logarithms are
     biased. The simulation's operator weighs rays by their counts; every ray alike streaks (measured: 21.9 against

@@ -14,8 +14,9 @@
 
 A slice is flagged **unreliable** when either figure exceeds its limit (:data:`MAX_MISFIT`,
 :data:`MAX_DISAGREEMENT`); the misfit counts only its **excess** over the noise where the forward model can estimate
-the measurements' noise (MRI, from the highest readout frequencies: ``ForwardModel.noise_floor``), so that a good
-fit of noisy k-space, which leaves the noise unexplained, is not flagged. How often the flag catches slices that
+the measurements' noise (MRI, from the highest readout frequencies; CT, from the rays' counts:
+``ForwardModel.noise_floor``), so that a good fit of noisy measurements, which leaves the noise unexplained, is not
+flagged. How often the flag catches slices that
 fell below their cheap baseline, and how often it flags the others, is measured in ``docs/reconstruction.md``
 (``benchmarks/reconstruction_check.py``).
 """
@@ -48,7 +49,8 @@ class SliceReconstructionCheck:
         disagreement: the members' standard deviation on the unmeasured part over the RMS of their mean there;
             ``None`` with one decoder per slice.
         noise_floor: the misfit the measurements' noise alone gives a perfect fit
-            (:meth:`~dd_medical.core.operators.ForwardModel.noise_floor`: MRI); ``None`` where it is not known.
+            (:meth:`~dd_medical.core.operators.ForwardModel.noise_floor`: MRI, CT with counts); ``None`` where it is
+            not known.
     """
 
     index: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -135,17 +136,60 @@ class ParallelBeamRadon(ForwardModel):
             raise InputError("ray weights are all zero for a slice")
         return (w / mean.view(-1, 1, 1)).sqrt()[:, None]
 
-    def with_counts(self, counts) -> ParallelBeamRadon:
+    def with_counts(self, counts, photons: float | None = None) -> ParallelBeamRadon:
         """The same geometry with each ray weighted by the photons it detected, ``counts`` ``(views, detectors)``
         or ``(D, views, detectors)`` (one per slice): ``min(counts, FULL_WEIGHT_COUNTS)``. Rays that detected at least
         :data:`FULL_WEIGHT_COUNTS` photons count alike, as in the unweighted fit; rays starved of photons (the
         thickest paths: shoulders, arms beside the body, at low dose) count in proportion to their counts, so that
         their noisy, biased logarithms do not streak the image. Full inverse-variance weighting (every ray by its
-        counts) measured worse with the decoders (``docs/reconstruction.md``)."""
+        counts) measured worse with the decoders (``docs/reconstruction.md``).
+
+        The counts also give the measurements' noise (:meth:`noise_floor`); ``photons``: the photons incident on each
+        ray (default: each slice's largest count, a ray through air)."""
         c = as_float_tensor(counts, "counts")
         if bool((c < 0).any()):
             raise InputError("counts must be non-negative")
-        return self.with_ray_weights(c.clamp(max=FULL_WEIGHT_COUNTS))
+        if photons is not None and not (math.isfinite(photons) and photons > 0):
+            raise InputError(f"photons must be a positive count per ray, got {photons}")
+        weighted = self.with_ray_weights(c.clamp(max=FULL_WEIGHT_COUNTS))
+        weighted = weighted._with_buffer("counts", (c if c.ndim == 3 else c[None])[:, None].to(self.device))
+        weighted.photons = photons
+        return weighted
+
+    def noise_floor(self, y: torch.Tensor) -> torch.Tensor | None:
+        """``(B,)`` float64: the data misfit that the noise of sinograms ``y`` alone leaves a perfect fit, where the
+        counts are known (:meth:`with_counts`; else ``None``). Each ray's variance is that of a Poisson count's
+        logarithm, ``1 / counts``, in ``y``'s units: the logarithms' scale to ``y`` is the median of
+        ``log(photons / counts) / y`` over the rays through the object (fewer than half the photons detected). The
+        detector's electronic noise is left out, so the floor errs low and the check stays strict."""
+        counts = self._buffers.get("counts")
+        if counts is None:
+            return None
+        with torch.no_grad():
+            y = y.to(counts.device).double()
+            c = counts.double().clamp(min=1.0).expand(y.shape[0], *counts.shape[1:])
+            incident = torch.full((y.shape[0],), float(self.photons)) if getattr(self, "photons", None) else \
+                c.flatten(1).max(dim=1).values
+            floors = []
+            for k in range(y.shape[0]):
+                through = (c[k] < 0.5 * incident[k]) & (y[k] > 0)
+                if not bool(through.any()):
+                    floors.append(math.nan)
+                    continue
+                scale = ((incident[k] / c[k][through]).log() / y[k][through]).median()
+                variance = 1.0 / (c[k] * scale**2)
+                weights = 1.0 if self.ray_weights is None else \
+                    self.ray_weights[k % self.ray_weights.shape[0]].double() ** 2
+                spread = (weights * variance).sum(dim=-1).mean()  # E |rfft of a view's weighted noise|^2, any frequency
+                if self.precondition:
+                    freq = torch.fft.rfftfreq(2 * self.detectors, dtype=torch.float64) + self.PRECONDITION_EPSILON
+                    expected = 4 * freq.mean() * spread
+                else:
+                    expected = spread / self.detectors
+                one = y[k : k + 1].float()
+                empty = self.slices(k, k + 1).data_loss(torch.zeros_like(one), one).double()[0]
+                floors.append(float((expected / empty).sqrt()) if float(empty) > 0 else math.nan)
+            return torch.tensor(floors, dtype=torch.float64)
 
     def with_ray_weights(self, ray_weights) -> ParallelBeamRadon:
         """The same geometry, sharing its system matrix, with ``ray_weights`` (see the class; ``None``: none)."""
@@ -153,10 +197,14 @@ class ParallelBeamRadon(ForwardModel):
                                  self._checked_weights(ray_weights).to(self.device))
 
     def slices(self, start: int, stop: int) -> ParallelBeamRadon:
-        """The model of slices ``start:stop`` (their ray weights; the same object when every slice shares them)."""
-        if self.ray_weights is None or self.ray_weights.shape[0] == 1:
-            return self
-        return self._with_buffer("ray_weights", self.ray_weights[start:stop])
+        """The model of slices ``start:stop`` (their ray weights and counts; the same object when every slice shares
+        them)."""
+        part = self
+        for name in ("ray_weights", "counts"):
+            value = part._buffers.get(name)
+            if value is not None and value.shape[0] > 1:
+                part = part._with_buffer(name, value[start:stop])
+        return part
 
     @property
     def views(self) -> int:
