@@ -84,7 +84,7 @@ from dd_medical.core.operators import (
     hu_to_attenuation,
     random_mask,
 )
-from dd_medical.simulation import ELECTRONIC_COUNTS, MU_WATER_PER_MM, photon_counts  # noqa: F401 (documented)
+from dd_medical.simulation import ELECTRONIC_COUNTS, MU_WATER_PER_MM, photon_noise  # noqa: F401 (documented)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -494,8 +494,8 @@ def to_detector(fine_sino: np.ndarray, size: int, views: int, detectors: int, ax
 def measure(line: np.ndarray, photons: float, pixel_mm: float, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray]:
     """Noisy line integrals (same units as ``line``, relative attenuation x pixels) and the detected counts."""
-    counts = photon_counts(line * MU_WATER_PER_MM * pixel_mm, photons, rng)
-    return (-np.log(counts / photons) / (MU_WATER_PER_MM * pixel_mm)).astype(np.float32), counts.astype(np.float32)
+    noisy, counts = photon_noise(torch.from_numpy(np.asarray(line, np.float64))[None, None], photons, pixel_mm, rng)
+    return noisy[0, 0].numpy(), counts[0]
 
 
 def _shift_views(sino: np.ndarray, shifts: np.ndarray) -> np.ndarray:

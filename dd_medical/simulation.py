@@ -51,7 +51,7 @@ class Simulation:
         reference: ``(D, H, W)`` float32, the ground truth in the reconstruction's scale.
         to_input_units: maps a reconstruction (reconstruction scale) back to the input's units (e.g. HU).
         counts: CT with ``photons``: the detected counts ``(D, views, detectors)`` float32 the sinogram was made
-            from (each ray's statistical weight, :meth:`ParallelBeamRadon.with_ray_weights`); otherwise ``None``.
+            from (the operator weighs the rays by them, :meth:`ParallelBeamRadon.with_counts`); otherwise ``None``.
     """
 
     measurements: torch.Tensor
@@ -187,10 +187,12 @@ def _check_photons(kind: str, is_ct: bool, photons: float | None, pixel_mm: floa
         raise InputError(f"pixel_mm must be a positive size in mm, got {pixel_mm}")
 
 
-def photon_noise(y: torch.Tensor, photons: float, pixel_mm: float, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+def photon_noise(y: torch.Tensor, photons: float, pixel_mm: float, seed: int | np.random.Generator = 0
+                 ) -> tuple[torch.Tensor, np.ndarray]:
     """A noisy scan of noise-free sinograms ``y`` ``(D, 1, views, detectors)`` (line integrals of attenuation
     relative to water, in pixels of ``pixel_mm`` mm): the measured line integrals, same shape and units, and the
-    detected counts ``(D, views, detectors)`` float32 (:func:`photon_counts`, ``photons`` per ray, seeded)."""
+    detected counts ``(D, views, detectors)`` float32 (:func:`photon_counts`, ``photons`` per ray; ``seed`` or a
+    generator)."""
     scale = MU_WATER_PER_MM * pixel_mm
     counts = photon_counts(np.maximum(y.double().numpy(), 0.0) * scale, photons, np.random.default_rng(seed))
     noisy = -np.log(counts / photons) / scale

@@ -120,6 +120,8 @@ class ParallelBeamRadon(ForwardModel):
             self.register_buffer("matrix", _csr(rows, cols, values, shape))
             self.register_buffer("transpose", _csr(cols, rows, values, shape[::-1]))
         self.register_buffer("ray_weights", None if ray_weights is None else self._checked_weights(ray_weights))
+        self.register_buffer("counts", None)  # with_counts: (D or 1, 1, views, detectors)
+        self.photons: float | None = None  # with_counts: incident photons per ray (None: each slice's largest count)
 
     def _checked_weights(self, weights) -> torch.Tensor:
         """``sqrt`` of ray weights ``(D or 1, 1, views, detectors)``, each slice's normalised to a mean of 1."""
@@ -162,13 +164,14 @@ class ParallelBeamRadon(ForwardModel):
         logarithm, ``1 / counts``, in ``y``'s units: the logarithms' scale to ``y`` is the median of
         ``log(photons / counts) / y`` over the rays through the object (fewer than half the photons detected). The
         detector's electronic noise is left out, so the floor errs low and the check stays strict."""
-        counts = self._buffers.get("counts")
+        counts = self.counts
         if counts is None:
             return None
         with torch.no_grad():
+            empty = self.data_loss(torch.zeros_like(y), y.to(counts.device)).double()  # (B,) the misfit of nothing
             y = y.to(counts.device).double()
             c = counts.double().clamp(min=1.0).expand(y.shape[0], *counts.shape[1:])
-            incident = torch.full((y.shape[0],), float(self.photons)) if getattr(self, "photons", None) else \
+            incident = torch.full((y.shape[0],), float(self.photons)) if self.photons else \
                 c.flatten(1).max(dim=1).values
             floors = []
             for k in range(y.shape[0]):
@@ -186,9 +189,7 @@ class ParallelBeamRadon(ForwardModel):
                     expected = 4 * freq.mean() * spread
                 else:
                     expected = spread / self.detectors
-                one = y[k : k + 1].float()
-                empty = self.slices(k, k + 1).data_loss(torch.zeros_like(one), one).double()[0]
-                floors.append(float((expected / empty).sqrt()) if float(empty) > 0 else math.nan)
+                floors.append(float((expected / empty[k]).sqrt()) if float(empty[k]) > 0 else math.nan)
             return torch.tensor(floors, dtype=torch.float64)
 
     def with_ray_weights(self, ray_weights) -> ParallelBeamRadon:
@@ -201,7 +202,7 @@ class ParallelBeamRadon(ForwardModel):
         them)."""
         part = self
         for name in ("ray_weights", "counts"):
-            value = part._buffers.get(name)
+            value = getattr(part, name)
             if value is not None and value.shape[0] > 1:
                 part = part._with_buffer(name, value[start:stop])
         return part
