@@ -41,9 +41,10 @@ its proximal step; no library on PyPI runs it on this projector), its data term 
 each ray from its measured count (:func:`count_weights`; ``--ct-weighting none``: one weight for all rays),
 :data:`CT_TV_ITERATIONS` iterations; ``dd-medical``: :func:`dd_medical.reconstruct` with the
 ``reconstruct/ct`` defaults on the same operator weighted by the detected counts as the package weighs a scan's
-counts (:meth:`~dd_medical.core.operators.ParallelBeamRadon.with_counts`: rays starved of photons count in proportion
-to their counts, the rest alike; ``--decoder-weighting counts``: every ray by its counts, ``ray_weights``;
-``none``: every ray alike, as for a sinogram read without its counts).
+counts (:meth:`~dd_medical.core.operators.ParallelBeamRadon.with_counts`: rays short of photons count in proportion
+to their counts, rays starved of them (under ``STARVED_COUNTS``) not at all, the rest alike;
+``--decoder-weighting capped-all``: the starved rays kept, in proportion to their counts; ``counts``: every ray by its
+counts, ``ray_weights``; ``none``: every ray alike, as for a sinogram read without its counts).
 
 **Calibration.** Every regularisation weight is chosen on separate calibration images (:func:`mri_images`,
 :func:`ct_images`: never a test image; slices of the same shared volumes away from the test slices where the shared
@@ -77,6 +78,7 @@ import numpy as np
 import torch
 
 from dd_medical.core.operators import (
+    FULL_WEIGHT_COUNTS,
     SUBPIXELS,
     ParallelBeamRadon,
     attenuation_to_hu,
@@ -545,6 +547,15 @@ def count_weights(counts: np.ndarray, photons: float, pixel_mm: float, weighted:
     return np.full(counts.shape, level, np.float32)
 
 
+def decoder_operator(operator: ParallelBeamRadon, counts: np.ndarray, weighting: str) -> ParallelBeamRadon:
+    """The decoder rows' forward model of a scan's ``counts`` (:data:`DECODER_WEIGHTING`)."""
+    if weighting == "capped":
+        return operator.with_counts(counts)
+    if weighting == "capped-all":
+        return operator.with_ray_weights(np.minimum(counts, FULL_WEIGHT_COUNTS))
+    return operator.with_ray_weights(counts if weighting == "counts" else None)
+
+
 def tv_ct(operator: ParallelBeamRadon, sino: np.ndarray, weights: np.ndarray | None, weight: float, iterations: int,
           device: torch.device) -> np.ndarray:
     """Isotropic TV with non-negativity ``(N, N)`` (relative attenuation) of ``sino`` ``(views, detectors)``
@@ -829,8 +840,7 @@ def run_ct(options: Options, checkpoint: Callable[[list[dict], list[dict]], None
                         mu = tv_ct(op, sino, weights, weight, options.ct_tv_iterations, dev)
                         add(grid, "TV", mu, time.perf_counter() - t0, weight=weight)
                 if role == "test" and options.decoder_rows:
-                    model = op.with_counts(counts) if options.decoder_weighting == "capped" else \
-                        op.with_ray_weights(counts if options.decoder_weighting == "counts" else None)
+                    model = decoder_operator(op, counts, options.decoder_weighting)
                     mu, spread, seconds, check = run_decoder(sino[None, None], model, config, options.device)
                     add(rows, DECODER, mu, seconds, **_rail(spread, mu, body, 1000.0), **check)
             if checkpoint is not None:
@@ -994,10 +1004,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"CT TV-PDHG iterations (default {CT_TV_ITERATIONS})")
     group.add_argument("--ct-weighting", choices=("counts", "none"), default="counts",
                        help="CT TV data term: weighted by the measured counts (default) or not")
-    group.add_argument("--decoder-weighting", choices=("capped", "counts", "none"), default="capped",
-                       help="CT decoder: rays starved of photons weighted by their counts, the rest alike "
-                            "(ParallelBeamRadon.with_counts, the default); every ray by its counts (ray_weights); or "
-                            "every ray alike (a sinogram read without its counts)")
+    group.add_argument("--decoder-weighting", choices=tuple(DECODER_WEIGHTING), default="capped",
+                       help="CT decoder: rays short of photons weighted by their counts, starved ones left out, the "
+                            "rest alike (ParallelBeamRadon.with_counts, the default); the same with the starved rays "
+                            "kept (capped-all); every ray by its counts (ray_weights); or every ray alike (a sinogram "
+                            "read without its counts)")
     group.add_argument("--coil-maps", choices=("espirit", "none"), default="espirit",
                        help="MRI decoder: one complex image through ESPIRiT coil maps (SENSE, the package's model for "
                             "multi-coil k-space), or every coil image fitted and combined by root-sum-of-squares")
@@ -1015,7 +1026,9 @@ WHAT_MRI = ("simulated multi-coil MRI ({coils} coils, complex noise at SNR {snr:
             "from real slices, with sigpy's zero-filled, SENSE, l1-wavelet and TV (ESPIRiT maps)")
 WHAT_CT = ("simulated low-dose sparse-view CT (Poisson counts plus electronic noise, projected with scikit-image from "
            "a grid twice as fine, {ct} px) from real slices, with scikit-image FBP and count-weighted TV-PDHG")
-DECODER_WEIGHTING = {"capped": "rays weighted by their counts capped at 100 (ParallelBeamRadon.with_counts)",
+DECODER_WEIGHTING = {"capped": "rays weighted by their counts capped at 100, rays under 30 counts left out "
+                                "(ParallelBeamRadon.with_counts)",
+                     "capped-all": "rays weighted by their counts capped at 100, starved rays kept",
                      "counts": "every ray weighted by its counts", "none": "every ray alike"}
 WHAT = ("Calibrated rows take the weight best on separate calibration images; oracle rows the best on the test slice "
         "(upper bounds). Scores inside the body lead; mean ± standard error over the test slices; the last column "

@@ -390,7 +390,8 @@ def batch(input_root: Path, output_root: Path, task: str, retry_failed: bool, or
               help="CT: angular range of the views in degrees (< 180: limited angle).")
 @click.option("--counts", "counts_path", type=click.Path(path_type=Path), default=None,
               help="A .npy sinogram's detected photon counts (its shape, or (views, detectors) for every slice): "
-                   "rays starved of photons are weighted by their counts, the rest alike.")
+                   "rays short of photons are weighted by their counts, rays under 30 counts left out, the rest "
+                   "alike.")
 @click.option("--photons", type=click.FloatRange(min=1), default=None,
               help="--simulate ct: a noisy scan with this many photons incident on each ray (about 1e5 routine "
                    "dose, 1e4 low dose; Poisson counts plus electronic noise; the path lengths from INPUT's pixel "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import ForwardModel, mean_squared_residual
-from .ct import FULL_WEIGHT_COUNTS, SUBPIXELS, ParallelBeamRadon, attenuation_to_hu, hu_to_attenuation
+from .ct import FULL_WEIGHT_COUNTS, STARVED_COUNTS, SUBPIXELS, ParallelBeamRadon, attenuation_to_hu, hu_to_attenuation
 from .identity import Identity
 from .inpaint import PixelMask
 from .masks import MASK_MAKERS, equispaced_mask, random_mask, variable_density_mask
@@ -12,6 +12,7 @@ from .projection import GaussianProjection
 
 __all__ = [
     "FULL_WEIGHT_COUNTS",
+    "STARVED_COUNTS",
     "MASK_MAKERS",
     "SUBPIXELS",
     "CartesianFourier",

@@ -16,6 +16,9 @@ from .base import ForwardModel, as_float_tensor, mean_squared_residual
 SUBPIXELS = 2
 #: :meth:`ParallelBeamRadon.with_counts`: rays that detected at least this many photons get the full weight.
 FULL_WEIGHT_COUNTS = 100.0
+#: :meth:`ParallelBeamRadon.with_counts`: rays that detected fewer photons than this are left out of the fit (about
+#: three times a detector's electronic noise: their counts are mostly that noise, their logarithms biased low).
+STARVED_COUNTS = 30.0
 
 
 def hu_to_attenuation(hu: np.ndarray) -> np.ndarray:
@@ -140,11 +143,13 @@ class ParallelBeamRadon(ForwardModel):
 
     def with_counts(self, counts, photons: float | None = None) -> ParallelBeamRadon:
         """The same geometry with each ray weighted by the photons it detected, ``counts`` ``(views, detectors)``
-        or ``(D, views, detectors)`` (one per slice): ``min(counts, FULL_WEIGHT_COUNTS)``. Rays that detected at least
-        :data:`FULL_WEIGHT_COUNTS` photons count alike, as in the unweighted fit; rays starved of photons (the
-        thickest paths: shoulders, arms beside the body, at low dose) count in proportion to their counts, so that
-        their noisy, biased logarithms do not streak the image. Full inverse-variance weighting (every ray by its
-        counts) measured worse with the decoders (``docs/reconstruction.md``).
+        or ``(D, views, detectors)`` (one per slice): ``min(counts, FULL_WEIGHT_COUNTS)``, and 0 for rays that
+        detected fewer than :data:`STARVED_COUNTS`. Rays that detected at least :data:`FULL_WEIGHT_COUNTS` photons
+        count alike, as in the unweighted fit; rays short of photons (the thickest paths: shoulders, arms beside the
+        body, at low dose) count in proportion to their counts, so that their noisy logarithms do not streak the
+        image; rays starved of photons, whose counts are mostly the detector's electronic noise and whose logarithms
+        read the object too thin, are left out, so that they do not darken it. Full inverse-variance weighting
+        (every ray by its counts) measured worse with the decoders (``docs/reconstruction.md``).
 
         The counts also give the measurements' noise (:meth:`noise_floor`); ``photons``: the photons incident on each
         ray (default: each slice's largest count, a ray through air)."""
@@ -153,7 +158,12 @@ class ParallelBeamRadon(ForwardModel):
             raise InputError("counts must be non-negative")
         if photons is not None and not (math.isfinite(photons) and photons > 0):
             raise InputError(f"photons must be a positive count per ray, got {photons}")
-        weighted = self.with_ray_weights(c.clamp(max=FULL_WEIGHT_COUNTS))
+        weights = torch.where(c >= STARVED_COUNTS, c.clamp(max=FULL_WEIGHT_COUNTS), torch.zeros_like(c))
+        per_slice = weights.reshape(weights.shape[0] if weights.ndim == 3 else 1, -1)
+        if not bool((per_slice.amax(dim=1) > 0).all()):
+            raise InputError(f"every ray of a slice detected fewer than {STARVED_COUNTS:g} photons: nothing to "
+                             "reconstruct from (counts, not line integrals?)")
+        weighted = self.with_ray_weights(weights)
         weighted = weighted._with_buffer("counts", (c if c.ndim == 3 else c[None])[:, None].to(self.device))
         weighted.photons = photons
         return weighted
