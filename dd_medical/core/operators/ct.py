@@ -158,12 +158,11 @@ class ParallelBeamRadon(ForwardModel):
             raise InputError("counts must be non-negative")
         if photons is not None and not (math.isfinite(photons) and photons > 0):
             raise InputError(f"photons must be a positive count per ray, got {photons}")
-        weights = torch.where(c >= STARVED_COUNTS, c.clamp(max=FULL_WEIGHT_COUNTS), torch.zeros_like(c))
-        per_slice = weights.reshape(weights.shape[0] if weights.ndim == 3 else 1, -1)
-        if not bool((per_slice.amax(dim=1) > 0).all()):
+        kept = c >= STARVED_COUNTS
+        if not bool(kept.flatten(-2).any(dim=-1).all()):
             raise InputError(f"every ray of a slice detected fewer than {STARVED_COUNTS:g} photons: nothing to "
                              "reconstruct from (counts, not line integrals?)")
-        weighted = self.with_ray_weights(weights)
+        weighted = self.with_ray_weights(torch.where(kept, c.clamp(max=FULL_WEIGHT_COUNTS), 0.0))
         weighted = weighted._with_buffer("counts", (c if c.ndim == 3 else c[None])[:, None].to(self.device))
         weighted.photons = photons
         return weighted
@@ -181,26 +180,19 @@ class ParallelBeamRadon(ForwardModel):
             empty = self.data_loss(torch.zeros_like(y), y.to(counts.device)).double()  # (B,) the misfit of nothing
             y = y.to(counts.device).double()
             c = counts.double().clamp(min=1.0).expand(y.shape[0], *counts.shape[1:])
-            incident = torch.full((y.shape[0],), float(self.photons)) if self.photons else \
-                c.flatten(1).max(dim=1).values
-            floors = []
-            for k in range(y.shape[0]):
-                through = (c[k] < 0.5 * incident[k]) & (y[k] > 0)
-                if not bool(through.any()):
-                    floors.append(math.nan)
-                    continue
-                scale = ((incident[k] / c[k][through]).log() / y[k][through]).median()
-                variance = 1.0 / (c[k] * scale**2)
-                weights = 1.0 if self.ray_weights is None else \
-                    self.ray_weights[k % self.ray_weights.shape[0]].double() ** 2
-                spread = (weights * variance).sum(dim=-1).mean()  # E |rfft of a view's weighted noise|^2, any frequency
-                if self.precondition:
-                    freq = torch.fft.rfftfreq(2 * self.detectors, dtype=torch.float64) + self.PRECONDITION_EPSILON
-                    expected = 4 * freq.mean() * spread
-                else:
-                    expected = spread / self.detectors
-                floors.append(float((expected / empty[k]).sqrt()) if float(empty[k]) > 0 else math.nan)
-            return torch.tensor(floors, dtype=torch.float64)
+            incident = torch.full((y.shape[0], 1, 1, 1), float(self.photons), dtype=torch.float64, device=c.device) \
+                if self.photons else c.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
+            through = (c < 0.5 * incident) & (y > 0)  # the rays through the object
+            ratio = torch.where(through, (incident / c).log() / y, math.nan)
+            scale = ratio.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)  # NaN where no ray crosses
+            weights = 1.0 if self.ray_weights is None else self.ray_weights.double() ** 2  # one slice's, or each's
+            spread = (weights / (c * scale**2)).sum(dim=-1).flatten(1).mean(dim=1)  # E |rfft of a view's noise|^2
+            if self.precondition:
+                freq = torch.fft.rfftfreq(2 * self.detectors, dtype=torch.float64) + self.PRECONDITION_EPSILON
+                expected = 4 * freq.mean() * spread
+            else:
+                expected = spread / self.detectors
+            return torch.where(empty > 0, (expected / empty).sqrt(), math.nan)
 
     def with_ray_weights(self, ray_weights) -> ParallelBeamRadon:
         """The same geometry, sharing its system matrix, with ``ray_weights`` (see the class; ``None``: none)."""
